@@ -1,0 +1,64 @@
+"""kube-proxy's chain-name hashes (kube-proxy-layout.md §1; pkg/proxy/iptables/proxier.go portProtoHash).
+
+suffix = base32(sha256(servicePortName + protocol))[:16]; the SEP suffix also appends the endpoint "ip:port".
+servicePortName is "ns/name" + (":" + portName only when the port has a name); protocol is lower case.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from functools import lru_cache
+
+SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-")
+ENDPOINT_CHAIN_PREFIX = "KUBE-SEP-"
+LEGACY_XLB_PREFIX = "KUBE-XLB-"  # replaced by KUBE-EXT/KUBE-SVL in kubernetes PR #109060 (1.24)
+HASHED_PREFIXES = SERVICE_CHAIN_PREFIXES + (ENDPOINT_CHAIN_PREFIX, LEGACY_XLB_PREFIX)
+
+
+def service_port_name(namespace: str, name: str, port_name: str | None) -> str:
+    base = f"{namespace}/{name}"
+    return f"{base}:{port_name}" if port_name else base
+
+
+def _hash16(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")[:16]
+
+
+@lru_cache(maxsize=65536)
+def service_hash(svc_port_name: str, protocol: str) -> str:
+    """The 16-character suffix shared by KUBE-SVC/SVL/EXT/FW (and old KUBE-XLB) of one service port."""
+    return _hash16(svc_port_name + protocol.lower())
+
+
+def endpoint_string(ip: str, port: int) -> str:
+    # net.JoinHostPort: IPv6 addresses are bracketed
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def endpoint_hash(svc_port_name: str, protocol: str, endpoint: str) -> str:
+    """The 16-character suffix of KUBE-SEP for one endpoint ("ip:port", the endpoint's target port)."""
+    return _hash16(svc_port_name + protocol.lower() + endpoint)
+
+
+def service_chain(prefix: str, svc_port_name: str, protocol: str) -> str:
+    return prefix + service_hash(svc_port_name, protocol)
+
+
+def endpoint_chain(svc_port_name: str, protocol: str, endpoint: str) -> str:
+    return ENDPOINT_CHAIN_PREFIX + endpoint_hash(svc_port_name, protocol, endpoint)
+
+
+def chain_kind(chain: str) -> str | None:
+    """'svc', 'svl', 'ext', 'fw', 'sep', 'xlb' for kube-proxy's hashed chains, else None."""
+    if chain.startswith("KUBE-") and len(chain) in (24, 25):
+        kind = chain[5:8]
+        if kind in ("SVC", "SVL", "EXT", "SEP", "XLB") and chain[8] == "-":
+            return kind.lower()
+        if chain.startswith("KUBE-FW-"):
+            return "fw"
+    return None
+
+
+def chain_suffix(chain: str) -> str:
+    return chain.rsplit("-", 1)[1]
