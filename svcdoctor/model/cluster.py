@@ -1,7 +1,8 @@
 """Kubernetes API objects (raw JSON items) turned into what kube-proxy works from: service ports and endpoints.
 
 Follows kube-proxy's reading of the objects (kube-proxy-layout.md §2.3): an endpoint with `ready` unset is ready;
-`serving` unset follows `ready`; an EndpointSlice belongs to a Service by label `kubernetes.io/service-name`,
+`serving` unset is serving (endpointslicecache.go: `Serving == nil || *Serving`), and only an endpoint's first
+address is used (kube-proxy reads `Addresses[0]`); an EndpointSlice belongs to a Service by label `kubernetes.io/service-name`,
 and its port is matched to the Service port by name (and protocol).
 """
 
@@ -151,10 +152,10 @@ def _slice_endpoints(eps: dict, port_name: str, protocol: str) -> list[Endpoint]
         ready = cond.get("ready")
         ready = True if ready is None else bool(ready)
         serving = cond.get("serving")
-        serving = ready if serving is None else bool(serving)
+        serving = True if serving is None else bool(serving)
         ref = ep.get("targetRef") or {}
         pod = f"{ref.get('namespace')}/{ref.get('name')}" if ref.get("kind") == "Pod" and ref.get("name") else None
-        for addr in ep.get("addresses") or []:
+        for addr in (ep.get("addresses") or [])[:1]:
             out.append(
                 Endpoint(
                     ip=addr,
