@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 from kube_proxy_cases import FIXTURES, iter_cases
 
+from svcdoctor.exit_codes import InputError
 from svcdoctor.model.cluster import build_cluster_model
 from svcdoctor.model.expected import (
     ProxySettings,
@@ -22,6 +23,7 @@ from svcdoctor.model.expected import (
     expected_service_ports,
     infer_settings_from_rules,
     restore_input,
+    settings_from_kube_proxy_config,
 )
 from svcdoctor.model.hashes import endpoint_chain, service_chain
 
@@ -339,11 +341,70 @@ def test_kube_proxy_reading_of_endpoint_slices():
     assert [e.address for e in model.service_ports[0].endpoints] == ["10.244.1.5:8080", "10.244.2.5:8080"]
 
 
+def test_interface_detector_and_ipv6_cluster_ip():
+    svc = _svc(
+        svc_type="NodePort",
+        externalTrafficPolicy="Local",
+        clusterIP="fd00:10:96:0::10",
+        clusterIPs=["fd00:10:96:0::10"],
+        ports=[{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}],
+    )
+    eps = _slice(endpoints=[_ep("fd00:10:244:1::5")])
+    eps["addressType"] = "IPv6"
+    model = build_cluster_model([svc], [eps])
+    v6 = _settings(node_ips=("fc00::3",), cluster_cidr=None, local_interface="veth+", ip_family="IPv6")
+    nat = _nat(model, v6)
+    svc_chain = service_chain("KUBE-SVC-", "default/web:http", "tcp")
+    assert (
+        f'-A {svc_chain} -m comment --comment "default/web:http cluster IP" -m tcp -p tcp -d fd00:10:96::10 '
+        f"--dport 80 ! -i veth+ -j KUBE-MARK-MASQ"
+    ) in nat
+    assert any('"pod traffic for default/web:http external destinations" -i veth+ -j' in ln for ln in nat)
+    assert "-A KUBE-SEP-" in "\n".join(nat) and "--to-destination [fd00:10:244:1::5]:8080" in "\n".join(nat)
+    inferred = infer_settings_from_rules(nat)
+    assert (inferred.cluster_cidr, inferred.local_interface, inferred.ip_family) == (None, "veth+", "IPv6")
+    assert _nat(model, replace(inferred, node_name="kind-worker", node_ips=("fc00::3",))) == nat
+
+
+def test_settings_from_kind_kube_proxy_config():
+    # kind's kube-proxy ConfigMap (config.conf), as the API returns it after YAML parsing
+    config = {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "clusterCIDR": "10.244.0.0/16,fd00:10:244::/56",
+        "conntrack": {"maxPerCore": 0},
+        "detectLocalMode": "",
+        "iptables": {"localhostNodePorts": None, "masqueradeAll": False, "masqueradeBit": None},
+        "mode": "iptables",
+        "nodePortAddresses": None,
+    }
+    settings = settings_from_kube_proxy_config(config, "kind-worker", ["172.18.0.3"], kube_minor=31)
+    assert settings == ProxySettings(node_name="kind-worker", node_ips=("172.18.0.3",), cluster_cidr="10.244.0.0/16",
+                                     kube_minor=31)  # fmt: skip
+    v6 = settings_from_kube_proxy_config(config, "kind-worker", ["fc00::3"])
+    assert v6.cluster_cidr == "fd00:10:244::/56" and v6.ipv6
+    node_cidr = settings_from_kube_proxy_config(
+        {**config, "detectLocalMode": "NodeCIDR", "iptables": {"masqueradeAll": True, "masqueradeBit": 15}},
+        "kind-worker",
+        ["172.18.0.3"],
+        pod_cidrs=["10.244.1.0/24"],
+    )
+    assert (node_cidr.cluster_cidr, node_cidr.masquerade_all, node_cidr.mark) == ("10.244.1.0/24", True, "0x00008000")
+    bridge = settings_from_kube_proxy_config(
+        {"detectLocalMode": "InterfaceNamePrefix", "detectLocal": {"interfaceNamePrefix": "veth"}}, "n", []
+    )
+    assert bridge.local_detector == (("-i", "veth+"), ("!", "-i", "veth+"))
+    assert settings_from_kube_proxy_config({}, "n", []).local_detector is None  # no clusterCIDR: no-op detector
+
+
 def test_settings_json_round_trip():
     for case in CASES:
         assert ProxySettings.from_json(case.settings.to_json()) == case.settings
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="nodeName"):
         ProxySettings.from_json({"clusterCIDR": "10.0.0.0/8"})
+    with pytest.raises(InputError, match="clusterCIDR"):
+        ProxySettings(node_name="n", cluster_cidr="10.0.0.0/88")
+    with pytest.raises(InputError, match="node IP"):
+        ProxySettings.from_json({"nodeName": "n", "nodeIPs": ["kind-worker"]})
 
 
 # --- settings inferred from a node's rules ----------------------------------------------------------------

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from svcdoctor.exit_codes import InputError
 from svcdoctor.model.cluster import ClusterModel, Endpoint, ServicePort
 from svcdoctor.model.hashes import endpoint_chain, service_chain
 
@@ -45,7 +46,7 @@ class ProxySettings:
 
     node_name: str
     node_ips: tuple[str, ...] = ()  # the node's addresses; the first of the proxier's family is kube-proxy's nodeIP
-    cluster_cidr: str | None = None  # DetectLocalByCIDR; None = no local detector (NoOpLocalDetector)
+    cluster_cidr: str | None = None  # DetectLocalByCIDR; None (and no local_interface) = no local detector
     masquerade_all: bool = False
     node_port_addresses: tuple[str, ...] = ()  # CIDRs (or "primary", 1.29+); empty = every local address
     random_fully: bool = True  # iptables supports MASQUERADE --random-fully (the fake proxier's does not)
@@ -56,11 +57,37 @@ class ProxySettings:
     kube_minor: int = 28  # Kubernetes 1.<minor>
     nfacct: bool = False  # 1.31+: kube-proxy could create its nfacct counters
     ip_family: str = "IPv4"  # IPv4 | IPv6: which single-stack proxier this is
+    # detect-local-mode BridgeInterface ("cbr0") or InterfaceNamePrefix ("veth+"), used when cluster_cidr is None
+    local_interface: str | None = None
+
+    def __post_init__(self) -> None:
+        # settings come from files and ConfigMaps: refuse nonsense here, with one readable line
+        for ip in self.node_ips:
+            if not _valid_ip(ip):
+                raise InputError(f"proxy settings: node IP {ip!r} is not an IP address")
+        if self.cluster_cidr is not None:
+            try:
+                ipaddress.ip_network(self.cluster_cidr, strict=False)
+            except ValueError:
+                raise InputError(f"proxy settings: clusterCIDR {self.cluster_cidr!r} is not a CIDR") from None
+        if self.ip_family not in ("IPv4", "IPv6"):
+            raise InputError(f"proxy settings: ipFamily must be IPv4 or IPv6, not {self.ip_family!r}")
+        if not 0 <= self.masquerade_bit <= 31:
+            raise InputError(f"proxy settings: masqueradeBit {self.masquerade_bit} is outside 0..31")
 
     @property
     def mark(self) -> str:
         # Go's %#08x pads the digits (not the "0x") to 8: 1<<14 -> "0x00004000"
         return self.masquerade_mark or "0x%08x" % (1 << self.masquerade_bit)
+
+    @property
+    def local_detector(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """(IfLocal, IfNotLocal) match arguments of kube-proxy's LocalTrafficDetector, None for the no-op one."""
+        if self.cluster_cidr:
+            return ("-s", self.cluster_cidr), ("!", "-s", self.cluster_cidr)
+        if self.local_interface:
+            return ("-i", self.local_interface), ("!", "-i", self.local_interface)
+        return None
 
     @property
     def ipv6(self) -> bool:
@@ -87,14 +114,15 @@ class ProxySettings:
             "kubeMinor": "kube_minor",
             "nfacct": "nfacct",
             "ipFamily": "ip_family",
+            "localInterface": "local_interface",
         }
         kwargs = {}
         for key, attr in known.items():
             if key in data:
                 value = data[key]
                 kwargs[attr] = tuple(value or ()) if attr in ("node_ips", "node_port_addresses") else value
-        if "node_name" not in kwargs:
-            raise ValueError("proxy settings need nodeName")
+        if not kwargs.get("node_name"):
+            raise InputError("proxy settings need a nodeName")
         return cls(**kwargs)
 
     def to_json(self) -> dict:
@@ -112,6 +140,7 @@ class ProxySettings:
             "kubeMinor": self.kube_minor,
             "nfacct": self.nfacct,
             "ipFamily": self.ip_family,
+            "localInterface": self.local_interface,
         }
 
 
@@ -226,8 +255,9 @@ def plan_service_port(
         return None
     ipv6 = settings.ipv6
     cluster_ip = next((ip for ip in sp.cluster_ips if ip and ip != "None" and _is_ipv6(ip) == ipv6), None)
-    if cluster_ip is None:
+    if cluster_ip is None or not _valid_ip(cluster_ip):
         return None
+    cluster_ip = str(ipaddress.ip_address(cluster_ip))  # ClusterIP() is a net.IP in every version
     normalise = settings.kube_minor >= 30
     protocol = sp.protocol.lower()
     name = sp.svc_port_name
@@ -348,6 +378,7 @@ def plan_service_port(
 
     proto = ("-m", protocol, "-p", protocol)
     port = str(sp.port)
+    detector = settings.local_detector
 
     # The rules below follow syncProxyRules' write order; grouping by chain happens later.
     if has_internal:
@@ -398,9 +429,9 @@ def plan_service_port(
         cip = ("-m", "comment", "--comment", _q(f"{name} cluster IP"), *proto, "-d", cluster_ip, "--dport", port)
         if settings.masquerade_all:
             nat(internal_chain, *cip, "-j", KUBE_MARK_MASQ)
-        elif settings.cluster_cidr:
+        elif detector:
             # off-cluster traffic to a service VIP may bounce off-node, so it is masqueraded
-            nat(internal_chain, *cip, "!", "-s", settings.cluster_cidr, "-j", KUBE_MARK_MASQ)
+            nat(internal_chain, *cip, *detector[1], "-j", KUBE_MARK_MASQ)
 
     if uses_ext_chain:
         plan.nat_chains.append(ext_chain)
@@ -408,9 +439,10 @@ def plan_service_port(
             nat(ext_chain, "-m", "comment", "--comment", _q(f"masquerade traffic for {name} external destinations"),
                 "-j", KUBE_MARK_MASQ)  # fmt: skip
         else:
-            if settings.cluster_cidr:
+            if detector:
+                # pods reaching an external IP of their own cluster are treated as internal traffic
                 nat(ext_chain, "-m", "comment", "--comment", _q(f"pod traffic for {name} external destinations"),
-                    "-s", settings.cluster_cidr, "-j", svc_chain)  # fmt: skip
+                    *detector[0], "-j", svc_chain)  # fmt: skip
             # the node itself picks the (local) VIP as source, so its traffic needs masquerading
             nat(ext_chain, "-m", "comment", "--comment",
                 _q(f"masquerade LOCAL traffic for {name} external destinations"),
@@ -647,6 +679,56 @@ def restore_input(texts: dict[str, str]) -> str:
     return texts["filter"] + texts["nat"]
 
 
+def settings_from_kube_proxy_config(
+    config: dict,
+    node_name: str,
+    node_ips: Iterable[str] = (),
+    pod_cidrs: Iterable[str] = (),
+    kube_minor: int = 28,
+    random_fully: bool = True,
+) -> ProxySettings:
+    """ProxySettings from kube-proxy's KubeProxyConfiguration (the parsed `config.conf` of ConfigMap
+    kube-system/kube-proxy) for one node. `pod_cidrs` is the node's spec.podCIDRs (detectLocalMode NodeCIDR);
+    unset fields take kube-proxy's defaults (v1alpha1 defaults.go)."""
+    node_ips = tuple(node_ips)
+    ipv6 = bool(node_ips) and _is_ipv6(node_ips[0])
+
+    def of_family(cidrs: Iterable[str]) -> str | None:
+        return next((c.strip() for c in cidrs if c.strip() and _is_ipv6(c) == ipv6), None)
+
+    iptables = config.get("iptables") or {}
+    detect = config.get("detectLocal") or {}
+    mode = config.get("detectLocalMode") or "ClusterCIDR"
+    cluster_cidr = local_interface = None
+    if mode == "ClusterCIDR":
+        cluster_cidr = of_family((config.get("clusterCIDR") or "").split(","))
+    elif mode == "NodeCIDR":
+        cluster_cidr = of_family(pod_cidrs)
+    elif mode == "BridgeInterface":
+        local_interface = detect.get("bridgeInterface") or None
+    elif mode == "InterfaceNamePrefix":
+        prefix = detect.get("interfaceNamePrefix")
+        local_interface = f"{prefix}+" if prefix else None
+    bit = iptables.get("masqueradeBit")
+    if bit is not None and not (isinstance(bit, int) and not isinstance(bit, bool)):
+        raise InputError(f"kube-proxy config: iptables.masqueradeBit {bit!r} is not a number")
+    localhost = iptables.get("localhostNodePorts")
+    return ProxySettings(
+        node_name=node_name,
+        node_ips=node_ips,
+        cluster_cidr=cluster_cidr,
+        local_interface=local_interface,
+        masquerade_all=bool(iptables.get("masqueradeAll")),
+        node_port_addresses=tuple(config.get("nodePortAddresses") or ()),
+        random_fully=random_fully,
+        localhost_node_ports=True if localhost is None else bool(localhost),
+        masquerade_bit=14 if bit is None else bit,
+        conntrack_tcp_be_liberal=bool((config.get("conntrack") or {}).get("tcpBeLiberal")),
+        kube_minor=kube_minor,
+        ip_family="IPv6" if ipv6 else "IPv4",
+    )
+
+
 # --- settings from a node's rules -------------------------------------------------------------------------
 
 _WORD = re.compile(r'"[^"]*"|\S+')
@@ -683,6 +765,14 @@ def _hex(value: str | None) -> int | None:
         return None
 
 
+def _valid_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _strip_host_mask(cidr: str) -> str:
     # iptables-save prints "-d 10.96.0.1/32"; kube-proxy wrote "-d 10.96.0.1"
     return cidr[:-3] if cidr.endswith("/32") else cidr[:-4] if cidr.endswith("/128") else cidr
@@ -698,13 +788,14 @@ def infer_settings_from_rules(
     iptables-save's spelling, with or without counters). Services that exist decide most of it:
 
     * clusterCIDR: `! -s X` on the ClusterIP masquerade rule of a KUBE-SVC/KUBE-SVL chain, or `-s X` on an
-      ETP=Local "pod traffic" rule; none of both (with services present) = no local detector;
+      ETP=Local "pod traffic" rule (`-i IFACE` there: an interface detector); none (with services) = no detector;
     * masqueradeAll: the ClusterIP masquerade rule carries no source condition;
     * --random-fully on the MASQUERADE rule; the mark bit from KUBE-MARK-MASQ;
     * localhostNodePorts false when the nodeports jump excludes 127.0.0.0/8; nodePortAddresses from `-d IP` jumps;
     * conntrack liberal (1.29+) when KUBE-FORWARD has no INVALID drop; nfacct matches mean 1.31+.
     """
     cluster_cidr: str | None = None
+    local_interface: str | None = None
     masq_all_votes = detector_votes = 0
     random_fully = False
     mark_bit = 14
@@ -733,13 +824,17 @@ def infer_settings_from_rules(
                 cluster_cidr = cluster_cidr or src
                 detector_votes += 1
             elif iface is not None and iface_negated:
-                detector_votes += 1  # bridge / interface-prefix detector: no CIDR to report
+                local_interface = local_interface or iface  # BridgeInterface / InterfaceNamePrefix detector
+                detector_votes += 1
             else:
                 masq_all_votes += 1
         elif chain.startswith("KUBE-EXT-") and comment and comment.startswith("pod traffic for "):
             src, negated = _option(words, "-s", "--source")
+            iface, iface_negated = _option(words, "-i", "--in-interface")
             if src is not None and not negated:
                 cluster_cidr = cluster_cidr or src
+            elif iface is not None and not iface_negated:
+                local_interface = local_interface or iface
         elif chain == KUBE_POSTROUTING and target == "MASQUERADE":
             random_fully = "--random-fully" in words
         elif chain == KUBE_MARK_MASQ and target == "MARK":
@@ -755,7 +850,7 @@ def infer_settings_from_rules(
                 localhost = False
             elif dest is not None and negated and dest.startswith("::1"):
                 ipv6 = True
-            elif dest is not None and not negated:
+            elif dest is not None and not negated and _valid_ip(_strip_host_mask(dest)):
                 nodeport_ips.append(_strip_host_mask(dest))
         elif chain == KUBE_FORWARD:
             saw_forward = True
@@ -777,6 +872,7 @@ def infer_settings_from_rules(
         node_name=node_name,
         node_ips=node_ips,
         cluster_cidr=cluster_cidr,
+        local_interface=None if cluster_cidr else local_interface,
         masquerade_all=masq_all,
         node_port_addresses=nodeport_cidrs,
         random_fully=random_fully,
