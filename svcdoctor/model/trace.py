@@ -231,32 +231,36 @@ class _Tracer:
 
     # -- hooks ---------------------------------------------------------------------------------------------
     def _table_hooked(self, table: str) -> bool:
-        """Does the dump show this table's built-in chains (a real dump always does, with their policies)?"""
+        """Is anything hooked into this table's built-in chains?
+
+        kube-proxy's restore input declares no built-in chain; loaded into a kernel and dumped back, the built-in
+        chains show up with their policies but empty. Either way nothing leads into the KUBE-* chains, so the trace
+        enters them directly and says so (``entered_without_jumps``); the caller can flag the missing jumps.
+        """
         t = self.rules.table(table)
         if t is None:
             return False
-        return any(c.builtin and (c.policy is not None or c.rules) for c in t.chains.values())
+        return any(c.builtin and c.rules for c in t.chains.values())
 
     def run_hook(self, table: str, hook: str, flow: _Flow) -> list[_Outcome]:
         """Run one hook; outcomes of kind 'return' mean the packet goes on (policy ACCEPT or no decision)."""
         if self.rules.table(table) is None:
             return [_Outcome(flow, "return")]
+        chain = self.rules.chain(table, hook)
         if self._table_hooked(table):
-            chain = self.rules.chain(table, hook)
-            if chain is None:
-                return [_Outcome(flow, "return")]
-            outcomes = []
-            for o in self._run(table, hook, 0, flow, 0):
-                if o.kind == "return" and chain.policy == "DROP":
+            outcomes = self._run(table, hook, 0, flow, 0) if chain is not None else [_Outcome(flow, "return")]
+        else:
+            entries = KUBE_PROXY_ENTRY.get((table, hook)) or KUBE_PROXY_ENTRY.get((table, "*"), ())
+            if entries and table not in self.entered_without_jumps:
+                self.entered_without_jumps.append(table)
+            outcomes = self._run_sequence(table, hook, entries, flow)
+        if chain is not None and chain.policy == "DROP":
+            # what no rule decided falls to the built-in chain's policy (a DROP FORWARD policy is common)
+            for o in outcomes:
+                if o.kind == "return":
                     self._step(o.flow, table, hook, f"-P {hook} DROP", "policy DROP")
                     o.kind = "drop"
-                outcomes.append(o)
-            return outcomes
-        key = (table, hook) if (table, hook) in KUBE_PROXY_ENTRY else (table, "*")
-        entries = KUBE_PROXY_ENTRY.get(key, ())
-        if table not in self.entered_without_jumps and entries:
-            self.entered_without_jumps.append(table)
-        return self._run_sequence(table, hook, entries, flow)
+        return outcomes
 
     def _run_sequence(self, table: str, hook: str, chains: tuple[str, ...], flow: _Flow) -> list[_Outcome]:
         if not chains:
@@ -675,15 +679,13 @@ def trace_packet(
 def _after_nat(tracer: _Tracer, flow: _Flow, locally_generated: bool, finished: list[_Flow]) -> None:
     """Routing decision, filter, and (for packets that leave through it) nat POSTROUTING."""
     dst_local = tracer.is_local(flow.dst)
-    if tracer.rules.table("filter") is not None and not tracer._table_hooked("filter"):
-        filter_hooks = ["*"]  # kube-proxy's test entry, run once whatever the route
-    elif locally_generated:
-        filter_hooks = ["OUTPUT"]
+    # without built-in jumps the filter entry (kube-proxy's test entry) runs once, whatever the route
+    filter_hooked = tracer._table_hooked("filter")
+    if locally_generated:
+        first_hook = "OUTPUT"
     else:
-        filter_hooks = ["INPUT" if dst_local else "FORWARD"]
-    flows = [flow]
-    for hook in filter_hooks:
-        flows = _filter(tracer, hook, flows, finished)
+        first_hook = "INPUT" if dst_local else "FORWARD"
+    flows = _filter(tracer, first_hook, [flow], finished)
     # a packet delivered to this host from outside never meets POSTROUTING
     if locally_generated or not dst_local:
         survivors = []
@@ -695,7 +697,7 @@ def _after_nat(tracer: _Tracer, flow: _Flow, locally_generated: bool, finished: 
                 else:
                     survivors.append(o.flow)
         flows = survivors
-    if locally_generated and dst_local and filter_hooks != ["*"]:
+    if locally_generated and dst_local and filter_hooked:
         flows = _filter(tracer, "INPUT", flows, finished)  # looped back to this host
     finished.extend(flows)
 

@@ -1,0 +1,186 @@
+"""Read each kind node's iptables rules (both backends, with counters) through `docker exec`, in parallel.
+
+Read-only by construction: the only commands run are `iptables-nft-save -c` and `iptables-legacy-save -c`, as
+argv lists (no shell). Without `-t`, iptables-legacy-save lists only the tables the kernel already has
+(/proc/net/ip_tables_names), so reading never instantiates an empty legacy table in the node's netns (which would
+make iptables-nft print "legacy tables present" from then on; lab RECIPE §5.4).
+
+Why both backends: a node's kernel runs the rules of *both* iptables backends. kind's entrypoint picks one for
+the node, kube-proxy's iptables-wrapper picks one for itself, and when they disagree (or stale rules survive in
+the other one) Services break on that node only (kube-proxy-layout.md §7 row 1).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import dataclass, field
+
+from svcdoctor.collect.kind import KindNode
+from svcdoctor.collect.snapshot import NodeCapture
+
+BACKENDS = ("nft", "legacy")
+SAVE_COMMANDS = {
+    "nft": ["iptables-nft-save", "-c"],
+    "legacy": ["iptables-legacy-save", "-c"],
+}
+# Chains kubelet creates (kube-proxy-layout.md §2.1); they say nothing about where kube-proxy writes.
+KUBELET_CHAINS = frozenset({"KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT", "KUBE-MARK-DROP"})
+DEFAULT_MAX_WORKERS = 8
+
+_RULE_LINE = re.compile(r"^(?:\[\d+:\d+\]\s+)?-")  # kind's `grep -c '^-'`, allowing for -c's [pkts:bytes]
+_CHAIN_DECL = re.compile(r"^:(KUBE-\S+)\s")
+
+
+@dataclass(slots=True)
+class BackendDump:
+    """What one `iptables-*-save -c` printed inside a node."""
+
+    backend: str  # nft | legacy
+    text: str = ""  # stdout without "# Warning:" lines
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None  # the command could not run or failed
+
+    @property
+    def rule_count(self) -> int:
+        return sum(1 for line in self.text.splitlines() if _RULE_LINE.match(line))
+
+    @property
+    def kube_proxy_chains(self) -> set[str]:
+        chains = {m.group(1) for line in self.text.splitlines() if (m := _CHAIN_DECL.match(line))}
+        return chains - KUBELET_CHAINS
+
+
+def split_warnings(text: str) -> tuple[str, list[str]]:
+    """Separate iptables' "# Warning: …" lines (e.g. "iptables-legacy tables present") from the rules."""
+    kept, warnings = [], []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("# Warning:"):
+            warnings.append(line.strip())
+        else:
+            kept.append(line)
+    return "".join(kept), warnings
+
+
+def read_backend(container, backend: str) -> BackendDump:
+    """Run one backend's save command in the container; failures become BackendDump.error, never exceptions."""
+    argv = SAVE_COMMANDS[backend]
+    dump = BackendDump(backend=backend)
+    try:
+        # demux=True keeps stderr apart: iptables-nft-save prints its legacy warning there (lab RECIPE §5.4)
+        result = container.exec_run(argv, demux=True)
+    except Exception as exc:  # docker.errors.APIError (container stopped), requests timeouts, ...
+        dump.error = f"{argv[0]}: {_exec_failure(exc)}"
+        return dump
+    stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, None)
+    out_text, out_warnings = split_warnings((stdout or b"").decode("utf-8", "replace"))
+    err_text, err_warnings = split_warnings((stderr or b"").decode("utf-8", "replace"))
+    dump.warnings = out_warnings + err_warnings
+    if result.exit_code != 0:
+        reason = (err_text.strip() or out_text.strip() or "no output").splitlines()[0][:300]
+        dump.error = f"{argv[0]} exited {result.exit_code}: {reason}"
+        return dump
+    dump.text = out_text
+    return dump
+
+
+def _exec_failure(exc: Exception) -> str:
+    name = type(exc).__name__
+    if "Timeout" in name or "timed out" in str(exc):
+        return "timed out"
+    explanation = getattr(exc, "explanation", None)  # docker.errors.APIError carries the daemon's message
+    text = str(explanation or exc).strip() or name
+    return text.splitlines()[0][:300]
+
+
+def choose_backend(nft: BackendDump, legacy: BackendDump) -> tuple[str, str]:
+    """(backend the node's kube-proxy rules live in, why).
+
+    Where kube-proxy's chains are decides; when they are in both backends or in neither, decide as kind's node
+    entrypoint `select_iptables()` does: more rules wins, legacy wins ties (kube-proxy-layout.md §6).
+    """
+    if nft.error and not legacy.error:
+        return "legacy", "only iptables-legacy-save could be read"
+    if legacy.error and not nft.error:
+        return "nft", "only iptables-nft-save could be read"
+    in_nft, in_legacy = bool(nft.kube_proxy_chains), bool(legacy.kube_proxy_chains)
+    if in_nft != in_legacy:
+        return ("nft" if in_nft else "legacy"), "kube-proxy's chains are there"
+    n_nft, n_legacy = nft.rule_count, legacy.rule_count
+    backend = "legacy" if n_legacy >= n_nft else "nft"
+    where = "in both backends" if in_nft else "in neither backend"
+    return backend, f"kube-proxy's chains {where}; kind's rule count (legacy {n_legacy}, nft {n_nft}, legacy wins ties)"
+
+
+def capture_node(node: KindNode) -> NodeCapture:
+    """Read one node; any failure becomes NodeCapture.error so that the other nodes go on."""
+    if not node.running:
+        return _failed(node, f"container is {node.state}, not running")
+    capture = NodeCapture(
+        name=node.name, internal_ip=node.internal_ip, role=node.role, source=f"docker container {node.name}"
+    )
+    dumps = {backend: read_backend(node.container, backend) for backend in BACKENDS}
+    nft, legacy = dumps["nft"], dumps["legacy"]
+    if nft.error and legacy.error:
+        capture.error = f"{nft.error}; {legacy.error}"
+        return capture
+    backend, why = choose_backend(nft, legacy)
+    other = legacy if backend == "nft" else nft
+    capture.backend = backend
+    capture.iptables_save = dumps[backend].text
+    capture.other_backend_save = None if other.error else other.text
+    for dump in (nft, legacy):
+        capture.warnings.extend(w for w in dump.warnings if w not in capture.warnings)
+    if other.error:
+        capture.warnings.append(f"{other.error} (rules read from the {backend} backend only)")
+    if nft.kube_proxy_chains and legacy.kube_proxy_chains:
+        capture.warnings.append(
+            f"kube-proxy chains exist in both iptables backends (nft {nft.rule_count} rules, "
+            f"legacy {legacy.rule_count} rules); using {backend}: {why}"
+        )
+    elif backend == "legacy" and legacy.kube_proxy_chains:
+        capture.warnings.append(f"kube-proxy's rules are in the iptables-legacy backend ({why})")
+    return capture
+
+
+def capture_nodes(
+    nodes: list[KindNode],
+    *,
+    timeout: float = 10.0,
+    max_workers: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[NodeCapture]:
+    """Read all nodes in a bounded thread pool, in the order given; a node not done in time is reported as failed.
+
+    The docker client's own socket timeout (set where the client is made) is what stops a hung exec; the wait
+    here is the backstop that keeps one node from holding up the others' report.
+    """
+    if not nodes:
+        return []
+    workers = max(1, min(len(nodes), max_workers or DEFAULT_MAX_WORKERS))
+    # nodes queue behind each other when there are more than `workers`, so the budget grows by rounds
+    budget = timeout * -(-len(nodes) // workers) + 1.0
+    results: dict[str, NodeCapture] = {}
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="svcdoctor-node")
+    futures = {pool.submit(capture_node, node): node for node in nodes}
+    try:
+        for future in as_completed(futures, timeout=budget):
+            node = futures[future]
+            exc = future.exception()
+            results[node.name] = _failed(node, f"error: {exc}") if exc else future.result()
+            if progress:
+                error = results[node.name].error
+                progress(f"{node.name}: failed: {error}" if error else f"{node.name}: rules read")
+    except FuturesTimeout:
+        pass
+    pool.shutdown(wait=False, cancel_futures=True)
+    return [results.get(node.name) or _failed(node, f"no answer within {timeout:g}s") for node in nodes]
+
+
+def _failed(node: KindNode, reason: str) -> NodeCapture:
+    return NodeCapture(
+        name=node.name, internal_ip=node.internal_ip, role=node.role, error=reason,
+        source=f"docker container {node.name}",
+    )

@@ -1,0 +1,69 @@
+"""`svcdoctor explain SERVICE`: how one Service's traffic is routed, node by node."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from svcdoctor.checks.findings import Finding, check_node_rules, check_service_view, sort_findings
+from svcdoctor.commands.inputs import LoadedInput
+from svcdoctor.exit_codes import UnknownServiceError
+from svcdoctor.model.explain import ServiceView, build_service_view, known_services
+
+
+@dataclass(slots=True)
+class ExplainResult:
+    view: ServiceView
+    findings: list[Finding]
+    loaded: LoadedInput
+
+
+def resolve_service(service: str, namespace: str | None, loaded: LoadedInput) -> tuple[str, str]:
+    """Accepts NAME with -n, or NAMESPACE/NAME. Unknown names exit 2 with the closest matches."""
+    if "/" in service and namespace is None:
+        namespace, service = service.split("/", 1)
+    ns = namespace or "default"
+    names = known_services(loaded.rules, loaded.cluster)
+    key = f"{ns}/{service}"
+    if key in names:
+        return ns, service
+    elsewhere = sorted(n for n in names if n.split("/", 1)[1] == service)
+    hint = ""
+    if elsewhere:
+        hint = "; it exists in " + ", ".join(f"-n {n.split('/')[0]}" for n in elsewhere)
+    else:
+        close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.5)
+        close += [n for n in difflib.get_close_matches(service, sorted(n.split("/", 1)[1] for n in names), n=3)
+                  if n not in close]
+        if close:
+            hint = "; did you mean " + ", ".join(close) + "?"
+    raise UnknownServiceError(f"no service {key} on any node{' or in the API' if loaded.cluster else ''}{hint}")
+
+
+def explain(loaded: LoadedInput, service: str, namespace: str | None = None, port: str | None = None) -> ExplainResult:
+    ns, name = resolve_service(service, namespace, loaded)
+    view = build_service_view(ns, name, loaded.rules, loaded.cluster, port_filter=port)
+    if port and not view.ports:
+        raise UnknownServiceError(f"service {ns}/{name} has no port named or numbered {port}")
+    findings = check_service_view(view, loaded.cluster)
+    for node, rules in loaded.rules.items():
+        # node-wide problems matter to every service on that node; keep those that explain a broken path
+        for f in check_node_rules(node, rules, None, _proxy_mode(loaded, node), loaded.other_backend.get(node),
+                                  _backend(loaded, node)):
+            if f.id in ("no-kube-proxy-rules", "backend-mismatch") or (f.service == f"{ns}/{name}"):
+                findings.append(f)
+    return ExplainResult(view, sort_findings(findings), loaded)
+
+
+def _proxy_mode(loaded: LoadedInput, node: str) -> str | None:
+    for n in loaded.snapshot.nodes:
+        if n.name == node:
+            return n.proxy_mode
+    return None
+
+
+def _backend(loaded: LoadedInput, node: str) -> str | None:
+    for n in loaded.snapshot.nodes:
+        if n.name == node:
+            return n.backend
+    return None

@@ -1,0 +1,109 @@
+"""Where a command's input comes from (a bundle, the demo, a live kind cluster), read once and parsed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from svcdoctor.collect.snapshot import ClusterSnapshot
+from svcdoctor.exit_codes import SvcdoctorError
+from svcdoctor.model.cluster import ClusterModel, build_cluster_model
+from svcdoctor.model.parse import parse_rules
+from svcdoctor.model.rules import NodeRules
+
+
+@dataclass(slots=True)
+class InputOptions:
+    bundle: str | None = None
+    demo: bool = False
+    cluster: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    no_api: bool = False
+    nodes: list[str] = field(default_factory=list)
+    service: str | None = None  # "ns/name": live collection may fetch only what it needs
+
+
+@dataclass(slots=True)
+class LoadedInput:
+    snapshot: ClusterSnapshot
+    rules: dict[str, NodeRules]  # node -> parsed rules (nodes that could be read)
+    other_backend: dict[str, NodeRules]
+    failed: dict[str, str]  # node -> why it could not be read
+    cluster: ClusterModel | None
+    warnings: list[str]
+
+    @property
+    def node_ips(self) -> dict[str, list[str]]:
+        out = {}
+        for n in self.snapshot.nodes:
+            ips = [n.internal_ip] if n.internal_ip else []
+            if not ips and self.cluster is not None:
+                ips = self.cluster.node_ips.get(n.name, [])
+            out[n.name] = ips
+        return out
+
+
+def read_snapshot(opts: InputOptions, progress=None) -> ClusterSnapshot:
+    if opts.bundle and opts.demo:
+        from svcdoctor.exit_codes import UsageError
+
+        raise UsageError("--bundle and --demo exclude each other")
+    if opts.demo or opts.bundle:
+        from svcdoctor.collect.bundle import demo_bundle_path, load_input
+
+        return load_input(opts.bundle or demo_bundle_path())
+    from svcdoctor.collect.live import collect_live  # imports docker/kubernetes: only for live runs
+
+    return collect_live(
+        cluster=opts.cluster,
+        nodes=opts.nodes or None,
+        kubeconfig=opts.kubeconfig,
+        context=opts.context,
+        no_api=opts.no_api,
+        service=opts.service,
+        progress=progress,
+    )
+
+
+def load(opts: InputOptions, progress=None) -> LoadedInput:
+    snapshot = read_snapshot(opts, progress)
+    warnings: list[str] = []
+    if opts.nodes:
+        known = {n.name for n in snapshot.nodes}
+        unknown = [n for n in opts.nodes if n not in known]
+        if unknown:
+            from svcdoctor.exit_codes import UsageError
+
+            raise UsageError(f"no node named {', '.join(unknown)}; nodes: {', '.join(sorted(known))}")
+        snapshot.nodes = [n for n in snapshot.nodes if n.name in set(opts.nodes)]
+    rules: dict[str, NodeRules] = {}
+    other: dict[str, NodeRules] = {}
+    failed: dict[str, str] = {}
+    single_file = len(snapshot.nodes) == 1 and snapshot.cluster is None
+    for node in snapshot.nodes:
+        if node.error:
+            failed[node.name] = node.error
+            continue
+        try:
+            parsed = parse_rules(node.iptables_save, node.source or node.name)
+        except SvcdoctorError as e:
+            if single_file:
+                raise
+            failed[node.name] = f"unreadable rules: {e}"
+            continue
+        parsed.backend_warnings.extend(w for w in node.warnings if w.startswith("# Warning"))
+        warnings.extend(parsed.warnings)
+        rules[node.name] = parsed
+        if node.other_backend_save:
+            try:
+                other[node.name] = parse_rules(node.other_backend_save, f"{node.name} (other backend)")
+            except SvcdoctorError as e:
+                warnings.append(f"{node.name}: the other backend's rules could not be read: {e}")
+    cluster = None
+    api = snapshot.api
+    if api.available and not opts.no_api:
+        cluster = build_cluster_model(api.services, api.endpointslices, api.pods, api.nodes)
+    elif not opts.no_api and snapshot.source == "live":
+        warnings.append(f"Kubernetes API not used ({api.status}): working from the rules alone "
+                        "(comments and hashes); endpoint pods, nodes and API cross-checks are not shown")
+    return LoadedInput(snapshot, rules, other, failed, cluster, warnings)

@@ -1,0 +1,42 @@
+"""`svcdoctor trace`: one packet through one node's rules."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from svcdoctor.commands.inputs import LoadedInput
+from svcdoctor.exit_codes import UsageError
+from svcdoctor.model.trace import TraceResult, trace_packet
+
+# TEST-NET-3 (RFC 5737): an address that is outside every cluster
+OUTSIDE_CLIENT = "203.0.113.10"
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+def parse_destination(dst: str, proto: str) -> tuple[str, int]:
+    if proto.lower() not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {proto!r}; use tcp, udp or sctp")
+    host, sep, port = dst.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--dst {dst!r} is not IP:PORT")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise UsageError(f"--dst {dst!r}: {host!r} is not an IP address") from None
+    return host, int(port)
+
+
+def run_trace(loaded: LoadedInput, src: str | None, dst: str, dport: int, protocol: str,
+              node_ips: list[str] | None) -> list[TraceResult]:
+    if src is not None:
+        try:
+            ipaddress.ip_address(src)
+        except ValueError:
+            raise UsageError(f"--src {src!r} is not an IP address") from None
+    results = []
+    known_ips = loaded.node_ips
+    for node, rules in loaded.rules.items():
+        ips = list(node_ips or known_ips.get(node) or [])
+        results.append(trace_packet(rules, src or OUTSIDE_CLIENT, dst, dport, protocol, ips, node=node))
+    return results

@@ -1,0 +1,476 @@
+"""`explain SERVICE`: for each port, node and entry, the path through kube-proxy's chains, the verdict, where
+masquerading happens, and every endpoint with its effective share and counters.
+
+The walk follows the probability split the way the kernel does: rules are tried in order with a remaining
+mass (1.0 at the entry); `--probability p` takes p of what is left, an unconditional jump takes the rest
+(kube-proxy-layout.md §2.6). Entries from outside (nodePort, externalIP, loadBalancer) are walked for a client
+outside the cluster; clusterIP entries for any client, with source-dependent masquerading reported as conditional.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from svcdoctor.model.cluster import ClusterModel, ServicePort
+from svcdoctor.model.hashes import chain_kind, chain_suffix, endpoint_chain, service_hash
+from svcdoctor.model.rules import NodeRules, Rule
+from svcdoctor.model.service_rules import (
+    NodeServiceIndex,
+    ServicePortRules,
+    index_node_services,
+    service_port_of_comment,
+    split_service_port_name,
+)
+
+SOURCE_OPTIONS = ("-s", "--src-type", "-i")
+# Conditions a packet that reached the entry rule already satisfies (the entry rule matched on them).
+DESTINATION_OPTIONS = ("-d", "-p", "--dport", "--dst-type", "--dports")
+TERMINAL_VERDICTS = {"DNAT": "dnat", "DROP": "drop", "REJECT": "reject", "ACCEPT": "accept"}
+EPSILON = 1e-9
+
+
+@dataclass(slots=True)
+class EndpointShare:
+    ip: str
+    port: int | None
+    chain: str
+    probability: float  # effective share of the entry's new connections
+    rule_probability: float | None  # as written on the jump rule (None: the last, unconditional rule)
+    packets: int | None
+    bytes: int | None
+    masquerade: str  # always | never | conditional, on this endpoint's path
+    node: str | None = None
+    pod: str | None = None
+    local: bool | None = None
+    jump_rules: list[Rule] = field(default_factory=list)
+    dnat_rule: Rule | None = None
+
+
+@dataclass(slots=True)
+class Entry:
+    kind: str  # clusterIP | nodePort | externalIP | loadBalancer
+    destination: str  # "IP:PORT" or ":NODEPORT"
+    verdict: str  # dnat | drop | reject | none
+    path: list[str]
+    masquerade: str  # always | never | conditional
+    packets: int | None
+    bytes: int | None
+    endpoints: list[EndpointShare] = field(default_factory=list)
+    entry_rule: Rule | None = None
+    blackhole_rule: Rule | None = None  # filter DROP/REJECT that takes what is not DNATed
+    masquerade_when: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    session_affinity_seconds: int | None = None
+    unmatched_share: float = 0.0  # share that no DNAT rule took
+
+
+@dataclass(slots=True)
+class NodeView:
+    node: str
+    entries: list[Entry] = field(default_factory=list)
+    chains: dict[str, str | None] = field(default_factory=dict)  # svc/svl/ext/fw -> name present on this node
+
+
+@dataclass(slots=True)
+class PortView:
+    name: str
+    protocol: str
+    port: int | None
+    node_port: int | None
+    target_port: int | str | None
+    svc_port_name: str
+    chains: dict[str, str | None]
+    nodes: list[NodeView] = field(default_factory=list)
+    api: ServicePort | None = None
+
+
+@dataclass(slots=True)
+class ServiceView:
+    namespace: str
+    name: str
+    ports: list[PortView]
+    api_ports: list[ServicePort]  # empty without the API
+
+
+def _is_source_conditional(rule: Rule) -> bool:
+    return any(m.option in SOURCE_OPTIONS for m in rule.matches)
+
+
+def _has_affinity_check(rule: Rule) -> bool:
+    return any(m.module == "recent" and m.option in ("--rcheck", "--update") for m in rule.matches)
+
+
+def _source_matches_outside_client(rule: Rule) -> bool | None:
+    """Would a client outside the cluster (not a pod, not the node) match this rule's source conditions?
+
+    None when it cannot be told (an unknown match).
+    """
+    for m in rule.matches:
+        if m.option == "-s":
+            if not m.negated:
+                return False  # a pod CIDR, an endpoint (hairpin) or a firewall range: not "any outside client"
+        elif m.option == "--src-type":
+            is_local = (m.value or "").upper() == "LOCAL"
+            if is_local != m.negated:
+                return False
+        elif m.option == "-i":
+            return None
+    return True
+
+
+def _describe_conditions(rule: Rule) -> str:
+    parts = [m.text() for m in rule.matches if m.option not in DESTINATION_OPTIONS and m.module != "statistic"]
+    return " ".join(parts) or "always"
+
+
+class _Walker:
+    def __init__(self, rules: NodeRules, outside_client: bool):
+        self.nat = rules.table("nat")
+        self.outside_client = outside_client
+        self.endpoints: list[EndpointShare] = []
+        self.masq_when: list[str] = []
+        self.notes: list[str] = []
+        self.path: list[str] = []
+        self.affinity: int | None = None
+        self.verdicts: dict[str, float] = {}
+        self.fw_followed = False
+
+    def walk(self, chain_name: str, mass: float, masq: str, depth: int = 0) -> float:
+        """Walk a chain with ``mass`` of the traffic; returns the mass that falls through (not taken)."""
+        chain = self.nat.chain(chain_name) if self.nat else None
+        if chain is None:
+            self.notes.append(f"chain {chain_name} is referenced but does not exist on this node")
+            return mass
+        if depth > 16:
+            self.notes.append(f"stopped following at {chain_name}: jumps nest too deep (a loop?)")
+            return mass
+        if chain_kind(chain_name) != "sep" and chain_name not in self.path:
+            self.path.append(chain_name)
+        remaining = mass
+        affinity_rules: dict[str, list[Rule]] = {}
+        for rule in chain.rules:
+            if remaining <= EPSILON:
+                break
+            target = rule.target
+            if _has_affinity_check(rule):
+                # ClientIP affinity: a returning client goes straight to its endpoint; a new one falls through
+                affinity_rules.setdefault(target or "", []).append(rule)
+                seconds = rule.value("--seconds")
+                if seconds and seconds.isdigit():
+                    self.affinity = int(seconds)
+                continue
+            source_cond = _is_source_conditional(rule)
+            if source_cond and self.outside_client:
+                matched = _source_matches_outside_client(rule)
+                if matched is False:
+                    if chain_kind(chain_name) == "fw" and target and chain_kind(target) == "ext":
+                        # loadBalancerSourceRanges: follow the path of the clients that are allowed
+                        self.notes.append(f"{chain_name}: only clients from {rule.value('-s')} go on to {target}")
+                        if not self.fw_followed:
+                            self.fw_followed = True
+                            left = self.walk(target, remaining, masq, depth + 1)
+                            remaining = left
+                    continue
+                source_cond = matched is None
+            if target == "KUBE-MARK-MASQ":
+                if not source_cond:
+                    masq = "always"
+                elif masq != "always":
+                    if chain_kind(chain_name) == "sep" and rule.value("-s"):
+                        continue  # hairpin: only the endpoint talking to its own service
+                    masq = "conditional"
+                    self.masq_when.append(f"{chain_name}: {_describe_conditions(rule)}")
+                continue
+            if source_cond:
+                if target and target.startswith("KUBE-"):
+                    self.notes.append(f"{chain_name}: traffic matching '{_describe_conditions(rule)}' goes to {target}")
+                continue
+            if target is None or target in ("MARK", "LOG", "CONNMARK", "NFLOG"):
+                continue
+            p = rule.probability if rule.value("--mode") == "random" or rule.value("--probability") else None
+            share = remaining * p if p is not None else remaining
+            if target == "RETURN":
+                return remaining
+            if target in TERMINAL_VERDICTS:
+                if target == "DNAT":
+                    self._endpoint(chain_name, rule, share, masq)
+                else:
+                    self.verdicts[TERMINAL_VERDICTS[target]] = self.verdicts.get(TERMINAL_VERDICTS[target], 0) + share
+                remaining -= share
+                continue
+            if chain_kind(target) == "sep":
+                before = len(self.endpoints)
+                left = self.walk_sep(target, share, masq, p)
+                for ep in self.endpoints[before:]:
+                    ep.jump_rules.append(rule)
+                    ep.jump_rules.extend(affinity_rules.get(target, ()))
+                remaining -= share - left
+                continue
+            left = self.walk(target, share, masq, depth + 1)
+            remaining -= share - left
+        return remaining
+
+    def walk_sep(self, sep: str, share: float, masq: str, rule_probability: float | None) -> float:
+        chain = self.nat.chain(sep) if self.nat else None
+        if chain is None:
+            self.notes.append(f"chain {sep} is referenced but does not exist on this node")
+            return share
+        for rule in chain.rules:
+            if rule.target == "KUBE-MARK-MASQ":
+                if not _is_source_conditional(rule):
+                    masq = "always"
+                continue  # `-s <endpoint>`: hairpin only
+            if rule.target == "DNAT":
+                self._endpoint(sep, rule, share, masq, rule_probability)
+                return 0.0
+        self.notes.append(f"{sep} has no DNAT rule")
+        return share
+
+    def _endpoint(self, chain: str, rule: Rule, share: float, masq: str, rule_probability: float | None = None):
+        dest = rule.dnat_destination or ""
+        ip, _, port = dest.rpartition(":")
+        if not ip:
+            ip, port = dest, ""
+        self.endpoints.append(
+            EndpointShare(
+                ip=ip.strip("[]"),
+                port=int(port) if port.isdigit() else None,
+                chain=chain,
+                probability=share,
+                rule_probability=rule_probability,
+                packets=None,
+                bytes=None,
+                masquerade=masq,
+                dnat_rule=rule,
+            )
+        )
+
+
+def _entry_kind_and_destination(rule: Rule, chain: str) -> tuple[str, str]:
+    spn, what = service_port_of_comment(rule.comment)
+    dport = rule.value("--dport") or ""
+    if chain == "KUBE-NODEPORTS":
+        d = rule.value("-d")
+        return "nodePort", (f"{d.split('/')[0]}:{dport}" if d else f":{dport}")
+    dest = (rule.value("-d") or "").split("/")[0]
+    if what in ("clusterIP", "externalIP", "loadBalancer"):
+        return what, f"{dest}:{dport}"
+    kind = chain_kind(rule.target or "")
+    return ("clusterIP" if kind in ("svc", "svl") else "externalIP"), f"{dest}:{dport}"
+
+
+def _blackhole_kind_and_destination(rule: Rule) -> tuple[str, str]:
+    dport = rule.value("--dport") or ""
+    dst_type = rule.value("--dst-type")
+    if dst_type and dst_type.upper() == "LOCAL" and not rule.value("-d"):
+        return "nodePort", f":{dport}"
+    dest = (rule.value("-d") or "").split("/")[0]
+    return ("clusterIP" if rule.chain == "KUBE-SERVICES" else "externalIP"), f"{dest}:{dport}"
+
+
+def _sum(values):
+    vals = [v for v in values if v is not None]
+    return sum(vals) if vals else None
+
+
+def explain_entries(
+    rules: NodeRules,
+    port_rules: ServicePortRules,
+    node: str,
+    cluster: ClusterModel | None = None,
+    api_port: ServicePort | None = None,
+) -> list[Entry]:
+    entries: list[Entry] = []
+    by_destination: dict[tuple[str, str], Entry] = {}
+    lb_ips = set(api_port.load_balancer_ips) if api_port else set()
+    for rule in port_rules.nat_entries:
+        if rule.chain == "KUBE-NODEPORTS" and (rule.value("-d") or "").startswith("127."):
+            continue  # 1.31's localhost NodePort rule: the same service path, counted through nfacct
+        kind, destination = _entry_kind_and_destination(rule, rule.chain)
+        if kind == "externalIP" and destination.split(":")[0] in lb_ips:
+            kind = "loadBalancer"
+        outside = kind != "clusterIP"
+        walker = _Walker(rules, outside_client=outside)
+        walker.path = ["KUBE-SERVICES"] + (["KUBE-NODEPORTS"] if rule.chain == "KUBE-NODEPORTS" else [])
+        left = walker.walk(rule.target, 1.0, "never")
+        entry = Entry(
+            kind=kind,
+            destination=destination,
+            verdict="dnat" if walker.endpoints else "none",
+            path=walker.path,
+            masquerade="never",
+            packets=rule.packets,
+            bytes=rule.bytes,
+            endpoints=walker.endpoints,
+            entry_rule=rule,
+            masquerade_when=walker.masq_when,
+            notes=walker.notes,
+            session_affinity_seconds=walker.affinity,
+            unmatched_share=max(0.0, left),
+        )
+        if walker.verdicts and not walker.endpoints:
+            entry.verdict = max(walker.verdicts, key=walker.verdicts.get)
+        masqs = {ep.masquerade for ep in walker.endpoints}
+        entry.masquerade = masqs.pop() if len(masqs) == 1 else ("conditional" if masqs else "never")
+        entries.append(entry)
+        by_destination[(kind, destination)] = entry
+    for rule in port_rules.filter_rules:
+        if rule.target == "ACCEPT":
+            continue  # health check node port
+        kind, destination = _blackhole_kind_and_destination(rule)
+        if kind == "externalIP" and destination.split(":")[0] in lb_ips:
+            kind = "loadBalancer"
+        entry = by_destination.get((kind, destination))
+        if entry is None and kind == "externalIP":
+            entry = by_destination.get(("loadBalancer", destination))
+        verdict = "drop" if rule.target == "DROP" else "reject"
+        _, what = service_port_of_comment(rule.comment)
+        if entry is None:
+            entry = Entry(
+                kind=kind,
+                destination=destination,
+                verdict=verdict,
+                path=[rule.chain] if rule.chain != "KUBE-SERVICES" else ["KUBE-SERVICES"],
+                masquerade="never",
+                packets=rule.packets,
+                bytes=rule.bytes,
+                entry_rule=rule,
+                blackhole_rule=rule,
+                unmatched_share=1.0,
+            )
+            entry.notes.append(f"filter {rule.chain}: {rule.comment} -> {rule.target}")
+            entries.append(entry)
+            by_destination[(kind, destination)] = entry
+        else:
+            entry.blackhole_rule = rule
+            if what == "firewall-drop":
+                entry.notes.append(f"clients outside the allowed source ranges are dropped by filter {rule.chain}")
+            elif entry.unmatched_share > EPSILON:
+                entry.verdict = verdict if not entry.endpoints else entry.verdict
+                entry.notes.append(f"traffic not DNATed here is {verdict}ped by filter {rule.chain}: {rule.comment}")
+    _attach_counters_and_pods(entries, rules, node, cluster)
+    order = {"clusterIP": 0, "nodePort": 1, "externalIP": 2, "loadBalancer": 3}
+    entries.sort(key=lambda e: (order.get(e.kind, 9), e.destination))
+    return entries
+
+
+def _attach_counters_and_pods(entries: list[Entry], rules: NodeRules, node: str, cluster: ClusterModel | None):
+    for entry in entries:
+        for ep in entry.endpoints:
+            ep.packets = _sum(r.packets for r in ep.jump_rules) if ep.jump_rules else (
+                ep.dnat_rule.packets if ep.dnat_rule else None)
+            ep.bytes = _sum(r.bytes for r in ep.jump_rules) if ep.jump_rules else (
+                ep.dnat_rule.bytes if ep.dnat_rule else None)
+            rule_p = [r.probability for r in ep.jump_rules if r.probability is not None and not _has_affinity_check(r)]
+            ep.rule_probability = rule_p[0] if rule_p else None
+            if cluster is not None:
+                ep.pod = cluster.pods_by_ip.get(ep.ip)
+                ep.node = cluster.pod_nodes.get(ep.ip)
+                ep.local = (ep.node == node) if ep.node else None
+
+
+def _node_chains(rules: NodeRules, suffix: str | None) -> dict[str, str | None]:
+    out: dict[str, str | None] = {"svc": None, "svl": None, "ext": None, "fw": None}
+    if not suffix:
+        return out
+    nat = rules.table("nat")
+    for key, prefix in (("svc", "KUBE-SVC-"), ("svl", "KUBE-SVL-"), ("ext", "KUBE-EXT-"), ("fw", "KUBE-FW-")):
+        name = prefix + suffix
+        if nat is not None and name in nat.chains:
+            out[key] = name
+    return out
+
+
+def build_service_view(
+    namespace: str,
+    name: str,
+    node_rules: dict[str, NodeRules],
+    cluster: ClusterModel | None,
+    port_filter: str | None = None,
+    indexes: dict[str, NodeServiceIndex] | None = None,
+) -> ServiceView:
+    """Everything `explain` shows for one service, on every node given."""
+    api_ports = [sp for sp in (cluster.service_ports if cluster else []) if sp.namespace == namespace and sp.name == name]
+    suffixes = frozenset(service_hash(sp.svc_port_name, sp.protocol) for sp in api_ports)
+    if indexes is None:
+        indexes = {n: index_node_services(r, f"{namespace}/{name}", suffixes) for n, r in node_rules.items()}
+    # service ports: from the API, else from what the nodes' comments name
+    ports: dict[str, PortView] = {}
+    for sp in api_ports:
+        suffix = service_hash(sp.svc_port_name, sp.protocol)
+        ports[suffix] = PortView(
+            name=sp.port_name, protocol=sp.protocol, port=sp.port, node_port=sp.node_port,
+            target_port=sp.target_port, svc_port_name=sp.svc_port_name,
+            chains={"svc": None, "svl": None, "ext": None, "fw": None}, api=sp,
+        )
+    for node, index in indexes.items():
+        for spr in list(index.ports_of_service(namespace, name)) + [
+            index.by_suffix[s] for s in suffixes if s in index.by_suffix
+        ]:
+            if spr.suffix in ports or not spr.svc_port_name:
+                continue
+            _, _, port_name = split_service_port_name(spr.svc_port_name)
+            port, node_port = _ports_from_rules(spr)
+            ports[spr.suffix or spr.svc_port_name] = PortView(
+                name=port_name, protocol=(spr.protocol or "tcp").upper(), port=port, node_port=node_port,
+                target_port=None, svc_port_name=spr.svc_port_name,
+                chains={"svc": None, "svl": None, "ext": None, "fw": None},
+            )
+    views = list(ports.values())
+    if port_filter:
+        views = [p for p in views if p.name == port_filter or str(p.port) == port_filter]
+    for pv in views:
+        suffix = service_hash(pv.svc_port_name, pv.protocol)
+        for node, rules in node_rules.items():
+            index = indexes[node]
+            spr = index.by_suffix.get(suffix)
+            nv = NodeView(node=node, chains=_node_chains(rules, suffix))
+            if spr is not None:
+                nv.entries = explain_entries(rules, spr, node, cluster, pv.api)
+            for key, chain in nv.chains.items():
+                if chain and not pv.chains[key]:
+                    pv.chains[key] = chain
+            pv.nodes.append(nv)
+            if pv.node_port is None:
+                for e in nv.entries:
+                    if e.kind == "nodePort":
+                        pv.node_port = int(e.destination.rsplit(":", 1)[1] or 0) or None
+    return ServiceView(namespace, name, views, api_ports)
+
+
+def _ports_from_rules(spr: ServicePortRules) -> tuple[int | None, int | None]:
+    port = node_port = None
+    for rule in spr.nat_entries + spr.filter_rules:
+        dport = rule.value("--dport")
+        if not dport or not dport.isdigit():
+            continue
+        if rule.chain == "KUBE-NODEPORTS" or (rule.value("--dst-type") and not rule.value("-d")):
+            node_port = node_port or int(dport)
+        else:
+            port = port or int(dport)
+    return port, node_port
+
+
+def expected_endpoint_chain(sp: ServicePort, ip: str, port: int) -> str:
+    return endpoint_chain(sp.svc_port_name, sp.protocol, f"{ip}:{port}")
+
+
+def known_services(node_rules: dict[str, NodeRules], cluster: ClusterModel | None) -> set[str]:
+    names = set()
+    if cluster is not None:
+        names.update(sp.service_key for sp in cluster.service_ports)
+    for rules in node_rules.values():
+        names.update(index_node_services(rules).service_names())
+    return names
+
+
+__all__ = [
+    "Entry",
+    "EndpointShare",
+    "NodeView",
+    "PortView",
+    "ServiceView",
+    "build_service_view",
+    "chain_suffix",
+    "known_services",
+]

@@ -1,0 +1,161 @@
+"""Tie one node's rules to Service ports: which rules belong to which "ns/name[:port]".
+
+Two sources of truth, cross-checked (kube-proxy-layout.md §1.2): the rule comments kube-proxy writes
+("ns/name:port cluster IP", "ns/name:port -> ip:port", …) and the chain names, which are hashes of the same
+service port name. Comments vanish in large-cluster mode (§2.8); hashes never do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from svcdoctor.model.hashes import chain_kind, chain_suffix, service_hash
+from svcdoctor.model.rules import NodeRules, Rule
+
+# comment suffixes kube-proxy writes after the service port name, and what they say about the rule
+_COMMENT_SUFFIXES = (
+    (" cluster IP", "clusterIP"),
+    (" external IP", "externalIP"),
+    (" loadbalancer IP", "loadBalancer"),
+    (" has no endpoints", "no-endpoints"),
+    (" has no local endpoints", "no-local-endpoints"),
+    (" health check node port", "health-check"),
+)
+_COMMENT_WRAPPERS = (
+    ("masquerade traffic for ", " external destinations"),
+    ("pod traffic for ", " external destinations"),
+    ("masquerade LOCAL traffic for ", " external destinations"),
+    ("route LOCAL traffic for ", " external destinations"),
+    ("other traffic to ", " will be dropped by KUBE-PROXY-FIREWALL"),
+)
+
+# the chains where kube-proxy puts a service port's entry and blackhole rules
+NAT_ENTRY_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS")
+FILTER_ENTRY_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL")
+
+
+def service_port_of_comment(comment: str | None) -> tuple[str | None, str | None]:
+    """("ns/name[:port]", what) from a kube-proxy comment; (None, None) if it names no service port."""
+    if not comment or "/" not in comment:
+        return None, None
+    for suffix, what in _COMMENT_SUFFIXES:
+        if comment.endswith(suffix):
+            return comment[: -len(suffix)], what
+    for prefix, suffix in _COMMENT_WRAPPERS:
+        if comment.startswith(prefix) and comment.endswith(suffix):
+            return comment[len(prefix) : -len(suffix)], "ext"
+    if " traffic not accepted by " in comment:
+        return comment.split(" traffic not accepted by ", 1)[0], "firewall-drop"
+    if " -> " in comment:
+        return comment.split(" -> ", 1)[0], "endpoint"
+    if " " not in comment:
+        return comment, "bare"
+    return None, None
+
+
+def split_service_port_name(spn: str) -> tuple[str, str, str]:
+    """"ns/name:port" -> (ns, name, port name or "")."""
+    ns, _, rest = spn.partition("/")
+    name, _, port = rest.partition(":")
+    return ns, name, port
+
+
+@dataclass(slots=True)
+class ServicePortRules:
+    """The rules of one service port on one node that its entries start from."""
+
+    svc_port_name: str | None
+    protocol: str | None
+    suffix: str | None  # the 16-character hash of its KUBE-SVC/SVL/EXT/FW chains
+    nat_entries: list[Rule] = field(default_factory=list)  # KUBE-SERVICES / KUBE-NODEPORTS rules
+    filter_rules: list[Rule] = field(default_factory=list)  # REJECT / DROP / health check / firewall rules
+
+
+@dataclass(slots=True)
+class NodeServiceIndex:
+    """Entry rules of one node grouped by service port (by hash suffix and by comment name)."""
+
+    by_suffix: dict[str, ServicePortRules] = field(default_factory=dict)
+    by_name: dict[str, list[ServicePortRules]] = field(default_factory=dict)  # "ns/name" -> its ports' rules
+
+    def ports_of_service(self, namespace: str, name: str) -> list[ServicePortRules]:
+        return self.by_name.get(f"{namespace}/{name}", [])
+
+    def service_names(self) -> set[str]:
+        return set(self.by_name)
+
+
+def _protocol(rule: Rule) -> str | None:
+    p = rule.value("-p")
+    return p.lower() if p else None
+
+
+def index_node_services(
+    rules: NodeRules, only: str | None = None, suffixes: frozenset[str] = frozenset()
+) -> NodeServiceIndex:
+    """Group the entry rules by service port.
+
+    ``only`` ("ns/name") restricts to one service, found by its name in the rule text or by the hash ``suffixes``
+    of its ports (so a big node's other 10,000 services are never parsed in full).
+    """
+    index = NodeServiceIndex()
+    needle = f"{only}:" if only else None
+    needle_bare = f"{only} " if only else None
+
+    def interesting(rule: Rule) -> bool:
+        if only is None:
+            return True
+        spec = rule.spec
+        if suffixes and rule.target and rule.target[-16:] in suffixes:
+            return True
+        return needle in spec or needle_bare in spec or f'"{only}"' in spec or f" {only} " in spec
+
+    def entry_for(suffix: str | None, spn: str | None, proto: str | None) -> ServicePortRules:
+        if suffix is None and spn is not None and proto is not None:
+            suffix = service_hash(spn, proto)
+        key = suffix or f"?{spn}/{proto}"
+        spr = index.by_suffix.get(key)
+        if spr is None:
+            spr = index.by_suffix[key] = ServicePortRules(spn, proto, suffix)
+            if spn:
+                index.by_name.setdefault(spn.split(":", 1)[0], []).append(spr)
+        elif spr.svc_port_name is None and spn:
+            spr.svc_port_name = spn
+            index.by_name.setdefault(spn.split(":", 1)[0], []).append(spr)
+        if spr.protocol is None and proto:
+            spr.protocol = proto
+        return spr
+
+    nat = rules.table("nat")
+    if nat is not None:
+        for chain_name in NAT_ENTRY_CHAINS:
+            chain = nat.chain(chain_name)
+            if chain is None:
+                continue
+            for rule in chain.rules:
+                target = rule.target
+                if not target or chain_kind(target) not in ("svc", "svl", "ext", "fw", "xlb"):
+                    continue
+                if not interesting(rule) and only is not None:
+                    continue
+                spn, _ = service_port_of_comment(rule.comment)
+                entry_for(chain_suffix(target), spn, _protocol(rule)).nat_entries.append(rule)
+    flt = rules.table("filter")
+    if flt is not None:
+        for chain_name in FILTER_ENTRY_CHAINS:
+            chain = flt.chain(chain_name)
+            if chain is None:
+                continue
+            for rule in chain.rules:
+                if rule.target not in ("DROP", "REJECT", "ACCEPT"):
+                    continue
+                if only is not None and not interesting(rule):
+                    continue
+                spn, what = service_port_of_comment(rule.comment)
+                if spn is None:
+                    continue
+                suffix = None
+                if what == "firewall-drop":
+                    suffix = rule.comment.rsplit("KUBE-FW-", 1)[-1] if "KUBE-FW-" in rule.comment else None
+                entry_for(suffix, spn, _protocol(rule)).filter_rules.append(rule)
+    return index

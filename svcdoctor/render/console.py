@@ -1,0 +1,25 @@
+"""The terminal: one place that decides colour and where output goes (httpie-style injectable console)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+
+
+def make_consoles(no_color: bool = False, json_output: bool = False, width: int | None = None):
+    """(stdout console, stderr console). NO_COLOR / FORCE_COLOR are honoured; JSON output never gets ANSI codes."""
+    force = os.environ.get("FORCE_COLOR") not in (None, "", "0")
+    no_colour = no_color or "NO_COLOR" in os.environ
+    out = Console(
+        file=sys.stdout,
+        no_color=no_colour or json_output,
+        force_terminal=(force and not no_colour and not json_output) or None,
+        color_system=None if (no_colour or json_output) else "auto",
+        highlight=False,
+        width=width,
+        soft_wrap=json_output,
+    )
+    err = Console(file=sys.stderr, no_color=no_colour, highlight=False, stderr=True, soft_wrap=True)
+    return out, err

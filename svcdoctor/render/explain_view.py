@@ -1,0 +1,159 @@
+"""The human view of `explain`: a tree per node that reads like the seed's runbook."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.text import Text
+from rich.tree import Tree
+
+from svcdoctor.render.findings_view import render_findings
+
+VERDICT_STYLE = {"dnat": "green", "drop": "bold red", "reject": "red", "none": "yellow", "accept": "green"}
+MASQ_TEXT = {
+    "always": "SNAT to the node (client IP hidden)",
+    "never": "no SNAT (client IP kept)",
+    "conditional": "SNAT only for some sources",
+}
+
+
+def _pct(p: float) -> str:
+    return f"{p * 100:5.1f}%"
+
+
+def _counter(packets, label="pkts") -> str:
+    return "" if packets is None else f"{packets} {label}"
+
+
+def _node_signature(nv) -> tuple:
+    return tuple(
+        (e.kind, e.destination, e.verdict, e.masquerade, tuple(e.path),
+         tuple((ep.ip, ep.port, ep.chain, round(ep.probability, 6)) for ep in e.endpoints))
+        for e in nv.entries
+    )
+
+
+def fold_nodes(nodes) -> list[list]:
+    """Group nodes whose rules for this port are the same (counters aside), keeping first-seen order."""
+    groups: dict[tuple, list] = {}
+    for nv in nodes:
+        groups.setdefault(_node_signature(nv), []).append(nv)
+    return list(groups.values())
+
+
+def _sum(values):
+    vals = [v for v in values if v is not None]
+    return sum(vals) if vals else None
+
+
+def _entry_tree(entries_by_node: list, wide: bool) -> list[Tree]:
+    """Trees for one folded group; counters are summed over the group's nodes."""
+    first = entries_by_node[0]
+    trees = []
+    for i, e in enumerate(first):
+        peers = [entries[i] for entries in entries_by_node]
+        packets = _sum(p.packets for p in peers)
+        head = Text()
+        head.append(f"{e.kind} ", style="bold")
+        head.append(e.destination, style="cyan")
+        if packets is not None:
+            head.append(f"  [{packets} pkts]", style="dim")
+        head.append("  → ")
+        head.append(e.verdict.upper(), style=VERDICT_STYLE.get(e.verdict, ""))
+        if e.verdict == "dnat":
+            head.append(f"   masquerade: {e.masquerade}", style="magenta" if e.masquerade == "always" else "")
+        tree = Tree(head)
+        path = Text(" → ".join(e.path), style="dim")
+        tree.add(path)
+        if e.masquerade_when and e.verdict == "dnat":
+            tree.add(Text("SNAT when: " + "; ".join(e.masquerade_when), style="magenta"))
+        if e.session_affinity_seconds:
+            tree.add(Text(f"session affinity: ClientIP, {e.session_affinity_seconds}s "
+                          "(a returning client skips the split)", style="blue"))
+        n = len(e.endpoints)
+        for j, ep in enumerate(e.endpoints):
+            ep_packets = _sum(p.endpoints[j].packets for p in peers if j < len(p.endpoints))
+            line = Text()
+            line.append(_pct(ep.probability), style="bold")
+            written = (f"p={ep.rule_probability:.11f}" if ep.rule_probability is not None
+                       else ("rest" if n > 1 else "only"))
+            line.append(f"  ({written})  ", style="dim")
+            line.append(f"{ep.ip}:{ep.port}", style="green")
+            if ep.pod:
+                line.append(f"  {ep.pod}")
+            if ep.node:
+                line.append(f" @ {ep.node}")
+                if ep.local:
+                    line.append(" (local)", style="bold")
+            if ep_packets is not None:
+                line.append(f"  [{ep_packets} pkts]", style="yellow")
+            if wide:
+                line.append(f"  {ep.chain}", style="dim")
+            tree.add(line)
+        if e.blackhole_rule is not None:
+            bh = e.blackhole_rule
+            bh_packets = _sum(p.blackhole_rule.packets for p in peers if p.blackhole_rule is not None)
+            t = Text(f"filter {bh.chain}: ", style="red")
+            t.append(f"{bh.comment or ''} → {bh.target}")
+            if bh_packets is not None:
+                t.append(f"  [{bh_packets} pkts]", style="bold red" if bh_packets else "dim")
+            tree.add(t)
+        for note in e.notes:
+            if e.blackhole_rule is not None and note.startswith(("traffic not DNATed", "filter ")):
+                continue
+            tree.add(Text(note, style="italic dim"))
+        if wide and e.entry_rule is not None:
+            tree.add(Text(e.entry_rule.text, style="dim"))
+        trees.append(tree)
+    return trees
+
+
+def render_explain(result, console: Console, wide: bool = False) -> None:
+    view = result.view
+    api = view.api_ports[0] if view.api_ports else None
+    title = Text(f"{view.namespace}/{view.name}", style="bold")
+    if api is not None:
+        title.append(f"  {api.type}")
+        if api.cluster_ip:
+            title.append(f" {api.cluster_ip}")
+        if api.external_traffic_policy:
+            title.append(f"  externalTrafficPolicy={api.external_traffic_policy}")
+        if api.internal_traffic_policy != "Cluster":
+            title.append(f"  internalTrafficPolicy={api.internal_traffic_policy}")
+        if api.session_affinity != "None":
+            title.append(f"  sessionAffinity={api.session_affinity}")
+    else:
+        title.append("  (no API objects: from the rules alone)", style="dim")
+    console.print(title)
+    if not view.ports:
+        console.print("  no rules for this service on any node")
+    for pv in view.ports:
+        head = Text(f"port {pv.name or '(unnamed)'} {pv.port}/{pv.protocol}")
+        if pv.target_port is not None:
+            head.append(f" → {pv.target_port}")
+        if pv.node_port:
+            head.append(f"  nodePort {pv.node_port}")
+        chains = [c for c in pv.chains.values() if c]
+        if chains:
+            head.append("   " + " ".join(chains), style="dim")
+        console.print(head)
+        for group in fold_nodes(pv.nodes):
+            names = ", ".join(nv.node for nv in group)
+            label = Text("  ")
+            label.append(names, style="bold underline")
+            if len(group) > 1:
+                label.append(": same rules", style="dim")
+                label.append(" (counters summed)", style="dim")
+            console.print(label)
+            if not group[0].entries:
+                console.print(Text("    no rules for this port on this node", style="yellow"))
+                continue
+            for tree in _entry_tree([nv.entries for nv in group], wide):
+                console.print(Group(tree), style=None)
+    if result.loaded.failed:
+        console.print()
+        for node, why in sorted(result.loaded.failed.items()):
+            console.print(Text(f"node {node} could not be read: {why}", style="bold red"))
+    console.print()
+    render_findings(result.findings, console)
+    console.print(Text("nat counters count connections (the first packet of each), not every packet.",
+                       style="dim"))

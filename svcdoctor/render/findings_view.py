@@ -1,0 +1,27 @@
+"""Findings in plain words, grouped by severity."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.text import Text
+
+SEVERITY_STYLE = {"error": ("✖", "bold red"), "warning": ("!", "yellow"), "info": ("i", "blue")}
+
+
+def render_findings(findings, console: Console, evidence: bool = True) -> None:
+    if not findings:
+        console.print(Text("No problems found.", style="green"))
+        return
+    console.print(Text("Findings", style="bold"))
+    for f in findings:
+        mark, style = SEVERITY_STYLE.get(f.severity, ("?", ""))
+        line = Text(f"  {mark} ")
+        line.append(f"{f.severity:<7}", style=style)
+        line.append(f" {f.id}", style="bold")
+        if f.node:
+            line.append(f"  {f.node}")
+        line.append(f"\n      {f.message}")
+        console.print(line)
+        if evidence:
+            for ev in f.evidence[:4]:
+                console.print(Text(f"      {ev}", style="dim"), overflow="fold")
