@@ -143,6 +143,61 @@ def test_trace_packets_input_with_builtin_jumps():
         assert result.steps[0].chain in ("PREROUTING", "OUTPUT")
 
 
+# kube-proxy's jumps from the built-in chains (kube-proxy-layout.md §2.1), in the order a kind node shows them.
+# kube-proxy adds these with `iptables -I`, outside its restore input, so the case dumps do not have them.
+KUBE_PROXY_JUMPS = {
+    "nat": [
+        ("PREROUTING", '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+        ("OUTPUT", '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+        ("POSTROUTING", '-m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING'),
+    ],
+    "filter": [
+        ("INPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
+        ("INPUT", '-m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS'),
+        ("INPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES'),
+        ("INPUT", "-j KUBE-FIREWALL"),
+        ("FORWARD", '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
+        ("FORWARD", '-m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD'),
+        ("FORWARD", '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+        ("FORWARD", '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES'),
+        ("OUTPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
+        ("OUTPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+        ("OUTPUT", "-j KUBE-FIREWALL"),
+    ],
+}
+
+
+def with_kube_proxy_jumps(text: str) -> str:
+    """The restore input plus the built-in chains and kube-proxy's jumps into the KUBE-* chains it declares."""
+    out = []
+    table = None
+    for line in text.splitlines():
+        out.append(line)
+        if line.startswith("*"):
+            table = line[1:]
+            builtins = {"nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"), "filter": ("INPUT", "FORWARD", "OUTPUT")}
+            out.extend(f":{c} ACCEPT [0:0]" for c in builtins.get(table, ()))
+        elif line == "COMMIT":
+            out.pop()
+            declared = {l[1:].split()[0] for l in text.split(f"*{table}\n", 1)[1].split("COMMIT")[0].splitlines()
+                        if l.startswith(":")}
+            out.extend(f"-A {chain} {spec}" for chain, spec in KUBE_PROXY_JUMPS.get(table, ())
+                       if spec.rsplit(" ", 1)[1] in declared)
+            out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize(("folder", "node_ip", "flow", "protocol"), [f[1:] for f in ALL_FLOWS],
+                         ids=[f[0] for f in ALL_FLOWS])
+def test_flow_through_the_real_hooks(folder, node_ip, flow, protocol):
+    """With kube-proxy's jumps in place the trace walks PREROUTING/OUTPUT → INPUT/FORWARD → POSTROUTING as the
+    kernel does (conntrack states, marks, KUBE-FORWARD, KUBE-FIREWALL) and must still give kube-proxy's answer."""
+    rules = parse_rules(with_kube_proxy_jumps(case_text(folder)), str(folder))
+    result = trace_packet(rules, flow["sourceIP"], flow["destIP"], flow["destPort"], protocol, node_ips=(node_ip,))
+    assert_matches_kube_proxy(result, flow)
+    assert result.entered_without_jumps == [] and result.uncertain == []
+
+
 # -- netfilter semantics beyond kube-proxy's test tracer ---------------------------------------------------------
 
 def _trace(text: str, src="203.0.113.9", dst="10.96.0.10", dport=80, node_ips=("192.168.0.2",), **kw):
