@@ -348,13 +348,15 @@ def explain_entries(
             elif entry.unmatched_share > EPSILON:
                 entry.verdict = verdict if not entry.endpoints else entry.verdict
                 entry.notes.append(f"traffic not DNATed here is {verdict}ped by filter {rule.chain}: {rule.comment}")
-    _attach_counters_and_pods(entries, rules, node, cluster)
+    _attach_counters_and_pods(entries, rules, node, cluster, api_port)
     order = {"clusterIP": 0, "nodePort": 1, "externalIP": 2, "loadBalancer": 3}
     entries.sort(key=lambda e: (order.get(e.kind, 9), e.destination))
     return entries
 
 
-def _attach_counters_and_pods(entries: list[Entry], rules: NodeRules, node: str, cluster: ClusterModel | None):
+def _attach_counters_and_pods(entries: list[Entry], rules: NodeRules, node: str, cluster: ClusterModel | None,
+                              api_port: ServicePort | None = None):
+    api_endpoints = {e.ip: e for e in api_port.endpoints} if api_port is not None else {}
     for entry in entries:
         for ep in entry.endpoints:
             ep.packets = _sum(r.packets for r in ep.jump_rules) if ep.jump_rules else (
@@ -364,9 +366,11 @@ def _attach_counters_and_pods(entries: list[Entry], rules: NodeRules, node: str,
             rule_p = [r.probability for r in ep.jump_rules if r.probability is not None and not _has_affinity_check(r)]
             ep.rule_probability = rule_p[0] if rule_p else None
             if cluster is not None:
-                ep.pod = cluster.pods_by_ip.get(ep.ip)
-                ep.node = cluster.pod_nodes.get(ep.ip)
-                ep.local = (ep.node == node) if ep.node else None
+                known = api_endpoints.get(ep.ip)
+                ep.pod = cluster.pods_by_ip.get(ep.ip) or (known.pod if known else None)
+                ep.node = cluster.pod_nodes.get(ep.ip) or (known.node if known else None)
+                # an endpoint the EndpointSlice lists without nodeName is not local (kube-proxy's reading)
+                ep.local = (ep.node == node) if (ep.node or known) else None
 
 
 def _node_chains(rules: NodeRules, suffix: str | None) -> dict[str, str | None]:
