@@ -107,7 +107,7 @@ def parse_rules(text: str, source: str = "<input>") -> NodeRules:
             )
         counters = _place_headerless(result, headerless, source) or counters
         result.format = "iptables-S"
-    elif not counters and _looks_like_restore_input(result):
+    elif _looks_like_restore_input(result):  # also with `[p:b]` counters, as `iptables-restore -c` takes them
         result.format = "restore-input"
     if not tables or result.rule_count == 0 and not any(t.chains for t in tables.values()):
         raise InputError(f"{source}: no iptables rules found")
