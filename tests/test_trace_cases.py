@@ -400,3 +400,16 @@ def test_bad_packet_is_an_input_error():
             trace_packet(rules, *args)
     with pytest.raises(InputError):
         trace_packet(rules, "10.0.0.1", "10.0.0.2", 80, protocol="icmp")
+
+
+def test_thousands_of_matching_rules_in_one_chain():
+    # every rule matches and goes on (MARK, LOG, a jump that returns): the walk must not grow Python's stack per rule
+    rules = [":KUBE-SERVICES - [0:0]", ":KUBE-NOOP - [0:0]"]
+    for i in range(3000):
+        rules.append("-A KUBE-SERVICES -j MARK --set-xmark 0x1/0x1")
+        rules.append("-A KUBE-SERVICES -j KUBE-NOOP")
+        rules.append('-A KUBE-SERVICES -j LOG --log-prefix "x "')
+    text = "*nat\n" + "\n".join(rules) + "\n-A KUBE-SERVICES -j DNAT --to-destination 10.244.9.9:80\nCOMMIT\n"
+    result = _trace(text)
+    assert result.verdict == "dnat" and len(result.steps) == 1 + 9000 + 1  # enter, every rule, the DNAT
+    assert result.steps[0].action == "enter (no built-in nat chains in the dump; entered as kube-proxy's tests do)"

@@ -279,78 +279,88 @@ class _Tracer:
 
     # -- chains --------------------------------------------------------------------------------------------
     def _run(self, table: str, chain_name: str, start: int, flow: _Flow, depth: int) -> list[_Outcome]:
+        """Run `flow` through a chain from rule `start`; what leaves the chain, terminal or returning."""
         chain = self.rules.chain(table, chain_name)
         if chain is None:
             return [_Outcome(flow, "return")]
         rules = chain.rules
         outcomes: list[_Outcome] = []
-        for i in range(start, len(rules)):
-            rule = rules[i]
-            try:
-                matched, probability = self._matches(rule, flow)
-            except _Undecided as e:
-                self._doubt(flow, rule, str(e))
-                continue
-            if not matched:
-                continue
-            if rule.target is None:
-                # a rule without a target only counts packets (KUBE-FW's "other traffic … will be dropped")
-                self._step(flow, table, chain_name, rule.text, "continue")
-                continue
-            if probability is not None and probability < 1.0:
-                if probability <= 0.0:
+        # (next rule, flow) still to run in this chain; a loop rather than recursion, so that a chain with thousands
+        # of matching non-terminating rules does not exhaust Python's stack. Pushed in reverse: branches in order.
+        pending = [(start, flow)]
+        while pending:
+            i, flow = pending.pop()
+            while i < len(rules):
+                rule = rules[i]
+                i += 1
+                try:
+                    matched, probability = self._matches(rule, flow)
+                except _Undecided as e:
+                    self._doubt(flow, rule, str(e))
                     continue
-                hit = flow.fork(flow.share * probability)
-                flow.share *= 1.0 - probability
-                outcomes.extend(self._take(table, chain_name, i, rule, hit, depth, probability))
-                continue
-            outcomes.extend(self._take(table, chain_name, i, rule, flow, depth, probability))
-            return outcomes
-        outcomes.append(_Outcome(flow, "return"))
+                if not matched:
+                    continue
+                if rule.target is None:
+                    # a rule without a target only counts packets (KUBE-FW's "other traffic … will be dropped")
+                    self._step(flow, table, chain_name, rule.text, "continue")
+                    continue
+                if probability is not None and probability < 1.0:
+                    if probability <= 0.0:
+                        continue
+                    hit = flow.fork(flow.share * probability)
+                    flow.share *= 1.0 - probability
+                    pending.append((i, flow))  # the rest of the traffic goes on with the next rule, after the hit
+                    flow = hit
+                ended, going_on = self._take(table, chain_name, rule, flow, depth, probability)
+                outcomes.extend(ended)
+                pending.extend((i, f) for f in reversed(going_on))
+                break
+            else:
+                outcomes.append(_Outcome(flow, "return"))
         return outcomes
 
-    def _take(self, table: str, chain_name: str, i: int, rule: Rule, flow: _Flow, depth: int,
-              probability: float | None) -> list[_Outcome]:
-        """The rule matched `flow`: do its target, then whatever follows."""
+    def _take(self, table: str, chain_name: str, rule: Rule, flow: _Flow, depth: int,
+              probability: float | None) -> tuple[list[_Outcome], list[_Flow]]:
+        """The rule matched `flow`: do its target. Returns (what left the chain, flows going on with the next rule)."""
         target = rule.target
         text = rule.text
         if target in ("ACCEPT", "DROP", "REJECT"):
             self._step(flow, table, chain_name, text, target.lower())
             kind = target.lower() if table != "nat" or target != "ACCEPT" else "nat-accept"
-            return [_Outcome(flow, kind)]
+            return [_Outcome(flow, kind)], []
         if target == "RETURN":
             self._step(flow, table, chain_name, text, "return")
-            return [_Outcome(flow, "return")]
+            return [_Outcome(flow, "return")], []
         if target in ("DNAT", "REDIRECT", "NETMAP"):
-            return [self._dnat(rule, flow)]
+            return [self._dnat(rule, flow)], []
         if target in ("MASQUERADE", "SNAT"):
             self._step(flow, table, chain_name, text, target.lower())
             flow.masquerade = True
-            return [_Outcome(flow, "snat")]
+            return [_Outcome(flow, "snat")], []
         if target == "MARK":
             flow.mark, action = _apply_mark(rule, flow.mark)
             self._step(flow, table, chain_name, text, action)
-            return self._run(table, chain_name, i + 1, flow, depth)
-        sub = self.rules.chain(table, target)
-        if sub is None:
+            return [], [flow]
+        if self.rules.chain(table, target) is None:
             if target in _NON_TERMINATING:
                 self._step(flow, table, chain_name, text, f"continue ({target})")
             else:
                 self._doubt(flow, rule, f"target {target} is neither a chain of the {table} table nor one the tracer knows")
-            return self._run(table, chain_name, i + 1, flow, depth)
+            return [], [flow]
         if depth >= _MAX_DEPTH:
             raise InputError(f"rules nest deeper than {_MAX_DEPTH} chains at {table} {chain_name}: a loop?")
         how = "goto" if rule.goto else "jump"
         action = f"{how} {target}" + (f" (probability {probability:.11g})" if probability is not None else "")
         self._step(flow, table, chain_name, text, action)
-        outcomes: list[_Outcome] = []
+        ended: list[_Outcome] = []
+        going_on: list[_Flow] = []
         for o in self._run(table, target, 0, flow, depth + 1):
             if o.kind == "return" and not rule.goto:
-                outcomes.extend(self._run(table, chain_name, i + 1, o.flow, depth))
+                going_on.append(o.flow)
             else:
-                # terminal, or a goto'd chain's RETURN, which returns to our caller
-                outcomes.append(o)
-        return outcomes
+                # terminal, or a goto'd chain's end/RETURN, which returns to our caller
+                ended.append(o)
+        return ended, going_on
 
     def _dnat(self, rule: Rule, flow: _Flow) -> _Outcome:
         if rule.target == "REDIRECT":
