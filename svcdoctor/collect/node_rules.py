@@ -42,6 +42,11 @@ class BackendDump:
     text: str = ""  # stdout without "# Warning:" lines
     warnings: list[str] = field(default_factory=list)
     error: str | None = None  # the command could not run or failed
+    timed_out: bool = False
+
+    @property
+    def command(self) -> str:
+        return SAVE_COMMANDS[self.backend][0]
 
     @property
     def rule_count(self) -> int:
@@ -71,8 +76,9 @@ def read_backend(container, backend: str) -> BackendDump:
     try:
         # demux=True keeps stderr apart: iptables-nft-save prints its legacy warning there (lab RECIPE §5.4)
         result = container.exec_run(argv, demux=True)
-    except Exception as exc:  # docker.errors.APIError (container stopped), requests timeouts, ...
-        dump.error = f"{argv[0]}: {_exec_failure(exc)}"
+    except Exception as exc:  # docker.errors.APIError (container stopped), requests' timeouts, ...
+        dump.timed_out = _is_timeout(exc)
+        dump.error = f"{argv[0]}: {'timed out' if dump.timed_out else _exec_failure(exc)}"
         return dump
     stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, None)
     out_text, out_warnings = split_warnings((stdout or b"").decode("utf-8", "replace"))
@@ -86,12 +92,18 @@ def read_backend(container, backend: str) -> BackendDump:
     return dump
 
 
+def _is_timeout(exc: BaseException) -> bool:
+    # requests.ReadTimeout, urllib3 ReadTimeoutError, socket.timeout, or any of them wrapped in a ConnectionError
+    while exc is not None:
+        if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _exec_failure(exc: Exception) -> str:
-    name = type(exc).__name__
-    if "Timeout" in name or "timed out" in str(exc):
-        return "timed out"
     explanation = getattr(exc, "explanation", None)  # docker.errors.APIError carries the daemon's message
-    text = str(explanation or exc).strip() or name
+    text = str(explanation or exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
 
 
@@ -114,22 +126,24 @@ def choose_backend(nft: BackendDump, legacy: BackendDump) -> tuple[str, str]:
     return backend, f"kube-proxy's chains {where}; kind's rule count (legacy {n_legacy}, nft {n_nft}, legacy wins ties)"
 
 
-def capture_node(node: KindNode) -> NodeCapture:
-    """Read one node; any failure becomes NodeCapture.error so that the other nodes go on."""
-    if not node.running:
-        return _failed(node, f"container is {node.state}, not running")
+def assemble_capture(node: KindNode, nft: BackendDump, legacy: BackendDump, timeout: float | None = None) -> NodeCapture:
+    """One node's capture from its two dumps. A hung save fails the whole node: the other backend alone would
+    tell a half-truth (a node looking "legacy" only because iptables-nft-save is wedged)."""
     capture = NodeCapture(
         name=node.name, internal_ip=node.internal_ip, role=node.role, source=f"docker container {node.name}"
     )
-    dumps = {backend: read_backend(node.container, backend) for backend in BACKENDS}
-    nft, legacy = dumps["nft"], dumps["legacy"]
+    hung = [d for d in (nft, legacy) if d.timed_out]
+    if hung:
+        limit = f" within {timeout:g}s" if timeout else ""
+        capture.error = "; ".join(f"{d.command} did not answer{limit}" for d in hung)
+        return capture
     if nft.error and legacy.error:
         capture.error = f"{nft.error}; {legacy.error}"
         return capture
     backend, why = choose_backend(nft, legacy)
-    other = legacy if backend == "nft" else nft
+    used, other = (nft, legacy) if backend == "nft" else (legacy, nft)
     capture.backend = backend
-    capture.iptables_save = dumps[backend].text
+    capture.iptables_save = used.text
     capture.other_backend_save = None if other.error else other.text
     for dump in (nft, legacy):
         capture.warnings.extend(w for w in dump.warnings if w not in capture.warnings)
@@ -145,6 +159,13 @@ def capture_node(node: KindNode) -> NodeCapture:
     return capture
 
 
+def capture_node(node: KindNode) -> NodeCapture:
+    """Read one node (both backends, one after the other); failures become NodeCapture.error."""
+    if not node.running:
+        return _failed(node, f"container is {node.state}, not running")
+    return assemble_capture(node, read_backend(node.container, "nft"), read_backend(node.container, "legacy"))
+
+
 def capture_nodes(
     nodes: list[KindNode],
     *,
@@ -152,31 +173,38 @@ def capture_nodes(
     max_workers: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[NodeCapture]:
-    """Read all nodes in a bounded thread pool, in the order given; a node not done in time is reported as failed.
+    """Read all nodes, both backends of each at once, in a bounded thread pool; results in the order given.
 
-    The docker client's own socket timeout (set where the client is made) is what stops a hung exec; the wait
-    here is the backstop that keeps one node from holding up the others' report.
+    The per-node timeout is enforced by the docker client's socket timeout (set where the client is made: a hung
+    exec raises there); the wait below is only a backstop so that no node can hold up the others' report.
     """
-    if not nodes:
-        return []
-    workers = max(1, min(len(nodes), max_workers or DEFAULT_MAX_WORKERS))
-    # nodes queue behind each other when there are more than `workers`, so the budget grows by rounds
-    budget = timeout * -(-len(nodes) // workers) + 1.0
-    results: dict[str, NodeCapture] = {}
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="svcdoctor-node")
-    futures = {pool.submit(capture_node, node): node for node in nodes}
-    try:
-        for future in as_completed(futures, timeout=budget):
-            node = futures[future]
-            exc = future.exception()
-            results[node.name] = _failed(node, f"error: {exc}") if exc else future.result()
-            if progress:
-                error = results[node.name].error
-                progress(f"{node.name}: failed: {error}" if error else f"{node.name}: rules read")
-    except FuturesTimeout:
-        pass
-    pool.shutdown(wait=False, cancel_futures=True)
-    return [results.get(node.name) or _failed(node, f"no answer within {timeout:g}s") for node in nodes]
+    tasks = [(node, backend) for node in nodes if node.running for backend in BACKENDS]
+    dumps: dict[tuple[str, str], BackendDump] = {}
+    if tasks:
+        workers = max(1, min(len(tasks), max_workers or DEFAULT_MAX_WORKERS))
+        budget = timeout * -(-len(tasks) // workers) + 1.0  # tasks queue in rounds when there are more than workers
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="svcdoctor-node")
+        futures = {pool.submit(read_backend, node.container, backend): (node, backend) for node, backend in tasks}
+        try:
+            for future in as_completed(futures, timeout=budget):
+                node, backend = futures[future]
+                dumps[(node.name, backend)] = future.result()  # read_backend does not raise
+                if progress and all((node.name, b) in dumps for b in BACKENDS):
+                    progress(f"{node.name}: rules read")
+        except FuturesTimeout:
+            pass
+        pool.shutdown(wait=False, cancel_futures=True)
+    captures = []
+    for node in nodes:
+        if not node.running:
+            captures.append(_failed(node, f"container is {node.state}, not running"))
+            continue
+        nft, legacy = (
+            dumps.get((node.name, b)) or BackendDump(b, error=f"{SAVE_COMMANDS[b][0]}: timed out", timed_out=True)
+            for b in BACKENDS
+        )
+        captures.append(assemble_capture(node, nft, legacy, timeout))
+    return captures
 
 
 def _failed(node: KindNode, reason: str) -> NodeCapture:
