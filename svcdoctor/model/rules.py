@@ -267,19 +267,74 @@ def _is_number(word: str) -> bool:
     return word[1:].replace(".", "", 1).isdigit() if word.startswith("-") else False
 
 
-@dataclass(slots=True)
 class Chain:
-    name: str
-    table: str
-    policy: str | None = None  # ACCEPT/DROP for builtin chains, None ("-") for user chains
-    packets: int | None = None
-    bytes: int | None = None
-    rules: list[Rule] = field(default_factory=list)
-    declared: bool = True  # False: only referenced by a rule, never declared
+    """A chain and its rules. The rules of a big dump are kept as text until someone asks for them:
+    explaining one service on a node with 10,000 services touches a handful of its 40,000 chains."""
+
+    __slots__ = ("name", "table", "policy", "packets", "bytes", "declared", "_lines", "_rules")
+
+    def __init__(self, name: str, table: str, policy: str | None = None, packets: int | None = None,
+                 bytes: int | None = None, rules: list[Rule] | None = None, declared: bool = True):
+        self.name = name
+        self.table = table
+        self.policy = policy  # ACCEPT/DROP for builtin chains, None ("-") for user chains
+        self.packets = packets
+        self.bytes = bytes
+        self.declared = declared  # False: only referenced by a rule, never declared
+        self._lines: list[str] = []  # "[p:b] -A NAME spec" or "-A NAME spec [-c p b]", not yet parsed
+        self._rules: list[Rule] | None = list(rules) if rules is not None else None
+
+    def add_line(self, line: str) -> None:
+        if self._rules is not None:
+            self._rules.append(rule_from_line(self.table, self.name, len(self._rules) + 1, line))
+        else:
+            self._lines.append(line)
+
+    @property
+    def rules(self) -> list[Rule]:
+        if self._rules is None:
+            table, name = self.table, self.name
+            self._rules = [rule_from_line(table, name, i, line) for i, line in enumerate(self._lines, 1)]
+            self._lines = []
+        return self._rules
+
+    @property
+    def rule_count(self) -> int:
+        return len(self._rules) if self._rules is not None else len(self._lines)
 
     @property
     def builtin(self) -> bool:
         return self.name in BUILTIN_CHAINS.get(self.table, ())
+
+    def __repr__(self) -> str:
+        return f"Chain({self.table}:{self.name}, {self.rule_count} rules)"
+
+
+def rule_from_line(table: str, chain: str, position: int, line: str) -> Rule:
+    """A rule from its dump line: `[p:b] -A CHAIN spec` (iptables-save -c), `-A CHAIN spec -c p b -j T`
+    (iptables -S -v), or `-A CHAIN spec`. The parser already checked the shape of the line."""
+    from svcdoctor.exit_codes import InputError
+
+    packets = nbytes = None
+    if line[0] == "[":
+        close = line.find("]")
+        try:
+            pk, by = line[1:close].split(":")
+            packets, nbytes = int(pk), int(by)
+        except ValueError:
+            raise InputError(f"chain {chain}: bad counters in: {line[:80]}") from None
+        line = line[close + 1 :].lstrip()
+    elif " -c " in line:
+        idx = line.find(" -c ")
+        if line.count('"', 0, idx) % 2 == 0:
+            parts = line[idx + 4 :].split(" ", 2)
+            try:
+                packets, nbytes = int(parts[0]), int(parts[1])
+            except (ValueError, IndexError):
+                raise InputError(f"chain {chain}: bad -c counters in: {line[:80]}") from None
+            line = line[:idx] + (" " + parts[2] if len(parts) > 2 else "")
+    spec = line[4 + len(chain) :].strip()  # after "-A CHAIN "
+    return Rule(table, chain, position, spec, packets, nbytes)
 
 
 @dataclass(slots=True)
@@ -316,7 +371,7 @@ class NodeRules:
 
     @property
     def rule_count(self) -> int:
-        return sum(len(c.rules) for t in self.tables.values() for c in t.chains.values())
+        return sum(c.rule_count for t in self.tables.values() for c in t.chains.values())
 
     @property
     def kube_chain_count(self) -> int:
@@ -327,4 +382,4 @@ class NodeRules:
         if nat is None:
             return False
         svc = nat.chains.get("KUBE-SERVICES")
-        return svc is not None and bool(svc.rules) or any(n.startswith("KUBE-SVC-") for n in nat.chains)
+        return svc is not None and svc.rule_count > 0 or any(n.startswith("KUBE-SVC-") for n in nat.chains)

@@ -1,0 +1,53 @@
+"""Issue #2: `explain` of one service on a 3-node bundle of 10,000-service dumps: <= 1.0 s wall, <= 500 MB peak.
+Runs the real CLI in a child process; the baseline is `iptables-restore --test` of one dump in the same run
+(0.75 s on the reference machine, so the wall-time goal is 1.0 / 0.75 of it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import REFERENCE_RESTORE_SECONDS, report, restore_test_seconds
+from scale_dump import CACHE_DIR, real_dump
+
+
+def make_bundle(root: str, text: str, nodes=("node-1", "node-2", "node-3")) -> None:
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        json.dump({"format": "svcdoctor-bundle/v1", "cluster": "scale", "nodes": list(nodes)}, f)
+    for n in nodes:
+        os.makedirs(os.path.join(root, "nodes", n))
+        with open(os.path.join(root, "nodes", n, "iptables.txt"), "w") as f:
+            f.write(text)
+
+
+def main() -> int:
+    text = real_dump(10000)
+    baseline = restore_test_seconds(os.path.join(CACHE_DIR, "nat-10000.save"))
+    with tempfile.TemporaryDirectory() as tmp:
+        make_bundle(tmp, text)
+        cmd = [sys.executable, "-m", "svcdoctor", "explain", "svc-4242", "-n", "scale", "--bundle", tmp, "-o", "json"]
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            best = min(best, time.perf_counter() - t0)
+            if r.returncode != 0:
+                print(r.stderr)
+                return 1
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    doc = json.loads(r.stdout)
+    n_eps = len(doc["ports"][0]["nodes"][0]["entries"][0]["endpoints"])
+    print(f"explain scale/svc-4242 on 3 nodes: {best:.3f}s wall, {peak_mb:.0f} MB peak, {n_eps} endpoints; "
+          f"iptables-restore --test baseline {baseline:.3f}s")
+    ok = report("explain wall / restore baseline", best / baseline, round(1.0 / REFERENCE_RESTORE_SECONDS, 2))
+    ok &= report("explain peak memory", peak_mb, 500, " MB")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

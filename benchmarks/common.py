@@ -1,0 +1,36 @@
+"""Shared benchmark helpers: machines here are noisy, so every number is printed next to a baseline measured in
+the same run, and goals are stated as ratios against that baseline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+REFERENCE_RESTORE_SECONDS = 0.75  # `iptables-restore --test` of the 10,000-service dump on the reference machine
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def restore_test_seconds(path: str, repeat: int = 3) -> float:
+    """The baseline: the kernel tools' own parser reading the same file (`iptables-restore --test` changes nothing)."""
+    def run():
+        with open(path) as f:
+            subprocess.run(["iptables-restore", "--test"], stdin=f, check=True, stdout=subprocess.DEVNULL)
+    return best_of(run, repeat)
+
+
+def report(name: str, value: float, goal: float, unit: str = "") -> bool:
+    ok = value <= goal
+    print(f"{name}: {value:.3f}{unit} (goal <= {goal}{unit}) {'OK' if ok else 'OVER'}")
+    return ok
