@@ -210,9 +210,9 @@ def _dedupe(findings: list[Finding]) -> list[Finding]:
     return out
 
 
-def check_node_rules(node: str, rules: NodeRules, cluster: ClusterModel | None, proxy_mode: str | None = None,
-                     other_backend: NodeRules | None = None, backend: str | None = None) -> list[Finding]:
-    """Findings about a node as a whole: no kube-proxy rules, orphan chains, hash mismatches, backend trouble."""
+def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None,
+                      other_backend: NodeRules | None = None, backend: str | None = None) -> list[Finding]:
+    """The cheap node-wide findings every command shows: no kube-proxy rules, rules in the wrong backend."""
     out: list[Finding] = []
     nat = rules.table("nat")
     has_rules = rules.has_kube_proxy_rules()
@@ -235,6 +235,14 @@ def check_node_rules(node: str, rules: NodeRules, cluster: ClusterModel | None, 
             "no-kube-proxy-rules", node, None,
             f"{node} has no kube-proxy rules (no KUBE-SERVICES rules): is kube-proxy running there?",
             [f"nat chains: {', '.join(sorted(nat.chains)) if nat else 'no nat table'}"]))
+    return out
+
+
+def check_node_rules(node: str, rules: NodeRules, cluster: ClusterModel | None, proxy_mode: str | None = None,
+                     other_backend: NodeRules | None = None, backend: str | None = None) -> list[Finding]:
+    """Findings about a node as a whole: no kube-proxy rules, orphan chains, hash mismatches, backend trouble."""
+    out = check_node_health(node, rules, proxy_mode, other_backend, backend)
+    nat = rules.table("nat")
     if nat is None:
         return out
     referenced = set()

@@ -140,6 +140,12 @@ def assemble_capture(node: KindNode, nft: BackendDump, legacy: BackendDump, time
     if nft.error and legacy.error:
         capture.error = f"{nft.error}; {legacy.error}"
         return capture
+    failed = nft if nft.error else legacy if legacy.error else None
+    if failed is not None and not (legacy if failed is nft else nft).text.strip():
+        # one save failed and the other printed nothing: an empty table set would be a false "no rules here"
+        other_cmd = (legacy if failed is nft else nft).command
+        capture.error = f"{failed.error}; {other_cmd} printed no tables"
+        return capture
     backend, why = choose_backend(nft, legacy)
     used, other = (nft, legacy) if backend == "nft" else (legacy, nft)
     capture.backend = backend

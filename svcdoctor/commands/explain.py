@@ -5,10 +5,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from svcdoctor.checks.findings import Finding, check_node_rules, check_service_view, sort_findings
+from svcdoctor.checks.findings import Finding, check_node_health, check_service_view, sort_findings
 from svcdoctor.commands.inputs import LoadedInput
 from svcdoctor.exit_codes import UnknownServiceError
 from svcdoctor.model.explain import ServiceView, build_service_view, known_services
+from svcdoctor.model.hashes import service_hash
+from svcdoctor.model.service_rules import NodeServiceIndex, index_node_services
 
 
 @dataclass(slots=True)
@@ -23,10 +25,10 @@ def resolve_service(service: str, namespace: str | None, loaded: LoadedInput) ->
     if "/" in service and namespace is None:
         namespace, service = service.split("/", 1)
     ns = namespace or "default"
-    names = known_services(loaded.rules, loaded.cluster)
     key = f"{ns}/{service}"
-    if key in names:
+    if service_indexes(loaded, ns, service) is not None:
         return ns, service
+    names = known_services(loaded.rules, loaded.cluster)  # every service on every node: only to suggest names
     elsewhere = sorted(n for n in names if n.split("/", 1)[1] == service)
     hint = ""
     if elsewhere:
@@ -40,18 +42,28 @@ def resolve_service(service: str, namespace: str | None, loaded: LoadedInput) ->
     raise UnknownServiceError(f"no service {key} on any node{' or in the API' if loaded.cluster else ''}{hint}")
 
 
+def service_indexes(loaded: LoadedInput, ns: str, name: str) -> dict[str, NodeServiceIndex] | None:
+    """Each node's rules for this one service (found by name or by its ports' hashes); None if it is nowhere."""
+    api_ports = [sp for sp in (loaded.cluster.service_ports if loaded.cluster else [])
+                 if sp.namespace == ns and sp.name == name]
+    suffixes = frozenset(service_hash(sp.svc_port_name, sp.protocol) for sp in api_ports)
+    indexes = {n: index_node_services(r, f"{ns}/{name}", suffixes) for n, r in loaded.rules.items()}
+    if api_ports or any(ix.by_suffix for ix in indexes.values()):
+        return indexes
+    return None
+
+
 def explain(loaded: LoadedInput, service: str, namespace: str | None = None, port: str | None = None) -> ExplainResult:
     ns, name = resolve_service(service, namespace, loaded)
-    view = build_service_view(ns, name, loaded.rules, loaded.cluster, port_filter=port)
+    indexes = service_indexes(loaded, ns, name)
+    view = build_service_view(ns, name, loaded.rules, loaded.cluster, port_filter=port, indexes=indexes)
     if port and not view.ports:
         raise UnknownServiceError(f"service {ns}/{name} has no port named or numbered {port}")
     findings = check_service_view(view, loaded.cluster)
     for node, rules in loaded.rules.items():
         # node-wide problems matter to every service on that node; keep those that explain a broken path
-        for f in check_node_rules(node, rules, None, _proxy_mode(loaded, node), loaded.other_backend.get(node),
-                                  _backend(loaded, node)):
-            if f.id in ("no-kube-proxy-rules", "backend-mismatch") or (f.service == f"{ns}/{name}"):
-                findings.append(f)
+        findings.extend(check_node_health(node, rules, _proxy_mode(loaded, node), loaded.other_backend.get(node),
+                                          _backend(loaded, node)))
     return ExplainResult(view, sort_findings(findings), loaded)
 
 
