@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console, Group
+from rich.padding import Padding
 from rich.text import Text
 from rich.tree import Tree
 
@@ -45,8 +46,38 @@ def _sum(values):
     return sum(vals) if vals else None
 
 
-def _entry_tree(entries_by_node: list, wide: bool) -> list[Tree]:
-    """Trees for one folded group; counters are summed over the group's nodes."""
+def _humane_condition(text: str) -> str:
+    """`! -s 10.10.0.0/16` -> "the source is not in 10.10.0.0/16" (the when of a KUBE-MARK-MASQ rule)."""
+    chain, _, cond = text.partition(": ")
+    words = cond.split()
+    out, neg, i = [], False, 0
+    while i < len(words):
+        w = words[i]
+        if w == "!":
+            neg = True
+        elif w == "-s" and i + 1 < len(words):
+            out.append(f"the source is {'not ' if neg else ''}in {words[i + 1]}")
+            neg, i = False, i + 1
+        elif w == "--src-type" and i + 1 < len(words):
+            local = words[i + 1].upper() == "LOCAL"
+            out.append("the source is " + ("not " if neg else "") + ("the node itself" if local else words[i + 1]))
+            neg, i = False, i + 1
+        else:
+            out.append(w)
+        i += 1
+    return f"{' and '.join(out)} ({chain})"
+
+
+def _by_node(values: list, names: list[str]) -> str:
+    """" (myk8s-worker 20, myk8s-worker2 15)": which folded nodes counted what."""
+    if len(names) < 2:
+        return ""
+    parts = [f"{n} {v}" for n, v in zip(names, values) if v]
+    return f" ({', '.join(parts)})" if parts and len(parts) < len(names) or len(parts) > 1 else ""
+
+
+def _entry_tree(entries_by_node: list, wide: bool, names: list[str]) -> list[Tree]:
+    """Trees for one folded group; counters are summed over the group's nodes, with who counted what."""
     first = entries_by_node[0]
     trees = []
     for i, e in enumerate(first):
@@ -56,7 +87,7 @@ def _entry_tree(entries_by_node: list, wide: bool) -> list[Tree]:
         head.append(f"{e.kind} ", style="bold")
         head.append(e.destination, style="cyan")
         if packets is not None:
-            head.append(f"  [{packets} pkts]", style="dim")
+            head.append(f"  [{packets} pkts{_by_node([p.packets for p in peers], names)}]", style="dim")
         head.append("  → ")
         head.append(e.verdict.upper(), style=VERDICT_STYLE.get(e.verdict, ""))
         if e.verdict == "dnat":
@@ -65,13 +96,15 @@ def _entry_tree(entries_by_node: list, wide: bool) -> list[Tree]:
         path = Text(" → ".join(e.path), style="dim")
         tree.add(path)
         if e.masquerade_when and e.verdict == "dnat":
-            tree.add(Text("SNAT when: " + "; ".join(e.masquerade_when), style="magenta"))
+            tree.add(Text("SNAT when " + "; or when ".join(_humane_condition(w) for w in e.masquerade_when),
+                          style="magenta"))
         if e.session_affinity_seconds:
             tree.add(Text(f"session affinity: ClientIP, {e.session_affinity_seconds}s "
                           "(a returning client skips the split)", style="blue"))
         n = len(e.endpoints)
         for j, ep in enumerate(e.endpoints):
-            ep_packets = _sum(p.endpoints[j].packets for p in peers if j < len(p.endpoints))
+            per_node = [p.endpoints[j].packets if j < len(p.endpoints) else None for p in peers]
+            ep_packets = _sum(per_node)
             line = Text()
             line.append(_pct(ep.probability), style="bold")
             written = (f"p={ep.rule_probability:.11f}" if ep.rule_probability is not None
@@ -85,7 +118,7 @@ def _entry_tree(entries_by_node: list, wide: bool) -> list[Tree]:
                 if ep.local:
                     line.append(" (local)", style="bold")
             if ep_packets is not None:
-                line.append(f"  [{ep_packets} pkts]", style="yellow")
+                line.append(f"  [{ep_packets} pkts{_by_node(per_node, names)}]", style="yellow")
             if wide:
                 line.append(f"  {ep.chain}", style="dim")
             tree.add(line)
@@ -147,8 +180,8 @@ def render_explain(result, console: Console, wide: bool = False) -> None:
             if not group[0].entries:
                 console.print(Text("    no rules for this port on this node", style="yellow"))
                 continue
-            for tree in _entry_tree([nv.entries for nv in group], wide):
-                console.print(Group(tree), style=None)
+            for tree in _entry_tree([nv.entries for nv in group], wide, [nv.node for nv in group]):
+                console.print(Padding(tree, (0, 0, 0, 4), expand=False))
     if result.loaded.failed:
         console.print()
         for node, why in sorted(result.loaded.failed.items()):

@@ -26,13 +26,18 @@ def render_trace(result, console: Console, wide: bool = False) -> None:
     if result.entered_without_jumps:
         console.print(Text("  (no jumps from the built-in chains in this dump; entered at "
                            + ", ".join(result.entered_without_jumps) + " as kube-proxy's tests do)", style="dim"))
-    console.print(Text("  steps:", style="bold"))
+    console.print(Text("  steps (share of new connections that take each):", style="bold"))
+    # the random branches repeat the same filter and POSTROUTING steps: show each step once, with its total share
+    merged: dict[tuple, float] = {}
     for s in result.steps:
-        if not wide and s.share < 1e-12:
+        key = (s.table, s.chain, s.action, s.rule)
+        merged[key] = merged.get(key, 0.0) + s.share
+    for (table, chain, action, rule), share_total in merged.items():
+        if not wide and share_total < 1e-12:
             continue
-        share = f"{s.share * 100:5.1f}% " if s.share < 0.999999 else "       "
-        console.print(Text(f"    {share}{s.table}/{s.chain}: {s.action}"
-                           + (f"   {s.rule}" if s.rule and wide else ""), style=None), overflow="fold")
+        share = f"{min(share_total, 1.0) * 100:5.1f}% "
+        console.print(Text(f"    {share}{table}/{chain}: {action}" + (f"   {rule}" if rule and wide else "")),
+                      overflow="fold")
     for u in result.uncertain:
         console.print(Text(f"  ? {u.table}/{u.chain}: {u.rule} ({u.reason})", style="yellow"), overflow="fold")
     console.print()
