@@ -23,18 +23,18 @@ app = typer.Typer(
 OUTPUT_FORMATS = ("table", "wide", "json")
 
 # --- the options every command takes (CONTRACT.md, Commands) ------------------------------------------------
-BundleOpt = Annotated[Optional[str], typer.Option("--bundle", help="Offline input: a bundle directory or .tar.gz, "
+BundleOpt = Annotated[Optional[str], typer.Option("--bundle", metavar="PATH", help="Offline input: a bundle directory or .tar.gz, "
                                                   "or a single iptables-save / iptables -S file.")]
 DemoOpt = Annotated[bool, typer.Option("--demo", help="Use the demo bundle shipped with svcdoctor (the seed's myk8s).")]
-ClusterOpt = Annotated[Optional[str], typer.Option("--cluster", help="kind cluster name.")]
-KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="Path to the kubeconfig file.")]
-ContextOpt = Annotated[Optional[str], typer.Option("--context", help="Kube context (default kind-NAME).")]
+ClusterOpt = Annotated[Optional[str], typer.Option("--cluster", metavar="NAME", help="kind cluster name.")]
+KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", metavar="PATH", help="Path to the kubeconfig file.")]
+ContextOpt = Annotated[Optional[str], typer.Option("--context", metavar="NAME", help="Kube context (default kind-NAME).")]
 NoApiOpt = Annotated[bool, typer.Option("--no-api", help="Skip the Kubernetes API: work from the rules alone.")]
-NodeOpt = Annotated[Optional[list[str]], typer.Option("--node", help="Only these nodes (repeatable).")]
-OutputOpt = Annotated[str, typer.Option("-o", "--output", help="table | wide | json")]
+NodeOpt = Annotated[Optional[list[str]], typer.Option("--node", metavar="NODE", help="Only these nodes (repeatable).")]
+OutputOpt = Annotated[str, typer.Option("-o", "--output", metavar="FORMAT", help="table | wide | json")]
 NoColorOpt = Annotated[bool, typer.Option("--no-color", help="No colours (NO_COLOR is honoured too).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.")]
-NamespaceOpt = Annotated[Optional[str], typer.Option("-n", "--namespace", help="Namespace (default: default).")]
+NamespaceOpt = Annotated[Optional[str], typer.Option("-n", "--namespace", metavar="NAMESPACE", help="Namespace (default: default).")]
 
 _debug = False
 
@@ -97,9 +97,9 @@ def _root(
 
 @app.command()
 def explain(
-    service: Annotated[str, typer.Argument(help="Service name (or NAMESPACE/NAME).")],
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="Service name (or NAMESPACE/NAME).")],
     namespace: NamespaceOpt = None,
-    port: Annotated[Optional[str], typer.Option("--port", help="Only this port (name or number).")] = None,
+    port: Annotated[Optional[str], typer.Option("--port", metavar="NAME|NUMBER", help="Only this port (name or number).")] = None,
     bundle: BundleOpt = None, demo: DemoOpt = False, cluster: ClusterOpt = None, kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None, no_api: NoApiOpt = False, node: NodeOpt = None, output: OutputOpt = "table",
     no_color: NoColorOpt = False, debug: DebugOpt = False,
@@ -126,10 +126,10 @@ def explain(
 
 @app.command()
 def trace(
-    dst: Annotated[str, typer.Option("--dst", help="Destination IP:PORT.")],
-    src: Annotated[Optional[str], typer.Option("--src", help="Source IP (default: a client outside the cluster).")] = None,
-    proto: Annotated[str, typer.Option("--proto", help="tcp | udp | sctp")] = "tcp",
-    node_ip: Annotated[Optional[list[str]], typer.Option("--node-ip", help="The node's own address(es).")] = None,
+    dst: Annotated[str, typer.Option("--dst", metavar="IP:PORT", help="Destination IP:PORT.")],
+    src: Annotated[Optional[str], typer.Option("--src", metavar="IP", help="Source IP (default: a client outside the cluster).")] = None,
+    proto: Annotated[str, typer.Option("--proto", metavar="PROTO", help="tcp | udp | sctp")] = "tcp",
+    node_ip: Annotated[Optional[list[str]], typer.Option("--node-ip", metavar="IP", help="The node's own address(es).")] = None,
     bundle: BundleOpt = None, demo: DemoOpt = False, cluster: ClusterOpt = None, kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None, no_api: NoApiOpt = False, node: NodeOpt = None, output: OutputOpt = "table",
     no_color: NoColorOpt = False, debug: DebugOpt = False,
@@ -157,7 +157,7 @@ def trace(
 
 @app.command()
 def check(
-    fail_on: Annotated[str, typer.Option("--fail-on", help="error | warning | info")] = "error",
+    fail_on: Annotated[str, typer.Option("--fail-on", metavar="SEVERITY", help="error | warning | info")] = "error",
     namespace: NamespaceOpt = None,
     bundle: BundleOpt = None, demo: DemoOpt = False, cluster: ClusterOpt = None, kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None, no_api: NoApiOpt = False, node: NodeOpt = None, output: OutputOpt = "table",
@@ -219,7 +219,7 @@ def nodes(
 
 @app.command()
 def collect(
-    out_path: Annotated[str, typer.Option("--out", help="Bundle path; ending in .tar.gz writes an archive.")],
+    out_path: Annotated[str, typer.Option("--out", metavar="PATH", help="Bundle path; ending in .tar.gz writes an archive.")],
     bundle: BundleOpt = None, demo: DemoOpt = False, cluster: ClusterOpt = None, kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None, no_api: NoApiOpt = False, node: NodeOpt = None, output: OutputOpt = "table",
     no_color: NoColorOpt = False, debug: DebugOpt = False,
@@ -252,9 +252,9 @@ def collect(
 
 @app.command()
 def graph(
-    service: Annotated[Optional[str], typer.Argument(help="Service name (or NAMESPACE/NAME); all if omitted.")] = None,
+    service: Annotated[Optional[str], typer.Argument(metavar="[SERVICE]", help="Service name (or NAMESPACE/NAME); all if omitted.")] = None,
     namespace: NamespaceOpt = None,
-    fmt: Annotated[str, typer.Option("--format", help="dot | mermaid | json")] = "dot",
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="dot | mermaid | json")] = "dot",
     bundle: BundleOpt = None, demo: DemoOpt = False, cluster: ClusterOpt = None, kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None, no_api: NoApiOpt = False, node: NodeOpt = None,
     no_color: NoColorOpt = False, debug: DebugOpt = False,
@@ -273,10 +273,10 @@ def graph(
 
 @app.command()
 def watch(
-    service: Annotated[Optional[str], typer.Argument(help="Service name (or NAMESPACE/NAME); busiest rules if omitted.")] = None,
+    service: Annotated[Optional[str], typer.Argument(metavar="[SERVICE]", help="Service name (or NAMESPACE/NAME); busiest rules if omitted.")] = None,
     namespace: NamespaceOpt = None,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between samples.")] = 2.0,
-    count: Annotated[Optional[int], typer.Option("--count", help="Stop after N samples.")] = None,
+    interval: Annotated[float, typer.Option("--interval", metavar="SECONDS", help="Seconds between samples.")] = 2.0,
+    count: Annotated[Optional[int], typer.Option("--count", metavar="N", help="Stop after N samples.")] = None,
     bundle: BundleOpt = None, demo: DemoOpt = False, cluster: ClusterOpt = None, kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None, no_api: NoApiOpt = False, node: NodeOpt = None, output: OutputOpt = "table",
     no_color: NoColorOpt = False, debug: DebugOpt = False,

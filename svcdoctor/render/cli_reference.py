@@ -1,0 +1,63 @@
+"""docs/reference/commands.md is made from every command's --help (as sqlite-utils does), so the reference
+cannot drift from the CLI: tests/test_docs.py fails when they differ. Regenerate with
+`python -m svcdoctor.render.cli_reference > docs/reference/commands.md`."""
+
+from __future__ import annotations
+
+import io
+import os
+from contextlib import redirect_stdout
+
+COMMANDS = ("explain", "trace", "check", "watch", "nodes", "collect", "graph")
+
+INTRO = """# Command reference
+
+Generated from `svcdoctor COMMAND --help`; do not edit by hand (see `svcdoctor/render/cli_reference.py`).
+
+Every command reads its input from one of: `--bundle PATH` (a bundle directory, a `.tar.gz`, or one rules file),
+`--demo` (the bundle shipped with svcdoctor), or the live kind cluster (`--cluster`, `--kubeconfig`, `--context`).
+`-o json` prints exactly one JSON document on stdout (JSON Lines for `watch`); progress, warnings and errors go to
+stderr. `NO_COLOR` and `FORCE_COLOR` are honoured.
+
+## Exit codes
+
+| code | meaning |
+|---|---|
+| 0 | done (for `check`: no finding at or above `--fail-on`, default `error`) |
+| 1 | `check` found problems at or above `--fail-on` |
+| 2 | usage error or unusable input: bad flag, unreadable or malformed bundle, unknown service (with close matches) |
+| 3 | cannot reach what the command needs: no docker daemon, no such kind cluster, API unreachable when needed |
+| 4 | partial: some nodes could not be read; the rest is reported, each failed node named with its reason |
+| 130 | interrupted (Ctrl-C) |
+"""
+
+
+def command_help(command: str) -> str:
+    from svcdoctor.cli import main
+
+    out = io.StringIO()
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        with redirect_stdout(out):
+            try:
+                main([command, "--help"])
+            except SystemExit:
+                pass
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+    return out.getvalue().rstrip() + "\n"
+
+
+def reference() -> str:
+    parts = [INTRO]
+    for command in COMMANDS:
+        parts.append(f"\n## `svcdoctor {command}`\n\n```\n{command_help(command)}```\n")
+    return "".join(parts)
+
+
+if __name__ == "__main__":
+    print(reference(), end="")
