@@ -195,6 +195,8 @@ def build_cluster_model(
             sp.endpoints.sort(key=lambda e: e.address)
             model.service_ports.append(sp)
     for pod in pods or []:
+        if (pod.get("spec") or {}).get("hostNetwork"):
+            continue  # a host-network pod has the node's IP: that IP says nothing about which pod it is
         meta = pod.get("metadata") or {}
         status = pod.get("status") or {}
         key = f"{meta.get('namespace')}/{meta.get('name')}"

@@ -367,8 +367,9 @@ def _attach_counters_and_pods(entries: list[Entry], rules: NodeRules, node: str,
             ep.rule_probability = rule_p[0] if rule_p else None
             if cluster is not None:
                 known = api_endpoints.get(ep.ip)
-                ep.pod = cluster.pods_by_ip.get(ep.ip) or (known.pod if known else None)
-                ep.node = cluster.pod_nodes.get(ep.ip) or (known.node if known else None)
+                # the EndpointSlice's targetRef and nodeName say it first; pod IPs are the fallback
+                ep.pod = (known.pod if known else None) or cluster.pods_by_ip.get(ep.ip)
+                ep.node = (known.node if known else None) or cluster.pod_nodes.get(ep.ip)
                 # an endpoint the EndpointSlice lists without nodeName is not local (kube-proxy's reading)
                 ep.local = (ep.node == node) if (ep.node or known) else None
 

@@ -51,7 +51,9 @@ def build_chain_graph(rules: NodeRules, table: str, roots: list[str] | None = No
                 continue
             g.add_edge(name, target, rule=rule.text, packets=rule.packets, bytes=rule.bytes,
                        probability=p, share=share, conditional=conditional)
-            if not conditional:
+            # kube-proxy's per-service chains end in DNAT (traffic does not come back); KUBE-MARK-MASQ and the
+            # like return, so what was sent there goes on to the next rule
+            if not conditional and chain_kind(target) is not None:
                 remaining -= share
             todo.append(target)
     return g
