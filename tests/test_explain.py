@@ -152,3 +152,17 @@ def test_port_filter(tmp_path):
     case = next(c for c in CASES if c.name.startswith("01-"))
     r = run_cli("explain", "svc4", "-n", "ns4", "--port", "p81", "--bundle", str(bundle_for(case, tmp_path)))
     assert r.exit_code == 2 and "no port" in r.stderr
+
+
+def test_renamed_chain_is_a_hash_mismatch(tmp_path):
+    case = next(c for c in CASES if c.name.startswith("01-"))
+    p = tmp_path / "renamed.txt"
+    p.write_text(case.restore_text.replace("KUBE-SEP-UKSFD7AGPMPPLUHC", "KUBE-SEP-AAAAAAAAAAAAAAAA"))
+    r = run_cli("explain", "svc4", "-n", "ns4", "--bundle", str(p), "-o", "json")
+    assert r.exit_code == 0, r.stderr
+    found = [f for f in r.json()["findings"] if f["id"] == "hash-mismatch"]
+    assert len(found) == 1 and "KUBE-SEP-AAAAAAAAAAAAAAAA" in found[0]["message"]
+    # and the untouched original has none
+    p.write_text(case.restore_text)
+    assert not [f for f in run_cli("explain", "svc4", "-n", "ns4", "--bundle", str(p), "-o", "json").json()["findings"]
+                if f["id"] == "hash-mismatch"]

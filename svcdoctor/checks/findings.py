@@ -269,28 +269,41 @@ def check_node_rules(node: str, rules: NodeRules, cluster: ClusterModel | None, 
             out.append(finding(
                 "orphan-chain", node, None, f"{name} belongs to no service port the API knows (a deleted service?)",
                 [_rule_evidence(r) for r in chain.rules[:3]]))
-        # cross-check the name with the comments
-        for rule in chain.rules[:4]:
-            spn, what = service_port_of_comment(rule.comment)
-            if not spn:
-                continue
-            proto = (rule.value("-p") or "").lower()
-            if kind == "sep" and rule.target == "DNAT" and proto:
-                dest = rule.dnat_destination or ""
-                if endpoint_hash(spn, proto, dest) != suffix:
-                    out.append(finding(
-                        "hash-mismatch", node, spn.split(":")[0],
-                        f"{name} is not the hash of {spn} {proto} {dest}: not written by kube-proxy, or renamed",
-                        [_rule_evidence(rule)]))
-                break
-            if kind in ("svc", "svl", "fw", "ext") and what == "clusterIP" and proto:
-                if service_hash(spn, proto) != suffix:
-                    out.append(finding(
-                        "hash-mismatch", node, spn.split(":")[0],
-                        f"{name} is not the hash of {spn} {proto}: not written by kube-proxy, or renamed",
-                        [_rule_evidence(rule)]))
-                break
+        out.extend(chain_hash_findings(node, chain))
     return out
+
+
+def chain_hash_findings(node: str, chain) -> list[Finding]:
+    """Cross-check a hashed chain's name with the service port (and endpoint) its comments name (layout §1.2)."""
+    kind = chain_kind(chain.name)
+    if kind is None:
+        return []
+    suffix = chain_suffix(chain.name)
+    for rule in chain.rules[:4]:
+        spn, what = service_port_of_comment(rule.comment)
+        if not spn:
+            continue
+        proto = (rule.value("-p") or "").lower()
+        if kind == "sep":
+            if rule.target != "DNAT" or not proto:
+                continue
+            dest = rule.dnat_destination or ""
+            if endpoint_hash(spn, proto, dest) == suffix:
+                return []
+            return [finding(
+                "hash-mismatch", node, spn.split(":")[0],
+                f"{chain.name} is not the hash of {spn} {proto} {dest}: not written by kube-proxy, or renamed",
+                [_rule_evidence(rule)])]
+        if what in ("clusterIP", "endpoint", "ext", "loadBalancer"):
+            # rules that jump to endpoints carry no -p: any of kube-proxy's protocols will do
+            protocols = [proto] if proto else ["tcp", "udp", "sctp"]
+            if any(service_hash(spn, p) == suffix for p in protocols):
+                return []
+            return [finding(
+                "hash-mismatch", node, spn.split(":")[0],
+                f"{chain.name} is not the hash of {spn} {'/'.join(protocols)}: not written by kube-proxy, or renamed",
+                [_rule_evidence(rule)])]
+    return []
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:

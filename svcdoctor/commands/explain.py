@@ -5,7 +5,13 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from svcdoctor.checks.findings import Finding, check_node_health, check_service_view, sort_findings
+from svcdoctor.checks.findings import (
+    Finding,
+    chain_hash_findings,
+    check_node_health,
+    check_service_view,
+    sort_findings,
+)
 from svcdoctor.commands.inputs import LoadedInput
 from svcdoctor.exit_codes import UnknownServiceError
 from svcdoctor.model.explain import ServiceView, build_service_view, known_services
@@ -64,6 +70,14 @@ def explain(loaded: LoadedInput, service: str, namespace: str | None = None, por
         # node-wide problems matter to every service on that node; keep those that explain a broken path
         findings.extend(check_node_health(node, rules, _proxy_mode(loaded, node), loaded.other_backend.get(node),
                                           _backend(loaded, node)))
+        nat = rules.table("nat")
+        names = {c for pv in view.ports for nv in pv.nodes if nv.node == node for c in nv.chains.values() if c}
+        names |= {ep.chain for pv in view.ports for nv in pv.nodes if nv.node == node
+                  for e in nv.entries for ep in e.endpoints}
+        for name in sorted(names):
+            chain = nat.chain(name) if nat else None
+            if chain is not None:
+                findings.extend(chain_hash_findings(node, chain))
     return ExplainResult(view, sort_findings(findings), loaded)
 
 
