@@ -30,8 +30,7 @@ SAVE_COMMANDS = {
 KUBELET_CHAINS = frozenset({"KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT", "KUBE-MARK-DROP"})
 DEFAULT_MAX_WORKERS = 8
 
-_RULE_LINE = re.compile(r"^(?:\[\d+:\d+\]\s+)?-")  # kind's `grep -c '^-'`, allowing for -c's [pkts:bytes]
-_CHAIN_DECL = re.compile(r"^:(KUBE-\S+)\s")
+_CHAIN_DECL = re.compile(r"\n:(KUBE-[^\s]+)")
 
 
 @dataclass(slots=True)
@@ -43,23 +42,26 @@ class BackendDump:
     warnings: list[str] = field(default_factory=list)
     error: str | None = None  # the command could not run or failed
     timed_out: bool = False
+    rule_count: int = 0  # lines that are rules, counted as kind's entrypoint counts them
+    kube_proxy_chains: frozenset[str] = frozenset()  # KUBE-* chains declared, kubelet's left out
 
     @property
     def command(self) -> str:
         return SAVE_COMMANDS[self.backend][0]
 
-    @property
-    def rule_count(self) -> int:
-        return sum(1 for line in self.text.splitlines() if _RULE_LINE.match(line))
-
-    @property
-    def kube_proxy_chains(self) -> set[str]:
-        chains = {m.group(1) for line in self.text.splitlines() if (m := _CHAIN_DECL.match(line))}
-        return chains - KUBELET_CHAINS
+    def set_text(self, text: str) -> None:
+        # whole-text scans at C speed: this runs on every node's dump, 100,000 lines on a big cluster
+        self.text = text
+        lines = "\n" + text
+        # kind's `grep -c '^-'`; with -c every rule line starts "[pkts:bytes] -A" instead
+        self.rule_count = lines.count("\n-") + lines.count("\n[")
+        self.kube_proxy_chains = frozenset(_CHAIN_DECL.findall(lines)) - KUBELET_CHAINS
 
 
 def split_warnings(text: str) -> tuple[str, list[str]]:
     """Separate iptables' "# Warning: …" lines (e.g. "iptables-legacy tables present") from the rules."""
+    if "# Warning:" not in text:
+        return text, []
     kept, warnings = [], []
     for line in text.splitlines(keepends=True):
         if line.startswith("# Warning:"):
@@ -69,27 +71,48 @@ def split_warnings(text: str) -> tuple[str, list[str]]:
     return "".join(kept), warnings
 
 
-def read_backend(container, backend: str) -> BackendDump:
-    """Run one backend's save command in the container; failures become BackendDump.error, never exceptions."""
+def read_backend(container, backend: str, attempts: int = 3) -> BackendDump:
+    """Run one backend's save command in the container; failures become BackendDump.error, never exceptions.
+
+    docker-py now and then misreads an exec's multiplexed stream ("N is not a valid stream": payload bytes taken
+    for a frame header, docker/docker-py#3160), and a stream that ends early looks like a normal end to it.
+    The command only reads, so a garbled or cut-short answer is simply asked for again.
+    """
     argv = SAVE_COMMANDS[backend]
     dump = BackendDump(backend=backend)
-    try:
-        # demux=True keeps stderr apart: iptables-nft-save prints its legacy warning there (lab RECIPE §5.4)
-        result = container.exec_run(argv, demux=True)
-    except Exception as exc:  # docker.errors.APIError (container stopped), requests' timeouts, ...
-        dump.timed_out = _is_timeout(exc)
-        dump.error = f"{argv[0]}: {'timed out' if dump.timed_out else _exec_failure(exc)}"
+    problem = ""
+    for _ in range(attempts):
+        try:
+            # demux=True keeps stderr apart: iptables-nft-save prints its legacy warning there (lab RECIPE §5.4)
+            result = container.exec_run(argv, demux=True)
+        except ValueError as exc:  # the garbled-stream case above
+            problem = str(exc)
+            continue
+        except Exception as exc:  # docker.errors.APIError (container stopped), requests' timeouts, ...
+            dump.timed_out = _is_timeout(exc)
+            dump.error = f"{argv[0]}: {'timed out' if dump.timed_out else _exec_failure(exc)}"
+            return dump
+        stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, None)
+        out_text, out_warnings = split_warnings((stdout or b"").decode("utf-8", "replace"))
+        err_text, err_warnings = split_warnings((stderr or b"").decode("utf-8", "replace"))
+        if result.exit_code != 0:
+            reason = (err_text.strip() or out_text.strip() or "no output").splitlines()[0][:300]
+            dump.error = f"{argv[0]} exited {result.exit_code}: {reason}"
+            return dump
+        if not _complete(out_text):
+            problem = "the output ended in the middle of a table"
+            continue
+        dump.warnings = out_warnings + err_warnings
+        dump.set_text(out_text)
         return dump
-    stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, None)
-    out_text, out_warnings = split_warnings((stdout or b"").decode("utf-8", "replace"))
-    err_text, err_warnings = split_warnings((stderr or b"").decode("utf-8", "replace"))
-    dump.warnings = out_warnings + err_warnings
-    if result.exit_code != 0:
-        reason = (err_text.strip() or out_text.strip() or "no output").splitlines()[0][:300]
-        dump.error = f"{argv[0]} exited {result.exit_code}: {reason}"
-        return dump
-    dump.text = out_text
+    dump.error = f"{argv[0]}: its output could not be read whole in {attempts} tries ({problem})"
     return dump
+
+
+def _complete(text: str) -> bool:
+    """iptables-save ends every table with COMMIT and "# Completed on …"; no tables at all is empty output."""
+    tail = text.rstrip("\n").rsplit("\n", 1)[-1]
+    return not text.strip() or tail == "COMMIT" or tail.startswith("# Completed")
 
 
 def _is_timeout(exc: BaseException) -> bool:

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _status(client) -> None:
-    for container in client.containers.list(all=True, filters={"label": harness.LAB_LABEL}):
+    for container in client.containers.list(all=True, filters={"label": f"{harness.LAB_LABEL}={sc.CLUSTER}"}):
         nets = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
         ip = (nets.get("kind") or {}).get("IPAddress") or "-"
         role = (container.labels or {}).get(harness.ROLE_LABEL, "client")

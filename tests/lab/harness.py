@@ -36,7 +36,7 @@ RECIPE_LABEL = "svcdoctor.lab.recipe"
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 ROLE_LABEL = "io.x-k8s.kind.role"
 LOAD_BALANCER = f"{sc.CLUSTER}-external-load-balancer"
-IMAGE_RECIPE_VERSION = "1"  # bump when the image contents below change
+IMAGE_RECIPE_VERSION = "2"  # bump when the image contents below change
 
 # Host binaries for the light image (RECIPE §1 b); their libraries come along through ldd.
 IMAGE_BINARIES = [
@@ -268,7 +268,7 @@ def build_light_image(client, tag: str = IMAGE) -> str:
     client.api.import_image_from_data(
         buf.getvalue(), repository=tag.split(":")[0], tag=tag.split(":")[1],
         changes=["ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["sleep","infinity"]',
-                 f"LABEL {RECIPE_LABEL}={recipe} {LAB_LABEL}=image"],
+                 f"LABEL {RECIPE_LABEL}={recipe}"],
     )
     return tag
 
@@ -318,7 +318,6 @@ class Lab:
         self.down()
         build_light_image(self.client, self.image)
         self.timings["image"] = time.monotonic() - t0
-        self._privileges = privilege_options(self.client, self.image)
         self._ensure_network()
         t1 = time.monotonic()
         for node in sc.NODES:
@@ -342,9 +341,8 @@ class Lab:
 
     def down(self) -> None:
         """Remove every container the lab made (by label), and the network if the lab created it."""
-        for container in self.client.containers.list(all=True, filters={"label": LAB_LABEL}):
-            if (container.labels or {}).get(LAB_LABEL) != "image":
-                container.remove(force=True)
+        for container in self.client.containers.list(all=True, filters={"label": f"{LAB_LABEL}={sc.CLUSTER}"}):
+            container.remove(force=True)
         for net in self.client.networks.list(names=["kind"]):
             net.reload()  # the list call does not say which containers are attached
             if (net.attrs.get("Labels") or {}).get(LAB_LABEL) and not net.attrs.get("Containers"):
@@ -376,7 +374,7 @@ class Lab:
         """
         existing = self.client.containers.list(all=True, filters={"name": f"^/{name}$"})
         for container in existing:
-            if LAB_LABEL not in (container.labels or {}):
+            if (container.labels or {}).get(LAB_LABEL) != sc.CLUSTER:
                 raise LabError(f"a container named {name} exists and is not the lab's; refusing to touch it")
             container.remove(force=True)
         api = self.client.api
@@ -395,10 +393,12 @@ class Lab:
         return self.client.containers.get(created["Id"])
 
     def _create_node(self, node: sc.NodeSpec):
+        if self._privileges is None:
+            self._privileges = privilege_options(self.client, self.image)
         # --tmpfs /run keeps `ip netns` bind mounts inside the container, as kind does (RECIPE §5.5)
         return self._run(
             node.name, node.ip, {CLUSTER_LABEL: sc.CLUSTER, ROLE_LABEL: node.role},
-            environment={"container": "docker"}, tmpfs={"/run": "", "/tmp": ""}, **(self._privileges or {}),
+            environment={"container": "docker"}, tmpfs={"/run": "", "/tmp": ""}, **self._privileges,
         )
 
     def _create_plain(self, name: str, ip: str | None, labels: dict, **options):
