@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run from any directory without installing svcdoctor
-    sys.path.insert(0, str(ROOT))
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:  # run from any directory without installing svcdoctor
+    sys.path.insert(0, _ROOT)
 
 from . import harness  # noqa: E402
 from . import scenario as sc  # noqa: E402

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import scenario as sc
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LAB_DIR = Path(os.environ.get("SVCDOCTOR_LAB_DIR", "/tmp/svcdoctor-lab"))
 IMAGE = "svcdoctor-lab/node-light:latest"
 NODE_SCRIPTS = Path(__file__).with_name("node")
@@ -224,19 +225,19 @@ def build_light_image(client, tag: str = IMAGE) -> str:
             tar.addfile(info)
             added.add(path)
 
-        def add_file(src: str, dest: str | None = None, data: bytes | None = None, mode: int | None = None) -> None:
-            dest = _merged_usr(dest or src).strip("/")
+        def add_data(dest: str, data: bytes, mode: int = 0o644) -> None:
+            dest = _merged_usr(dest).strip("/")
             if dest in added:
                 return
             add_dir(os.path.dirname(dest))
-            if data is None:
-                with open(os.path.realpath(src), "rb") as fh:  # cp -L: the file, not the symlink
-                    data = fh.read()
-                mode = mode or (os.stat(src).st_mode & 0o777)
             info = tarfile.TarInfo(dest)
-            info.size, info.mode = len(data), mode or 0o644
+            info.size, info.mode = len(data), mode
             tar.addfile(info, io.BytesIO(data))
             added.add(dest)
+
+        def add_host_file(path: str) -> None:
+            with open(os.path.realpath(path), "rb") as fh:  # cp -L: the file, not the symlink
+                add_data(path, fh.read(), os.stat(path).st_mode & 0o777)
 
         for d in ("usr/bin", "usr/sbin", "usr/lib/x86_64-linux-gnu", "usr/lib64", "etc", "run/netns", "tmp",
                   "proc", "sys", "dev", "var", "root", "lab"):
@@ -245,9 +246,9 @@ def build_light_image(client, tag: str = IMAGE) -> str:
                              ("var/run", "../run")):
             add_symlink(link, target)
         for binary in IMAGE_BINARIES + sorted(str(p) for p in Path(XTABLES_DIR).glob("*.so")):
-            add_file(binary)
+            add_host_file(binary)
             for lib in _libraries(binary):
-                add_file(lib)
+                add_host_file(lib)
         for name in ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
                      "ip6tables-restore"):
             # nft is the image's default backend (as the host's), legacy is there by its explicit name
@@ -261,10 +262,10 @@ def build_light_image(client, tag: str = IMAGE) -> str:
                 add_symlink(f"usr/bin/{applet}", "busybox")
         add_symlink("usr/bin/sh", "dash")
         for etc in ("/etc/protocols", "/etc/services"):
-            add_file(etc)
-        add_file("", "/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
-        add_file("", "/etc/group", b"root:x:0:\n")
-        add_file("", "/etc/nsswitch.conf", b"hosts: files dns\n")
+            add_host_file(etc)
+        add_data("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+        add_data("/etc/group", b"root:x:0:\n")
+        add_data("/etc/nsswitch.conf", b"hosts: files dns\n")
     client.api.import_image_from_data(
         buf.getvalue(), repository=tag.split(":")[0], tag=tag.split(":")[1],
         changes=["ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["sleep","infinity"]',
@@ -335,7 +336,9 @@ class Lab:
         self.timings["configure"] = time.monotonic() - t2
         for node, fault in self.scenario.faults.items():
             if fault in (sc.STOPPED, sc.HUNG):
-                self.plant(node, fault)
+                self.plant(node, fault)  # on top of a healthy node
+            else:
+                self.faults[node] = fault  # already programmed in by _configure_node
         self.timings["total"] = time.monotonic() - t0
         return self
 

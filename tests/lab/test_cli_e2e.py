@@ -15,14 +15,13 @@ import pytest
 
 from . import harness
 from . import scenario as sc
-from .conftest import ROOT
 
 LIVE = ["--cluster", sc.CLUSTER]
 
 
 def svcdoctor(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "svcdoctor", *args], cwd=ROOT, env=full_env,
+    return subprocess.run([sys.executable, "-m", "svcdoctor", *args], cwd=harness.REPO_ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

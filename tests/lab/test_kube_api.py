@@ -48,9 +48,9 @@ def test_reads_the_scenarios_objects_page_by_page(standin, kubeconfig):
     assert all(r.query.get("limit") == str(kube_api.DEFAULT_PAGE_SIZE) for r in pod_lists)
 
 
-def test_client_page_size_is_sent_as_limit(kubeconfig):
+def test_client_page_size_is_sent_as_limit(tmp_path):
     with StandinApiServer(sc.seed_scenario().api_objects() + sc.filler_services(7)) as server:
-        path = server.write_kubeconfig(kubeconfig + ".filler")
+        path = server.write_kubeconfig(tmp_path / "kubeconfig")
         api = kube_api.fetch_api_objects(kubeconfig=str(path), cluster=sc.CLUSTER, page_size=3)
         assert api.status == "ok"
         assert len(api.services) == 5 + 7
