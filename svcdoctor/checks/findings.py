@@ -36,6 +36,13 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "no-kube-proxy-rules": ("error", "the node has no kube-proxy rules at all"),
     "hash-mismatch": ("warning", "a chain name is not the hash of the service port its comment names"),
     "uneven-split": ("warning", "the probabilities do not split new connections evenly between endpoints"),
+    "policy-mismatch": (
+        "error",
+        "the node applies a traffic policy, session affinity or source ranges other than the Service's",
+    ),
+    "missing-entry": ("error", "a destination of the service (cluster IP, node port, external or LB IP) has no rule "
+                               "on the node"),
+    "stale-entry": ("warning", "the node still routes a destination the Service no longer has (old IP or port)"),
 }
 
 

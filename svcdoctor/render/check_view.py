@@ -1,18 +1,53 @@
-"""The human view of `check`."""
+"""The human view of `check`: findings grouped by severity, one line each (greppable; the terminal wraps them),
+then a summary. `wide` adds each finding's evidence: the rule lines, and what kube-proxy would have written."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.text import Text
 
-from svcdoctor.render.findings_view import render_findings
+from svcdoctor.render.findings_view import SEVERITY_STYLE
+
+GROUPS = (("error", "Errors"), ("warning", "Warnings"), ("info", "Info"))
 
 
-def render_check(result, console: Console) -> None:
-    console.print(Text(f"Checked {result.services} service(s) on {len(result.nodes)} node(s): "
-                       + ", ".join(result.nodes), style="bold"))
+def render_check(result, console: Console, wide: bool = False) -> None:
+    console.print(Text(_header(result), style="bold"), soft_wrap=True)
     for node, why in sorted(result.failed.items()):
-        console.print(Text(f"node {node} could not be read: {why}", style="bold red"))
-    render_findings(result.findings, console, evidence=False)
+        console.print(Text(f"node {node} could not be read: {why}", style="bold red"), soft_wrap=True)
+    if not result.findings:
+        console.print(Text("No problems found.", style="green"))
+    id_width = max((len(f.id) for f in result.findings), default=0)
+    node_width = max((len(f.node or "-") for f in result.findings), default=0)
+    for severity, title in GROUPS:
+        group = [f for f in result.findings if f.severity == severity]
+        if not group:
+            continue
+        mark, style = SEVERITY_STYLE[severity]
+        console.print(Text(f"{title} ({len(group)})", style=f"bold {style}"))
+        for f in group:
+            line = Text(f"  {mark} ", style=style)
+            line.append(f"{f.id:<{id_width}}", style="bold")
+            line.append(f"  {f.node or '-':<{node_width}}  ")
+            line.append(f.message)
+            console.print(line, soft_wrap=True)
+            if wide:
+                for ev in f.evidence:
+                    console.print(Text(f"      {ev}", style="dim"), soft_wrap=True)
     s = result.summary
     console.print(Text(f"{s['error']} error(s), {s['warning']} warning(s), {s['info']} info", style="bold"))
+
+
+def _header(result) -> str:
+    text = f"Checked {result.services} service(s)"
+    if getattr(result, "service_ports", 0):
+        text += f" ({result.service_ports} port(s))"
+    text += f" on {len(result.nodes)} node(s): {', '.join(result.nodes)}"
+    if getattr(result, "api", False):
+        sources = sorted(set(getattr(result, "settings", {}).values()))
+        text += "; each node against what kube-proxy would program there"
+        if sources:
+            text += f" (proxy settings {', '.join(sources)})"
+    else:
+        text += "; no API objects, so the nodes are compared with each other"
+    return text
