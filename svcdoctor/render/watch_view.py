@@ -1,0 +1,236 @@
+"""What `watch` shows: a table per sample (redrawn in place by rich Live on a terminal), or one WatchSample JSON
+document per line.
+
+Changed cells are marked the way `watch -d` marks them: reverse video on what moved since the previous sample
+(new connections, totals, shares), until the next sample.
+"""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from svcdoctor import API_VERSION
+from svcdoctor.model.watch import COUNTS_CONNECTIONS, Frame, Row, busiest, format_p
+
+CHANGED = "reverse"
+CHANGE_TEXT = {"appeared": "new", "gone": "gone", "reset": "reset"}
+CHANGE_STYLE = {"appeared": "bold green", "gone": "dim", "reset": "bold yellow"}
+TOP_RULES = 20  # without a service: how many of the busiest rules to show
+
+
+def _time(frame: Frame) -> str:
+    return frame.time.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{share * 100:.1f}%"
+
+
+def _rate(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1f}"
+
+
+def _new(row: Row) -> Text:
+    if row.change == "gone":
+        return Text("gone", style="dim")
+    number = f"+{row.delta_packets}" if row.rate is not None else "·"
+    if row.change in ("appeared", "reset"):
+        return Text(f"{CHANGE_TEXT[row.change]} {number}", style=CHANGE_STYLE[row.change])
+    return Text(number, style=CHANGED if row.delta_packets else "")
+
+
+def _moved(text: str, row: Row, style: str = "") -> Text:
+    return Text(text, style=(f"{style} {CHANGED}".strip() if row.delta_packets and row.change != "gone" else style))
+
+
+def _pod(row: Row, namespace: str | None) -> str:
+    pod = row.reading.pod or ""
+    if namespace and pod.startswith(namespace + "/"):
+        pod = pod[len(namespace) + 1:]
+    return pod or "-"
+
+
+def render_frame(frame: Frame, plan=None, wide: bool = False) -> Group:
+    """The whole view of one sample."""
+    title = (f"svcdoctor watch {frame.service or '(busiest rules)'} · sample {frame.number} · "
+             f"{frame.time:%H:%M:%S} UTC · every {frame.interval:g}s")
+    parts: list = [Text(title, style="bold"), Text(COUNTS_CONNECTIONS + ".", style="dim")]
+    if frame.baseline:
+        parts.append(Text("first sample: the counters as they are; deltas start with the next one.", style="dim"))
+    if frame.service:
+        parts.extend(_service_blocks(frame, plan, wide))
+    else:
+        parts.append(_busiest_table(frame, wide))
+    blackholes = [r for r in frame.rows if r.reading.kind == "blackhole"] if frame.service else []
+    if blackholes:
+        parts.append(_blackhole_table(blackholes, wide))
+    for change in frame.chain_changes:
+        style = "green" if change.change == "appeared" else "yellow"
+        parts.append(Text(f"{change.node}: {change.table} chain {change.chain} {change.change}", style=style))
+    for node, why in sorted(frame.failed.items()):
+        parts.append(Text(f"{node}: not read this sample ({why})", style="red"))
+    for note in list(frame.notes) + [s.note for s in frame.splits if s.note]:
+        parts.append(Text(note, style="yellow"))
+    return Group(*parts)
+
+
+def _service_blocks(frame: Frame, plan, wide: bool) -> list:
+    """One block per node and split chain: a title line (node, chain, the entries that lead into it, its split
+    test) over its endpoints. Every block's columns have the same widths, so the blocks read as one table."""
+    namespace = frame.service.split("/", 1)[0] if frame.service else None
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in frame.rows:
+        if row.reading.kind == "endpoint":
+            groups.setdefault((row.reading.node, row.reading.chain), []).append(row)
+    if not groups:
+        return [Text("no split chain of this service on the nodes read (no endpoints?)", style="yellow")]
+    checks = {(s.node, s.chain): s for s in frame.splits if s.scope == "chain"}
+    endpoint_width = max(len("ENDPOINT"), *(len(r.reading.endpoint or "-") for rows in groups.values() for r in rows))
+    blocks: list = []
+    for i, ((node, chain), rows) in enumerate(groups.items()):
+        port = plan.port_of_chain(chain) if plan is not None else None
+        entries = port.entries.get(node, {}).get(chain, []) if port is not None else []
+        check = checks.get((node, chain))
+        live = [r for r in rows if r.change != "gone"]
+        delta = sum(r.delta_packets for r in live)
+        title = Text.assemble((node, "bold"), "  ", (chain, "bold cyan"))
+        if entries:
+            title.append("  ← " + ", ".join(entries))
+        if not frame.baseline:
+            title.append(f"  +{delta}", style=f"bold {CHANGED}" if delta else "dim")
+        summary = _split_summary(check)
+        if summary:
+            title.append(f"  split {summary}", style="bold yellow" if check.departs else "dim")
+        blocks.append(title)
+        table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False, show_header=i == 0,
+                      expand=True, padding=(0, 1))
+        table.add_column("ENDPOINT", width=endpoint_width, no_wrap=True)
+        table.add_column("POD", ratio=1, no_wrap=True, overflow="ellipsis")
+        for name, width in (("NEW", 8), ("RATE/s", 6), ("TOTAL", 7), ("OBSERVED", 8), ("EXPECTED", 8)):
+            table.add_column(name, justify="right", width=width, no_wrap=True)
+        if wide:
+            table.add_column("RULE", ratio=2, overflow="fold")
+        for row in rows:
+            style = "dim" if row.change == "gone" else ""
+            cells = [Text(row.reading.endpoint or "-", style=style), Text(_pod(row, namespace), style=style),
+                     _new(row), _moved(_rate(row.rate), row), _moved(str(row.total_packets), row),
+                     _moved(_pct(row.observed_share), row), _pct(row.reading.expected)]
+            if wide:
+                cells.append(Text(row.reading.rule, style="dim"))
+            table.add_row(*cells)
+        blocks.append(Padding(table, (0, 0, 0, 2)))
+    return blocks
+
+
+def _split_summary(check) -> str:
+    if check is None or len(check.shares) < 2:
+        return ""
+    if check.fit is None:
+        return f"test after {check.needed} connections ({check.connections} so far)"
+    fit = check.fit
+    verdict = "departs from its rules" if check.departs else "as its rules say"
+    return f"{verdict} (χ² {fit.statistic:.1f}, df {fit.degrees_of_freedom}, p {format_p(fit.p_value)})"
+
+
+def _blackhole_table(rows: list[Row], wide: bool) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False,
+                  title="blackholes: DROP/REJECT rules of this service", title_justify="left", title_style="bold red")
+    for name, justify in (("NODE", "left"), ("CHAIN", "left"), ("VERDICT", "left"), ("REASON", "left"),
+                          ("NEW", "right"), ("RATE/s", "right"), ("TOTAL", "right"), ("PACKETS", "right")):
+        table.add_column(name, justify=justify, no_wrap=name not in ("REASON",))
+    if wide:
+        table.add_column("RULE", overflow="fold")
+    for row in rows:
+        counting = row.delta_packets > 0
+        style = "bold red" if counting else ("red" if row.packets else "")
+        cells = [row.reading.node, f"{row.reading.table} {row.reading.chain}", Text(row.reading.verdict or "", style),
+                 _reason(row), _new(row), _moved(_rate(row.rate), row),
+                 _moved(str(row.total_packets), row), str(row.packets)]
+        if wide:
+            cells.append(Text(row.reading.rule, style="dim"))
+        table.add_row(*cells)
+    return table
+
+
+def _reason(row: Row) -> str:
+    comment = row.reading.comment or "-"
+    service = row.reading.service or ""
+    return comment[len(service) + 1:] if service and comment.startswith(service + " ") else comment
+
+
+def _busiest_table(frame: Frame, wide: bool) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False,
+                  title=f"the {TOP_RULES} busiest kube-proxy rules of the cluster"
+                        f"{' (by counters so far)' if frame.baseline else ' (by new connections)'}",
+                  title_justify="left")
+    for name, justify in (("NODE", "left"), ("CHAIN", "left"), ("KIND", "left"), ("SERVICE", "left"),
+                          ("ENDPOINT", "left"), ("NEW", "right"), ("RATE/s", "right"), ("TOTAL", "right"),
+                          ("PACKETS", "right")):
+        table.add_column(name, justify=justify, no_wrap=name in ("NEW", "RATE/s", "TOTAL", "PACKETS"))
+    if wide:
+        table.add_column("RULE", overflow="fold")
+    for row in busiest(frame.rows, TOP_RULES):
+        kind = row.reading.verdict if row.reading.kind == "blackhole" else row.reading.kind
+        cells = [row.reading.node, f"{row.reading.table} {row.reading.chain}",
+                 Text(kind or "", style="red" if row.reading.kind == "blackhole" else ""),
+                 row.reading.service or "-", row.reading.endpoint or "-", _new(row), _moved(_rate(row.rate), row),
+                 _moved(str(row.total_packets), row), str(row.packets)]
+        if wide:
+            cells.append(Text(row.reading.rule, style="dim"))
+        table.add_row(*cells)
+    return table
+
+
+# --- JSON Lines ---------------------------------------------------------------------------------------------------
+def _row_document(row: Row) -> dict:
+    r = row.reading
+    doc = {
+        "node": r.node, "chain": r.chain, "rule": r.rule, "service": r.service, "endpoint": r.endpoint,
+        "packets": row.packets, "bytes": row.bytes, "deltaPackets": row.delta_packets, "deltaBytes": row.delta_bytes,
+        "reset": row.reset,
+        "kind": r.kind, "table": r.table, "change": row.change, "blackhole": r.kind == "blackhole",
+        "ratePerSecond": None if row.rate is None else round(row.rate, 3),
+        "totalPackets": row.total_packets, "totalBytes": row.total_bytes,
+    }
+    if r.kind == "endpoint":
+        doc.update({"pod": r.pod, "endpointNode": r.endpoint_node,
+                    "expected": None if r.expected is None else round(r.expected, 10),
+                    "ruleProbability": r.rule_probability,
+                    "observedShare": None if row.observed_share is None else round(row.observed_share, 6),
+                    "affinityDeltaPackets": row.affinity_delta})
+    if r.kind == "blackhole":
+        doc.update({"verdict": r.verdict, "reason": r.comment})
+    return doc
+
+
+def _split_document(check) -> dict:
+    fit = check.fit
+    return {
+        "scope": check.scope, "service": check.service, "node": check.node, "chain": check.chain,
+        "endpoints": list(check.endpoints), "observed": list(check.observed),
+        "expected": [round(s, 10) for s in check.shares], "connections": check.connections,
+        "connectionsNeeded": check.needed, "since": check.since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "statistic": None if fit is None else round(fit.statistic, 6),
+        "degreesOfFreedom": None if fit is None else fit.degrees_of_freedom,
+        "pValue": None if fit is None else fit.p_value,
+        "departs": check.departs, "affinityConnections": check.affinity_connections, "note": check.note,
+    }
+
+
+def sample_document(frame: Frame, top: int | None = None) -> dict:
+    """One WatchSample (CONTRACT.md): the contract's fields first, then what this sample adds."""
+    rows = frame.rows if top is None else busiest(frame.rows, top)
+    return {
+        "apiVersion": API_VERSION, "kind": "WatchSample", "time": _time(frame), "interval": frame.interval,
+        "rows": [_row_document(r) for r in rows],
+        "sample": frame.number, "service": frame.service, "counts": "connections",
+        "elapsedSeconds": {n: round(s, 3) for n, s in sorted(frame.elapsed.items())},
+        "chainChanges": [{"node": c.node, "table": c.table, "chain": c.chain, "change": c.change}
+                         for c in frame.chain_changes],
+        "splits": [_split_document(s) for s in frame.splits],
+        "notes": list(frame.notes) + [s.note for s in frame.splits if s.note],
+        "failedNodes": [{"node": n, "reason": r} for n, r in sorted(frame.failed.items())],
+    }
