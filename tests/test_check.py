@@ -436,3 +436,44 @@ def test_python_m_svcdoctor_check_exit_codes(tmp_path):
     assert r.returncode == 1 and json.loads(r.stdout)["summary"]["error"] == 1
     r = run("--bundle", broken, "--fail-on", "bogus")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_two_nodes_that_disagree_are_both_named(tmp_path):
+    case = CASES["09-nodeport-cluster"]
+    broken = _replaced_endpoint_09(case.restore_text)
+    code, doc = check(make_bundle(tmp_path / "b", case, {NODE: case.restore_text, "node-b": broken}, api=False))
+    assert found(doc) == {("node-drift", NODE), ("node-drift", "node-b")}
+    by_node = {f["node"]: f["message"] for f in doc["findings"]}
+    assert "endpoints only here: 10.180.0.66:80" in by_node["node-b"]
+    assert "endpoints only here: 10.180.0.1:80" in by_node[NODE]
+
+
+def _replaced_endpoint_09(text: str) -> str:
+    sep = endpoint_chain("ns1/svc1:p80", "tcp", "10.180.0.1:80")
+    return text.replace(sep, endpoint_chain("ns1/svc1:p80", "tcp", "10.180.0.66:80")).replace(
+        "10.180.0.1:80", "10.180.0.66:80")
+
+
+def test_a_probability_that_leaves_connections_unmatched_is_uneven(tmp_path):
+    case = CASES["01-overall-multiple-services"]
+    text = replace_once(case.restore_text, SVC1_JUMP, SVC1_JUMP.replace(
+        " -j ", " -m statistic --mode random --probability 0.7500000000 -j "))
+    _, doc = check(make_bundle(tmp_path / "b", case, {NODE: text}))
+    (split,) = planted(doc, "01-overall-multiple-services")
+    assert split["id"] == "uneven-split" and "25.0% match no endpoint rule" in split["message"]
+
+
+def test_nodes_in_another_proxy_mode_are_not_diffed(tmp_path):
+    case = CASES["09-nodeport-cluster"]
+    bundle = make_bundle(tmp_path / "b", case, {NODE: case.restore_text, "node-b": _missing_service_rules_09()})
+    meta = Path(bundle) / "nodes" / "node-b" / "node.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "proxyMode": "ipvs"}))
+    loaded = load(InputOptions(bundle=bundle))
+    result = run_check(loaded)
+    assert result.findings == [] and result.skipped == {"node-b": "kube-proxy runs in ipvs mode there"}
+
+
+def _missing_service_rules_09() -> str:
+    # what an ipvs-mode node's iptables look like to svcdoctor: KUBE-SERVICES, no per-service chains
+    return ("*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + "
+            "port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ\nCOMMIT\n")

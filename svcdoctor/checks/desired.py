@@ -513,17 +513,21 @@ def _shares(jumps: list[Jump]) -> list[float]:
 
 def check_split(node: str, service: str, spn: str, chain: str, jumps: list[Jump],
                 seps: dict[str, tuple[str, str]]) -> Finding | None:
-    if len(jumps) < 2:
+    """uneven-split when a balancing chain's written probabilities do not give each endpoint 1/n of the new
+    connections, or leave some to match no endpoint rule at all (they fall through, not DNATed)."""
+    if not jumps:
         return None
     shares = _shares(jumps)
     even = 1.0 / len(jumps)
-    if max(abs(s - even) for s in shares) <= UNEVEN_TOLERANCE and shares[-1] > 0:
+    unmatched = 1.0 - sum(shares)
+    if max(abs(s - even) for s in shares) <= UNEVEN_TOLERANCE and unmatched <= UNEVEN_TOLERANCE:
         return None
     described = ", ".join(f"{seps.get(j.sep, ('',))[0] or j.sep} {s:.1%}" for j, s in zip(jumps, shares))
+    lost = f", and {unmatched:.1%} match no endpoint rule (not DNATed)" if unmatched > UNEVEN_TOLERANCE else ""
     return finding(
         "uneven-split", node, service,
-        f"{spn}: {chain} on {node} splits new connections {described}; kube-proxy would give each of the "
-        f"{len(jumps)} endpoints {even:.1%}",
+        f"{spn}: {chain} on {node} splits new connections {described}{lost}; kube-proxy would give "
+        + (f"each of the {len(jumps)} endpoints {even:.1%}" if len(jumps) > 1 else "its one endpoint all of them"),
         [_evidence("nat", j.line) for j in jumps])
 
 
@@ -1112,46 +1116,55 @@ def _signature(shape: PortShape) -> tuple[tuple, list[str]]:
 
 
 def _drift(spn: str, per_node: dict[str, tuple[tuple, list[str]]], read: list[str]) -> list[Finding]:
+    """node-drift for one service port: each node whose view differs from the majority's. With no majority
+    (two nodes, two views) every view is compared with the next one, so both nodes are named."""
     service = spn.split(":", 1)[0]
-    views = {n: sig for n, (sig, _) in per_node.items()}
-    for node in read:
-        views.setdefault(node, (frozenset(), frozenset(), frozenset()))  # no rules for the port at all
-    counts: dict[tuple, int] = {}
-    for sig in views.values():
-        counts[sig] = counts.get(sig, 0) + 1
-    if len(counts) <= 1:
+    nothing = (frozenset(), frozenset(), frozenset())
+    views = {n: per_node[n][0] if n in per_node else nothing for n in read}
+    groups: dict[tuple, list[str]] = {}
+    for node in sorted(views):
+        groups.setdefault(views[node], []).append(node)
+    if len(groups) <= 1:
         return []
-    # the majority is the reference; ties go to the view with the most endpoints
-    reference = max(counts, key=lambda s: (counts[s], len(s[1]), len(s[0])))
+    ranked = sorted(groups, key=lambda sig: (-len(groups[sig]), groups[sig]))
+    tie = len(groups[ranked[0]]) == len(groups[ranked[1]])
     out = []
-    for node, sig in sorted(views.items()):
-        if sig == reference:
+    for rank, sig in enumerate(ranked):
+        if rank == 0 and not tie:
             continue
-        parts = []
-        if not any(sig):
-            parts.append("it has no rules for the port at all")
-        else:
-            extra_eps, missing_eps = sorted(sig[1] - reference[1]), sorted(reference[1] - sig[1])
-            extra_dests, missing_dests = sig[0] - reference[0], reference[0] - sig[0]
-            if extra_eps:
-                parts.append(f"endpoints only here: {', '.join(extra_eps)}")
-            if missing_eps:
-                parts.append(f"endpoints missing here: {', '.join(missing_eps)}")
-            if missing_dests:
-                parts.append(f"no rule here for {', '.join(describe(d) for d in sorted(missing_dests))}")
-            if extra_dests:
-                parts.append(f"only here: {', '.join(describe(d) for d in sorted(extra_dests))}")
-            if sig[2] != reference[2]:
-                parts.append("rejects as having no endpoints" if sig[2] else "the others reject it as having no "
-                                                                            "endpoints")
-        others = [n for n, s in views.items() if s == reference]
-        evidence = per_node.get(node, ((), [f"{node}: no rules for {spn}"]))[1]
-        ref_node = others[0]
-        out.append(finding(
-            "node-drift", node, service,
-            f"{spn}: {node} disagrees with {', '.join(sorted(others))} ({'; '.join(parts) or 'rules differ'})",
-            [f"{node}: {e}" for e in evidence] + [f"{ref_node}: {e}" for e in per_node.get(ref_node, ((), []))[1]]))
+        reference = ranked[1] if rank == 0 else ranked[0]
+        others = groups[reference]
+        parts = _drift_parts(sig, reference, nothing)
+        for node in groups[sig]:
+            evidence = [f"{node}: {e}" for e in per_node[node][1]] if node in per_node else [f"{node}: no rules"]
+            evidence += [f"{others[0]}: {e}" for e in per_node[others[0]][1]] if others[0] in per_node else []
+            out.append(finding(
+                "node-drift", node, service,
+                f"{spn}: {node} disagrees with {', '.join(others)} ({'; '.join(parts) or 'rules differ'})",
+                evidence))
     return out
+
+
+def _drift_parts(sig: tuple, reference: tuple, nothing: tuple) -> list[str]:
+    if sig == nothing:
+        return ["it has no rules for the port at all"]
+    if reference == nothing:
+        return ["the others have no rules for the port at all"]
+    parts = []
+    extra_eps, missing_eps = sorted(sig[1] - reference[1]), sorted(reference[1] - sig[1])
+    extra_dests, missing_dests = sig[0] - reference[0], reference[0] - sig[0]
+    if extra_eps:
+        parts.append(f"endpoints only here: {', '.join(extra_eps)}")
+    if missing_eps:
+        parts.append(f"endpoints missing here: {', '.join(missing_eps)}")
+    if missing_dests:
+        parts.append(f"no rule here for {', '.join(describe(d) for d in sorted(missing_dests))}")
+    if extra_dests:
+        parts.append(f"only here: {', '.join(describe(d) for d in sorted(extra_dests))}")
+    if sig[2] != reference[2]:
+        parts.append("it rejects the port as having no endpoints" if sig[2]
+                     else "the others reject the port as having no endpoints")
+    return parts
 
 
 def _orphans_without_api(program: NodeProgram, accounted: set[str], wanted: Callable[[str], bool]) -> list[Finding]:

@@ -29,6 +29,7 @@ class CheckResult:
     service_ports: int = 0
     settings: dict[str, str] = field(default_factory=dict)  # node -> where its proxy settings came from
     api: bool = False  # compared with the API objects (else: nodes with each other)
+    skipped: dict[str, str] = field(default_factory=dict)  # node -> why its services were not checked
 
     @property
     def summary(self) -> dict[str, int]:
@@ -62,13 +63,17 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         findings.extend(check_node_health(node, rules, capture.proxy_mode, loaded.other_backend.get(node),
                                           capture.backend))
     names = sorted(loaded.rules)
+    # ipvs and nftables modes keep (some of) their rules elsewhere: their iptables rules say nothing per service
+    skipped = {n: f"kube-proxy runs in {captures[n].proxy_mode} mode there" for n in names
+               if (captures[n].proxy_mode or "iptables") != "iptables"}
+    checked = [n for n in names if n not in skipped]
     cluster = loaded.cluster
     if cluster is None:
-        inputs = [NodeInput(n, loaded.rules[n], None, "") for n in names]  # no settings needed: nothing planned
+        inputs = [NodeInput(n, loaded.rules[n], None, "") for n in checked]  # no settings needed: nothing planned
         diff, services = compare_nodes(inputs, lambda service: _in_namespace(service, namespace))
         findings.extend(diff)
         return CheckResult(_dedupe(sort_findings(findings)), len(services), names, dict(loaded.failed),
-                           service_ports=0, api=False)
+                           service_ports=0, api=False, skipped=skipped)
 
     api = loaded.snapshot.api
     labels = {_key(item): (item.get("metadata") or {}).get("labels") or {} for item in api.services or []}
@@ -79,7 +84,7 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
     pod_cidrs = {_name(item): list((item.get("spec") or {}).get("podCIDRs") or []) for item in api.nodes or []}
     inputs: list[NodeInput] = []
     sources: dict[str, str] = {}
-    for node in names:
+    for node in checked:
         if node in overrides:
             inputs.append(NodeInput(node, loaded.rules[node], overrides[node], "given"))
         else:
@@ -99,7 +104,7 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
 
     findings.extend(diff_nodes(inputs, cluster, ports if filtered else None, report_orphan))
     return CheckResult(_dedupe(sort_findings(findings)), len(chosen), names, dict(loaded.failed),
-                       service_ports=len(ports), settings=sources, api=True)
+                       service_ports=len(ports), settings=sources, api=True, skipped=skipped)
 
 
 def failing(result: CheckResult, fail_on: str) -> bool:

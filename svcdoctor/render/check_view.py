@@ -15,6 +15,8 @@ def render_check(result, console: Console, wide: bool = False) -> None:
     console.print(Text(_header(result), style="bold"), soft_wrap=True)
     for node, why in sorted(result.failed.items()):
         console.print(Text(f"node {node} could not be read: {why}", style="bold red"), soft_wrap=True)
+    for node, why in sorted(getattr(result, "skipped", {}).items()):
+        console.print(Text(f"node {node}: services not checked, {why}", style="yellow"), soft_wrap=True)
     if not result.findings:
         console.print(Text("No problems found.", style="green"))
     id_width = max((len(f.id) for f in result.findings), default=0)
