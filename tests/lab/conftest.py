@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:  # run from any directory without installing svcdoctor
-    sys.path.insert(0, _ROOT)
+ROOT = Path(__file__).resolve().parents[2]  # the repository (tests/lab/test_watch_lab.py imports it from here)
+if str(ROOT) not in sys.path:  # run from any directory without installing svcdoctor
+    sys.path.insert(0, str(ROOT))
 
 from . import harness  # noqa: E402
 from . import scenario as sc  # noqa: E402
