@@ -477,3 +477,13 @@ def _missing_service_rules_09() -> str:
     # what an ipvs-mode node's iptables look like to svcdoctor: KUBE-SERVICES, no per-service chains
     return ("*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + "
             "port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ\nCOMMIT\n")
+
+
+def test_every_finding_id_is_documented_with_its_severity():
+    from svcdoctor.checks.findings import CATALOGUE
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "reference" / "findings.md").read_text()
+    for fid, (severity, _) in CATALOGUE.items():
+        heading = next((ln for ln in text.splitlines() if ln.startswith(f"## `{fid}` (")), None)
+        assert heading is not None, f"docs/reference/findings.md has no section for {fid}"
+        assert heading.split("(", 1)[1].startswith(severity), heading
