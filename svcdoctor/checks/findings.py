@@ -232,6 +232,15 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
             f"kube-proxy's rules on {node} are {where}; the node uses {backend or 'the other'} "
             f"(services may work on some nodes only)",
             rules.backend_warnings + [f"{other} backend: {other_backend.kube_chain_count} KUBE-* chains"]))
+    elif has_rules and other_backend is not None and _kubelet_marks(other_backend) and not _kubelet_marks(rules):
+        # kubelet (and kind's iptables choice) went one way, kube-proxy the other: both backends' hooks run, in
+        # an order nobody chose (kubernetes/kubernetes#82361, iptables-wrappers#2)
+        other = "legacy" if backend == "nft" else "nft" if backend == "legacy" else "other"
+        out.append(finding(
+            "backend-mismatch", node, None,
+            f"kube-proxy's rules on {node} are in the {backend or 'one'} backend but kubelet's chains are in the "
+            f"{other} backend: the node's iptables users disagree",
+            rules.backend_warnings + [f"{other} backend: {', '.join(sorted(_kubelet_marks(other_backend)))}"]))
     elif rules.backend_warnings and not has_rules:
         out.append(finding(
             "backend-mismatch", node, None,
@@ -243,6 +252,14 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
             f"{node} has no kube-proxy rules (no KUBE-SERVICES rules): is kube-proxy running there?",
             [f"nat chains: {', '.join(sorted(nat.chains)) if nat else 'no nat table'}"]))
     return out
+
+
+KUBELET_MARK_CHAINS = ("KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
+
+
+def _kubelet_marks(rules: NodeRules) -> set[str]:
+    """kubelet's canary and hint chains: they say which backend the node's kubelet (and kind) uses."""
+    return {name for t in rules.tables.values() for name in t.chains if name in KUBELET_MARK_CHAINS}
 
 
 def check_node_rules(node: str, rules: NodeRules, cluster: ClusterModel | None, proxy_mode: str | None = None,

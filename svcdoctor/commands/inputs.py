@@ -91,7 +91,7 @@ def load(opts: InputOptions, progress=None) -> LoadedInput:
                 raise
             failed[node.name] = f"unreadable rules: {e}"
             continue
-        parsed.backend_warnings.extend(w for w in node.warnings if w.startswith("# Warning"))
+        parsed.backend_warnings.extend(w for w in node.warnings if w not in parsed.backend_warnings)
         warnings.extend(parsed.warnings)
         rules[node.name] = parsed
         if node.other_backend_save:
