@@ -151,14 +151,15 @@ def test_the_kernels_own_spelling_checks_clean_too():
         case = CASES[name]
         dump = round_trip(case.restore_text)
         assert "-d 172.30.0.4" in dump or "-d 1.2.3.4/32" in dump  # really the kernel's spelling
-        loaded = load(InputOptions(bundle=_single(case, dump)))
-        assert {(f.id, f.node) for f in run_check(loaded).findings} == INTENDED.get(name, set())
+        for api in (True, False):
+            loaded = load(InputOptions(bundle=_single(case, dump, api)))
+            assert {(f.id, f.node) for f in run_check(loaded).findings} == INTENDED.get(name, set())
 
 
-def _single(case, dump: str) -> str:
+def _single(case, dump: str, api: bool) -> str:
     import tempfile
 
-    return make_bundle(Path(tempfile.mkdtemp(prefix="svcdoctor-check-")) / "b", case, {NODE: dump})
+    return make_bundle(Path(tempfile.mkdtemp(prefix="svcdoctor-check-")) / "b", case, {NODE: dump}, api=api)
 
 
 # --- planted faults -----------------------------------------------------------------------------------------
@@ -487,3 +488,17 @@ def test_every_finding_id_is_documented_with_its_severity():
         heading = next((ln for ln in text.splitlines() if ln.startswith(f"## `{fid}` (")), None)
         assert heading is not None, f"docs/reference/findings.md has no section for {fid}"
         assert heading.split("(", 1)[1].startswith(severity), heading
+
+
+def test_bad_settings_input_is_one_line_not_a_traceback(tmp_path):
+    case = CASES["09-nodeport-cluster"]
+    bundle = make_bundle(tmp_path / "b", case, config=True)
+    (Path(bundle) / "cluster" / "kube-proxy-config.json").write_text(json.dumps({"iptables": ["not", "an", "object"]}))
+    result = run_cli("check", "--bundle", bundle)
+    assert result.exit_code == 2 and "kube-proxy config" in result.stderr and "Traceback" not in result.stderr
+    # a node address that is not one is left out: the check still runs
+    bundle = make_bundle(tmp_path / "c", case)
+    meta = Path(bundle) / "nodes" / NODE / "node.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "internalIP": "not-an-ip"}))
+    code, doc = check(bundle)
+    assert code == 0 and doc["findings"] == []

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from svcdoctor.checks.findings import Finding, finding
+from svcdoctor.exit_codes import InputError
 from svcdoctor.model.cluster import ClusterModel, ServicePort
 from svcdoctor.model.expected import (
     LARGE_CLUSTER_ENDPOINTS,
@@ -475,9 +476,12 @@ def node_settings(
     inferred = infer_settings_from_rules(_settings_lines(rules), node_name=node, node_ips=node_ips)
     if kube_proxy_config is not None:
         # the ConfigMap does not say which version runs nor whether iptables has --random-fully: the rules do
-        settings = settings_from_kube_proxy_config(
-            kube_proxy_config, node, node_ips, pod_cidrs or (), kube_minor=inferred.kube_minor,
-            random_fully=inferred.random_fully)
+        try:
+            settings = settings_from_kube_proxy_config(
+                kube_proxy_config, node, node_ips, pod_cidrs or (), kube_minor=inferred.kube_minor,
+                random_fully=inferred.random_fully)
+        except (AttributeError, TypeError, ValueError) as e:  # a field of the wrong kind (a list for an object…)
+            raise InputError(f"kube-proxy config: not a KubeProxyConfiguration ({type(e).__name__}: {e})") from None
         return settings, "kube-proxy ConfigMap"
     return inferred, "inferred from the node's rules"
 

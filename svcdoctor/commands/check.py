@@ -8,6 +8,7 @@ rules, rules in the wrong iptables backend) comes from `checks/findings.py`.
 from __future__ import annotations
 
 import gc
+import ipaddress
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,7 +89,7 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         if node in overrides:
             inputs.append(NodeInput(node, loaded.rules[node], overrides[node], "given"))
         else:
-            s, source = node_settings(node, loaded.rules[node], loaded.node_ips.get(node, []),
+            s, source = node_settings(node, loaded.rules[node], _addresses(loaded.node_ips.get(node, [])),
                                       api.kube_proxy_config, pod_cidrs.get(node))
             inputs.append(NodeInput(node, loaded.rules[node], s, source))
         sources[node] = inputs[-1].settings_source
@@ -133,6 +134,18 @@ def _dedupe(findings: list[Finding]) -> list[Finding]:
         if key not in seen:
             seen.add(key)
             out.append(f)
+    return out
+
+
+def _addresses(ips: list[str]) -> list[str]:
+    # node.json and the Node objects are untrusted input: an address that is not one is left out, not fatal
+    out = []
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except (ValueError, TypeError):
+            continue
+        out.append(ip)
     return out
 
 
