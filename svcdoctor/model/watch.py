@@ -465,7 +465,8 @@ def connections_needed(shares: list[float]) -> int:
     if len(positive) < 2:
         return 0
     total = sum(positive)
-    return math.ceil(MIN_EXPECTED_PER_ENDPOINT * total / min(positive) - 1e-9)
+    # the kernel keeps probabilities rounded (0.33333333349): do not let that ask for a 16th connection
+    return math.ceil(MIN_EXPECTED_PER_ENDPOINT * total / min(positive) - 1e-6)
 
 
 def format_p(p: float) -> str:
@@ -780,7 +781,9 @@ def _service_note(check: SplitCheck, port: PortWatch, by_node: dict[str, dict[st
 
 
 def busiest(rows: list[Row], top: int) -> list[Row]:
-    """The rows that counted the most new connections in this sample (on the first sample: the most in all)."""
-    first = all(r.rate is None for r in rows)
-    key = (lambda r: (r.packets, r.bytes)) if first else (lambda r: (r.delta_packets, r.packets))
-    return sorted((r for r in rows if r.change != "gone"), key=key, reverse=True)[:top]
+    """The rows that counted the most new connections in this sample (on the first sample: the most so far).
+    Rows that counted nothing are left out: a quiet cluster shows an empty list, not twenty zeros."""
+    if all(r.rate is None for r in rows):
+        return sorted((r for r in rows if r.packets), key=lambda r: (r.packets, r.bytes), reverse=True)[:top]
+    moved = (r for r in rows if r.change != "gone" and (r.delta_packets or r.change in ("reset", "appeared")))
+    return sorted(moved, key=lambda r: (r.delta_packets, r.packets), reverse=True)[:top]

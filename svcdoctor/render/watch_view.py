@@ -60,6 +60,14 @@ def render_frame(frame: Frame, plan=None, wide: bool = False) -> Group:
     parts: list = [Text(title, style="bold"), Text(COUNTS_CONNECTIONS + ".", style="dim")]
     if frame.baseline:
         parts.append(Text("first sample: the counters as they are; deltas start with the next one.", style="dim"))
+    # what needs attention first: a live view is cropped to the terminal's height
+    for note in list(frame.notes) + [s.note for s in frame.splits if s.note]:
+        parts.append(Text(note, style="yellow"))
+    for node, why in sorted(frame.failed.items()):
+        parts.append(Text(f"{node}: not read this sample ({why})", style="red"))
+    for change in frame.chain_changes:
+        style = "green" if change.change == "appeared" else "yellow"
+        parts.append(Text(f"{change.node}: {change.table} chain {change.chain} {change.change}", style=style))
     if frame.service:
         parts.extend(_service_blocks(frame, plan, wide))
     else:
@@ -67,13 +75,6 @@ def render_frame(frame: Frame, plan=None, wide: bool = False) -> Group:
     blackholes = [r for r in frame.rows if r.reading.kind == "blackhole"] if frame.service else []
     if blackholes:
         parts.append(_blackhole_table(blackholes, wide))
-    for change in frame.chain_changes:
-        style = "green" if change.change == "appeared" else "yellow"
-        parts.append(Text(f"{change.node}: {change.table} chain {change.chain} {change.change}", style=style))
-    for node, why in sorted(frame.failed.items()):
-        parts.append(Text(f"{node}: not read this sample ({why})", style="red"))
-    for note in list(frame.notes) + [s.note for s in frame.splits if s.note]:
-        parts.append(Text(note, style="yellow"))
     return Group(*parts)
 
 
@@ -111,28 +112,36 @@ def _service_blocks(frame: Frame, plan, wide: bool) -> list:
         table.add_column("POD", ratio=1, no_wrap=True, overflow="ellipsis")
         for name, width in (("NEW", 8), ("RATE/s", 6), ("TOTAL", 7), ("OBSERVED", 8), ("EXPECTED", 8)):
             table.add_column(name, justify="right", width=width, no_wrap=True)
-        if wide:
-            table.add_column("RULE", ratio=2, overflow="fold")
         for row in rows:
             style = "dim" if row.change == "gone" else ""
             cells = [Text(row.reading.endpoint or "-", style=style), Text(_pod(row, namespace), style=style),
                      _new(row), _moved(_rate(row.rate), row), _moved(str(row.total_packets), row),
                      _moved(_pct(row.observed_share), row), _pct(row.reading.expected)]
-            if wide:
-                cells.append(Text(row.reading.rule, style="dim"))
             table.add_row(*cells)
         blocks.append(Padding(table, (0, 0, 0, 2)))
+        if wide:
+            blocks.extend(_rule_lines((r.reading.endpoint or "-", r) for r in rows))
     return blocks
+
+
+def _rule_lines(labelled) -> list[Text]:
+    """-o wide: each row's rule(s) in full, on lines of their own (a column would fold them to shreds)."""
+    lines = []
+    for label, row in labelled:
+        for counted in row.reading.rules:
+            role = " (affinity)" if counted.role == "affinity" else ""
+            lines.append(Text(f"    {label}{role}: {counted.text}", style="dim"))
+    return lines
 
 
 def _split_summary(check) -> str:
     if check is None or len(check.shares) < 2:
         return ""
     if check.fit is None:
-        return f"test after {check.needed} connections ({check.connections} so far)"
+        return f"{check.connections}/{check.needed} connections to test"
     fit = check.fit
-    verdict = "departs from its rules" if check.departs else "as its rules say"
-    return f"{verdict} (χ² {fit.statistic:.1f}, df {fit.degrees_of_freedom}, p {format_p(fit.p_value)})"
+    verdict = "DEPARTS from the rules" if check.departs else "fits the rules"
+    return f"{verdict}: χ² {fit.statistic:.1f} df {fit.degrees_of_freedom} p {format_p(fit.p_value)}"
 
 
 def _blackhole_table(rows: list[Row], wide: bool) -> Table:
@@ -141,18 +150,16 @@ def _blackhole_table(rows: list[Row], wide: bool) -> Table:
     for name, justify in (("NODE", "left"), ("CHAIN", "left"), ("VERDICT", "left"), ("REASON", "left"),
                           ("NEW", "right"), ("RATE/s", "right"), ("TOTAL", "right"), ("PACKETS", "right")):
         table.add_column(name, justify=justify, no_wrap=name not in ("REASON",))
-    if wide:
-        table.add_column("RULE", overflow="fold")
     for row in rows:
         counting = row.delta_packets > 0
         style = "bold red" if counting else ("red" if row.packets else "")
         cells = [row.reading.node, f"{row.reading.table} {row.reading.chain}", Text(row.reading.verdict or "", style),
                  _reason(row), _new(row), _moved(_rate(row.rate), row),
                  _moved(str(row.total_packets), row), str(row.packets)]
-        if wide:
-            cells.append(Text(row.reading.rule, style="dim"))
         table.add_row(*cells)
-    return table
+    if not wide:
+        return table
+    return Group(table, *_rule_lines((f"{r.reading.node} {r.reading.chain}", r) for r in rows))
 
 
 def _reason(row: Row) -> str:
@@ -161,27 +168,42 @@ def _reason(row: Row) -> str:
     return comment[len(service) + 1:] if service and comment.startswith(service + " ") else comment
 
 
-def _busiest_table(frame: Frame, wide: bool) -> Table:
+def _busiest_table(frame: Frame, wide: bool):
+    rows = busiest(frame.rows, TOP_RULES)
     table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False,
                   title=f"the {TOP_RULES} busiest kube-proxy rules of the cluster"
                         f"{' (by counters so far)' if frame.baseline else ' (by new connections)'}",
                   title_justify="left")
-    for name, justify in (("NODE", "left"), ("CHAIN", "left"), ("KIND", "left"), ("SERVICE", "left"),
-                          ("ENDPOINT", "left"), ("NEW", "right"), ("RATE/s", "right"), ("TOTAL", "right"),
-                          ("PACKETS", "right")):
-        table.add_column(name, justify=justify, no_wrap=name in ("NEW", "RATE/s", "TOTAL", "PACKETS"))
+    def width(values, header):
+        return max([len(header), *(len(v) for v in values)])
+
+    # the chain is a detail for -o wide; SERVICE folds rather than push columns off a narrow terminal
+    columns = [("NODE", [r.reading.node for r in rows])]
     if wide:
-        table.add_column("RULE", overflow="fold")
-    for row in busiest(frame.rows, TOP_RULES):
+        columns.append(("CHAIN", [r.reading.chain for r in rows]))
+    columns += [("KIND", [r.reading.verdict or r.reading.kind for r in rows]), ("SERVICE", None),
+                ("ENDPOINT", [r.reading.endpoint or "-" for r in rows])]
+    for name, values in columns:
+        if values is None:
+            table.add_column(name, overflow="fold", min_width=8)
+        else:
+            table.add_column(name, no_wrap=True, min_width=width(values, name))
+    for name in ("NEW", "RATE/s", "TOTAL", "PACKETS"):
+        table.add_column(name, justify="right", no_wrap=True, min_width=max(len(name), 5))
+    for row in rows:
         kind = row.reading.verdict if row.reading.kind == "blackhole" else row.reading.kind
-        cells = [row.reading.node, f"{row.reading.table} {row.reading.chain}",
-                 Text(kind or "", style="red" if row.reading.kind == "blackhole" else ""),
-                 row.reading.service or "-", row.reading.endpoint or "-", _new(row), _moved(_rate(row.rate), row),
-                 _moved(str(row.total_packets), row), str(row.packets)]
-        if wide:
-            cells.append(Text(row.reading.rule, style="dim"))
+        # the kind says the table: entries and endpoints are nat, DROP/REJECT are filter
+        cells = [row.reading.node] + ([row.reading.chain] if wide else []) + [
+            Text(kind or "", style="red" if row.reading.kind == "blackhole" else ""),
+            row.reading.service or "-", row.reading.endpoint or "-", _new(row), _moved(_rate(row.rate), row),
+            _moved(str(row.total_packets), row), str(row.packets)]
         table.add_row(*cells)
-    return table
+    if not rows:
+        return Text("no kube-proxy rule counted anything" + ("" if frame.baseline else " in the last interval"),
+                    style="dim")
+    if not wide:
+        return table
+    return Group(table, *_rule_lines((f"{r.reading.node}", r) for r in rows))
 
 
 # --- JSON Lines ---------------------------------------------------------------------------------------------------
