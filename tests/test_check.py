@@ -296,7 +296,8 @@ def test_findings_name_what_was_expected_and_what_was_found(tmp_path):
     case = CASES["01-overall-multiple-services"]
     _, doc = check(make_bundle(tmp_path / "a", case, {NODE: _stale_extra_endpoint(case.restore_text)}))
     (stale,) = [f for f in doc["findings"] if f["id"] == "stale-endpoint"]
-    assert stale["service"] == "ns1/svc1" and "ns1/svc1:p80" in stale["message"] and "10.180.0.99:80" in stale["message"]
+    assert stale["service"] == "ns1/svc1"
+    assert "ns1/svc1:p80" in stale["message"] and "10.180.0.99:80" in stale["message"]
     assert any("10.180.0.99:80" in e and e.startswith("nat: ") for e in stale["evidence"])
 
     _, doc = check(make_bundle(tmp_path / "b", case, {NODE: _missing_endpoint(case.restore_text)}))

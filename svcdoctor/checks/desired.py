@@ -223,8 +223,12 @@ def _read_shape(
         dest = _nat_dest(chain, line, addrs)
         if dest is not None and dest not in shape.nat:
             shape.nat[dest] = Hop(_target(line) or "", _evidence("nat", line), _packets(line))
+    # without the API the nat entry's comment tells a load-balancer IP from an external one; its DROP cannot
+    named = {(ip, port): kind for kind, ip, port in shape.nat} if addrs.cluster_ip is None else {}
     for chain, line in filter_entries:
         dest = _filter_dest(chain, line, addrs)
+        if named and dest[0] == "externalIP":
+            dest = (named.get((dest[1], dest[2]), dest[0]), dest[1], dest[2])
         if dest not in shape.filter:
             shape.filter[dest] = Hop(_target(line) or "", _evidence("filter", line), _packets(line))
     seps = shape.seps
@@ -761,24 +765,33 @@ def _compare_in_detail(ctx: PortContext, exp: ExpectedPort, act: PortShape) -> l
                 [_evidence("nat", ln) for ln in act.fw_lines] + expected(want.fw, 4))
 
     # what the API says, confirmed by the node's own blackhole rules
-    dropped = [(dest, hop) for dest, hop in sorted(act.filter.items())
-               if hop.target == "DROP" and dest[0] != "firewall" and (want.filter.get(dest) or hop).target == "DROP"
-               and dest in want.filter]
+    out.extend(local_drops(node, service, spn, [
+        (dest, hop) for dest, hop in sorted(act.filter.items())
+        if hop.target == "DROP" and dest[0] != "firewall" and want.filter.get(dest, hop).target == "DROP"
+        and dest in want.filter]))
+    return out
+
+
+def local_drops(node: str, service: str, spn: str, hops: list[tuple[Dest, Hop]]) -> list[Finding]:
+    """The "no local endpoints" DROPs of one port on one node: one finding for cluster-IP traffic
+    (internalTrafficPolicy), one for the external destinations (externalTrafficPolicy); an error once they
+    have dropped packets."""
+    out = []
     for internal in (True, False):
-        hops = [(d, h) for d, h in dropped if (d[0] == "clusterIP") == internal]
-        if not hops:
+        mine = [(d, h) for d, h in hops if (d[0] == "clusterIP") == internal]
+        if not mine:
             continue
-        packets = sum(h.packets for _, h in hops)
+        packets = sum(h.packets for _, h in mine)
         counted = f" ({packets} packets dropped so far)" if packets else ""
-        where = ", ".join(describe(d) for d, _ in hops)
+        where = ", ".join(describe(d) for d, _ in mine)
         if internal:
-            add("itp-local-no-local-endpoints",
-                f"internalTrafficPolicy Local and no ready pod on {node}: connections from this node to {where} "
-                f"are dropped{counted}", [h.line for _, h in hops], "error" if packets else None)
+            message = (f"{spn}: internalTrafficPolicy Local and no ready pod on {node}: connections from this node "
+                       f"to {where} are dropped{counted}")
         else:
-            add("etp-local-no-local-endpoints",
-                f"externalTrafficPolicy Local and no ready pod on {node}: outside clients of {where} on this node "
-                f"are dropped{counted}", [h.line for _, h in hops], "error" if packets else None)
+            message = (f"{spn}: externalTrafficPolicy Local and no ready pod on {node}: outside clients of {where} "
+                       f"on this node are dropped{counted}")
+        fid = "itp-local-no-local-endpoints" if internal else "etp-local-no-local-endpoints"
+        out.append(finding(fid, node, service, message, [h.line for _, h in mine], "error" if packets else None))
     return out
 
 
@@ -1080,26 +1093,16 @@ def compare_nodes(
                         f"{spn}: {sep} on {node.name} DNATs to {dest}, but kube-proxy would name that endpoint's "
                         f"chain KUBE-SEP-{hash_memo[key]}: not written by kube-proxy, or edited",
                         [_evidence("nat", line)]))
-            for dest, hop in shape.filter.items():
+            drops = []
+            for dest, hop in sorted(shape.filter.items()):
                 comment = _comment(hop.line) or ""
                 if hop.target == "REJECT" and comment.endswith(" has no endpoints"):
                     seen = rejecting.setdefault(suffix, [])
                     if node.name not in (n for n, _ in seen):
                         seen.append((node.name, hop.line))
                 elif hop.target == "DROP" and comment.endswith(" has no local endpoints"):
-                    counted = f" ({hop.packets} packets dropped so far)" if hop.packets else ""
-                    if dest[0] == "clusterIP":
-                        out.append(finding(
-                            "itp-local-no-local-endpoints", node.name, service,
-                            f"{spn} has internalTrafficPolicy Local and no pod on {node.name}: connections from "
-                            f"this node to {describe(dest)} are dropped{counted}", [hop.line],
-                            "error" if hop.packets else None))
-                    else:
-                        out.append(finding(
-                            "etp-local-no-local-endpoints", node.name, service,
-                            f"{spn} has externalTrafficPolicy Local and no pod on {node.name}: outside clients of "
-                            f"{describe(dest)} on this node are dropped{counted}", [hop.line],
-                            "error" if hop.packets else None))
+                    drops.append((dest, hop))
+            out.extend(local_drops(node.name, service, spn, drops))
             signatures.setdefault(suffix, {})[node.name] = _signature(shape)
         out.extend(_orphans_without_api(program, accounted, wanted))
     read = [n.name for n in nodes if n.rules.has_kube_proxy_rules()]
