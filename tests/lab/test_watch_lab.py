@@ -184,3 +184,25 @@ def _reload_chain(lab, node: str, chain: str) -> None:
         tar.addfile(info, io.BytesIO(text))
     assert lab.container(node).put_archive("/", buf.getvalue())
     lab._exec(node, ["iptables-restore", "--noflush", "/lab/rules/watch-reset.rules"])
+
+
+def test_each_node_is_sampled_with_its_own_backend(lab, kubeconfig):
+    """worker2's kube-proxy writes with iptables-legacy: its counters come from there, and the nft nodes never get
+    a legacy table (listing one with iptables-legacy -t … would create it)."""
+    lab.plant(sc.WORKER2, sc.LEGACY)
+    try:
+        pods_before = lab.pod_counts()
+        with Watch(kubeconfig, "svc-clusterip", "--count", "2", "--interval", "1") as watch:
+            watch.sample()
+            answers = lab.hit("webpod-2", "http://10.200.1.10:9000/", 12)  # webpod-2 lives on worker2
+            second = watch.sample()
+            code, err = watch.finish()
+        served = served_between(pods_before, lab.pod_counts())
+        assert code == 0, err
+        assert "ERROR" not in answers and sum(served.values()) == 12
+        shown = endpoint_rows(second, sc.WORKER2)
+        assert {pod: r["deltaPackets"] for pod, r in shown.items() if r["deltaPackets"]} == served
+        for node in (sc.CONTROL_PLANE, sc.WORKER, sc.WORKER3):
+            assert lab._exec(node, ["cat", "/proc/net/ip_tables_names"]).strip() == "", node
+    finally:
+        lab.heal(sc.WORKER2)
