@@ -133,6 +133,14 @@ def test_every_case_checks_clean_but_for_what_it_is_about(tmp_path, name, source
     assert doc["summary"] == {"error": 0, "warning": len(doc["findings"]), "info": 0}
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_case_checks_clean_with_its_own_settings_given(tmp_path, name):
+    case = CASES[name]  # settings.json: exactly the fake proxier's settings of kube-proxy's test
+    result = run_check(load(InputOptions(bundle=make_bundle(tmp_path / "b", case))), settings={NODE: case.settings})
+    assert {(f.id, f.node) for f in result.findings} == INTENDED.get(name, set())
+    assert result.settings == {NODE: "given"}
+
+
 def test_settings_come_from_the_configmap_or_the_rules(tmp_path):
     case = CASES["10-internal-external-masquerade/masquerade-all"]
     for config, source in ((True, "kube-proxy ConfigMap"), (False, "inferred from the node's rules")):

@@ -576,6 +576,8 @@ def compare_port(ctx: PortContext, exp: ExpectedPort, act: PortShape) -> list[Fi
 
 
 def _compare_in_detail(ctx: PortContext, exp: ExpectedPort, act: PortShape) -> list[Finding]:
+    """The node differs from the plan somewhere: say where, once per cause. A node applying another traffic
+    policy, or rejecting the port as empty, explains the endpoint differences that follow from it."""
     plan, want = exp.plan, exp.shape
     node, spn, service = ctx.node, ctx.spn, ctx.service
     out: list[Finding] = []
@@ -636,7 +638,15 @@ def _compare_in_detail(ctx: PortContext, exp: ExpectedPort, act: PortShape) -> l
     for dest in sorted(want.filter.keys() | act.filter.keys()):
         e, a = want.filter.get(dest), act.filter.get(dest)
         if e is not None and a is not None:
-            if e.target != a.target:
+            if e.target == a.target:
+                continue
+            if a.target == "REJECT" and plan.has_endpoints:
+                no_dnat_rules = True
+                add("missing-service-rules",
+                    f"{node} still rejects {describe(dest)} as having no endpoints; kube-proxy would {e.target} it "
+                    f"(no local endpoint), the EndpointSlices list {len(plan.cluster_endpoints)} elsewhere",
+                    [a.line, f"expected {e.line}"])
+            else:
                 policy_trouble = True
                 add("policy-mismatch", f"{node} answers {describe(dest)} with {a.target}; kube-proxy would "
                                        f"{e.target} it", [a.line, f"expected {e.line}"])
