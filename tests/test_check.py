@@ -518,3 +518,14 @@ def test_rules_in_the_other_backend_are_one_finding(tmp_path):
     bundle = write_bundle(ClusterSnapshot(cluster="case", nodes=nodes, api=api), tmp_path / "b")
     code, doc = check(bundle)
     assert code == 1 and found(doc) == {("backend-mismatch", NODE)}
+
+
+def test_source_ranges_are_compared_as_networks(tmp_path):
+    """kube-proxy 1.28 writes a range as the user spelled it ("203.0.113.5/25"); iptables prints the network."""
+    case = CASES["02-loadbalancer-source-ranges"]
+    services = case.items("services")
+    ranges = services[0]["spec"]["loadBalancerSourceRanges"]
+    services[0]["spec"]["loadBalancerSourceRanges"] = [r.replace("203.0.113.0/25", "203.0.113.5/25") for r in ranges]
+    assert services[0]["spec"]["loadBalancerSourceRanges"] != ranges
+    _, doc = check(make_bundle(tmp_path / "b", case, services=services))
+    assert doc["findings"] == []

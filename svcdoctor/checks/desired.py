@@ -16,6 +16,7 @@ them unparsed until asked, and building a `Rule` for each would cost more than t
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -87,6 +88,15 @@ def _address(value: str | None) -> str:
     if value.endswith("/32") or value.endswith("/128"):
         return value.rsplit("/", 1)[0]
     return value
+
+
+def _network(value: str | None) -> str:
+    """A source range as one spelling: kube-proxy 1.28 writes the user's "10.0.0.1/24", iptables and 1.30+
+    print "10.0.0.0/24"; a single address has no mask."""
+    try:
+        return _address(str(ipaddress.ip_network(value or "", strict=False)))
+    except ValueError:
+        return value or ""
 
 
 def _comment(line: str) -> str | None:
@@ -280,7 +290,7 @@ def _read_shape(
     if lines is not None:
         shape.fw, shape.fw_lines = fw, lines
         shape.fw_sources = frozenset(
-            _address(_option(line, " -s ")) for line in lines if chain_kind(_target(line) or "") == "ext"
+            _network(_option(line, " -s ")) for line in lines if chain_kind(_target(line) or "") == "ext"
         )
     return shape
 
