@@ -86,7 +86,12 @@ def _address(value: str | None) -> str:
     if not value:
         return ""
     if value.endswith("/32") or value.endswith("/128"):
-        return value.rsplit("/", 1)[0]
+        value = value.rsplit("/", 1)[0]
+    if ":" in value and "/" not in value:
+        try:
+            return str(ipaddress.ip_address(value))  # IPv6 has many spellings; iptables prints the short one
+        except ValueError:
+            pass
     return value
 
 
