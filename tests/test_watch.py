@@ -26,14 +26,15 @@ from svcdoctor.model.explain import build_service_view
 from svcdoctor.model.rules import NodeRules
 from svcdoctor.model.watch import (
     SIGNIFICANCE,
+    BusiestTracker,
     WatchTracker,
     chi_square_sf,
     chi_square_test,
     connections_needed,
-    observe_dump,
     observe_service,
     parse_chain_listings,
     plan_service_watch,
+    scan_dump,
 )
 from svcdoctor.render.watch_view import render_frame, sample_document
 
@@ -333,40 +334,56 @@ def test_session_affinity_hits_are_counted_but_left_out_of_the_random_split(demo
 
 
 # --- without a service: the busiest rules -------------------------------------------------------------------------
+def busiest_rows(text: str, pods=None, top: int = 1000):
+    """Every counted rule of a dump, named, as the first sample of a busiest-rules watch shows them."""
+    frame = BusiestTracker(2.0, top, pods).update({WORKER: scan_dump(text)}, {WORKER: 0.0}, T0)
+    return [r.reading for r in frame.rows]
+
+
 def test_busiest_rules_of_a_dump_name_services_and_endpoints(demo):
     capture = next(n for n in demo.snapshot.nodes if n.name == WORKER)
-    rows = observe_dump(WORKER, capture.iptables_save, demo.cluster.pods_by_ip)
+    rows = busiest_rows(capture.iptables_save, demo.cluster.pods_by_ip)
     by_kind = {}
     for r in rows:
         by_kind.setdefault(r.kind, []).append(r)
     eps = [r for r in by_kind["endpoint"] if r.chain == CLUSTERIP_SVC]
-    assert {r.endpoint for r in eps} == set(SEPS.values()) and {r.packets for r in eps} == {2, 3, 1}
+    assert {r.endpoint for r in eps} == set(SEPS.values()) and {r.rules[0].packets for r in eps} == {2, 3, 1}
     assert {r.service for r in eps} == {"default/svc-clusterip:svc-webport"}
-    assert any(r.chain == "KUBE-SERVICES" and r.service == "default/svc-clusterip:svc-webport" and r.packets == 6
-               for r in by_kind["entry"])
-    # without comments (large clusters), the chain's hash still names the service
-    bare = re.sub(r' -m comment --comment "[^"]*"', "", capture.iptables_save)
-    named = {r.chain: r.service for r in observe_dump(WORKER, capture.iptables_save)}
-    unnamed = {r.chain: r.service for r in observe_dump(WORKER, bare) if r.kind == "endpoint"}
-    assert unnamed and all(s is None or s == named[c] for c, s in unnamed.items())
+    assert all(r.pod and r.pod.startswith("default/webpod-") for r in eps)
+    assert any(r.chain == "KUBE-SERVICES" and r.service == "default/svc-clusterip:svc-webport"
+               and r.rules[0].packets == 6 for r in by_kind["entry"])
+    # blackholes are scanned too (on this node none has counted anything, so the first sample lists none)
+    holes = [r for r in scan_dump(capture.iptables_save).rules if r[0] == "blackhole"]
+    assert holes and {r[6] for r in holes} <= {"DROP", "REJECT"} and "blackhole" not in by_kind
+    # without comments on the jumps (large clusters), the chain's hash still names the service through its entry
+    bare = re.sub(r' -m comment --comment "[^"]*" (-m statistic|-j KUBE-SEP)', r" \1", capture.iptables_save)
+    assert bare != capture.iptables_save
+    unnamed = [r for r in busiest_rows(bare) if r.kind == "endpoint" and r.chain == CLUSTERIP_SVC]
+    assert {r.service for r in unnamed} == {"default/svc-clusterip:svc-webport"}
 
 
 def test_busiest_rules_are_sorted_by_new_connections(demo):
     capture = next(n for n in demo.snapshot.nodes if n.name == WORKER)
-    tracker = WatchTracker(2.0)
-    tracker.update({WORKER: observe_dump(WORKER, capture.iptables_save)}, {WORKER: 0.0}, T0)
+    tracker = BusiestTracker(2.0, 3)
+    first = tracker.update({WORKER: scan_dump(capture.iptables_save)}, {WORKER: 0.0}, T0)
+    assert len(first.rows) == 3 and [r.packets for r in first.rows] == sorted(
+        (r.packets for r in first.rows), reverse=True)  # the first sample: the most counted so far
     jump = '-A KUBE-SVC-KBDEBIL6IU6WL7RF -m comment --comment "default/svc-clusterip:svc-webport -> {}"'
     busier = capture.iptables_save.replace(f"[1:60] {jump.format('10.10.4.2:80')}",
                                            f"[101:6060] {jump.format('10.10.4.2:80')}")
     busier = busier.replace(f"[2:120] {jump.format('10.10.2.2:80')}", f"[7:420] {jump.format('10.10.2.2:80')}")
     assert f"[101:6060] {jump.format('10.10.4.2:80')}" in busier and f"[7:420] {jump.format('10.10.2.2:80')}" in busier
-    frame = tracker.update({WORKER: observe_dump(WORKER, busier)}, {WORKER: 2.0}, T0)
+    frame = tracker.update({WORKER: scan_dump(busier)}, {WORKER: 2.0}, T0)
     doc = sample_document(frame, top=3)
     # only what moved, the busiest first
     assert [(r["endpoint"], r["deltaPackets"], r["ratePerSecond"]) for r in doc["rows"]] == [
         ("10.10.4.2:80", 100, 50.0), ("10.10.2.2:80", 5, 2.5)]
-    quiet = tracker.update({WORKER: observe_dump(WORKER, busier)}, {WORKER: 4.0}, T0)
+    quiet = tracker.update({WORKER: scan_dump(busier)}, {WORKER: 4.0}, T0)
     assert sample_document(quiet, top=3)["rows"] == []
+    # a chain rewritten with fresh counters is a reset there too
+    reset = busier.replace(f"[101:6060] {jump.format('10.10.4.2:80')}", f"[4:240] {jump.format('10.10.4.2:80')}")
+    (row,) = tracker.update({WORKER: scan_dump(reset)}, {WORKER: 6.0}, T0).rows
+    assert (row.reset, row.change, row.delta_packets, row.total_packets) == (True, "reset", 4, 104)
 
 
 # --- what the user sees -----------------------------------------------------------------------------------------------

@@ -20,14 +20,14 @@ from datetime import datetime, timezone
 from svcdoctor.commands.inputs import InputOptions, LoadedInput, load
 from svcdoctor.exit_codes import ExitStatus, SvcdoctorError, UsageError
 from svcdoctor.model.watch import (
+    BusiestTracker,
     Frame,
-    RowReading,
     ServiceWatchPlan,
     WatchTracker,
-    observe_dump,
     observe_service,
     parse_chain_listings,
     plan_service_watch,
+    scan_dump,
 )
 from svcdoctor.render.watch_view import TOP_RULES, render_frame, sample_document
 
@@ -64,11 +64,12 @@ def _watch(opts, service, namespace, interval, count, output, out, err) -> int:
     backends = {n.name: n.backend or "nft" for n in loaded.snapshot.nodes if n.name in loaded.rules}
     sampler = Sampler.open(loaded.snapshot.cluster, list(loaded.rules), backends, timeout=NODE_TIMEOUT)
     try:
-        tracker = WatchTracker(interval, plan.service if plan else None)
         if plan is not None:
+            tracker = WatchTracker(interval, plan.service)
             take = lambda: _service_sample(sampler, plan, tracker)  # noqa: E731
         else:
-            take = _busiest_sampler(sampler, loaded, tracker)
+            pods = loaded.cluster.pods_by_ip if loaded.cluster is not None else {}
+            take = _busiest_sampler(sampler, loaded, BusiestTracker(interval, TOP_RULES, pods))
         partial = bool(loaded.failed)
         wide = output == "wide"
         if output == "json":
@@ -129,8 +130,7 @@ def _service_sample(sampler, plan: ServiceWatchPlan, tracker: WatchTracker) -> F
     return tracker.update(readings, read_at, when, chains, failed, plan)
 
 
-def _busiest_sampler(sampler, loaded: LoadedInput, tracker: WatchTracker) -> Callable[[], Frame]:
-    pods = loaded.cluster.pods_by_ip if loaded.cluster is not None else {}
+def _busiest_sampler(sampler, loaded: LoadedInput, tracker: BusiestTracker) -> Callable[[], Frame]:
     first = {n.name: n.iptables_save for n in loaded.snapshot.nodes if n.name in loaded.rules}
     first_at = time.monotonic()
 
@@ -144,8 +144,8 @@ def _busiest_sampler(sampler, loaded: LoadedInput, tracker: WatchTracker) -> Cal
             texts = {n: r.text for n, r in got.items() if not r.error}
             read_at = {n: r.read_at for n, r in got.items() if not r.error}
             failed = {n: r.error for n, r in got.items() if r.error}
-        readings: dict[str, list[RowReading]] = {n: observe_dump(n, text, pods) for n, text in texts.items()}
-        return tracker.update(readings, read_at, datetime.now(timezone.utc), None, failed)
+        scans = {n: scan_dump(text) for n, text in texts.items()}
+        return tracker.update(scans, read_at, datetime.now(timezone.utc), failed)
 
     return take
 

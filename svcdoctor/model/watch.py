@@ -327,62 +327,158 @@ _DNAT_TO = re.compile(r"--to-destination (\S+)")
 _ENTRY_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS")
 
 
-def observe_dump(node: str, text: str, pods_by_ip: dict[str, str] | None = None) -> list[RowReading]:
-    """Every rule of an `iptables-save -c` dump that says something about a service's traffic: entries into a
-    service's chains, jumps to endpoints, and DROP/REJECT rules in kube-proxy's and kubelet's chains."""
+@dataclass(slots=True)
+class DumpScan:
+    """The rules of one `iptables-save -c` dump that say something about a service's traffic, as plain tuples:
+    (kind, table, chain, packets, bytes, rule text, target), kind being entry, endpoint or blackhole."""
+
+    rules: list[tuple[str, str, str, int, int, str, str]]
+    endpoints: dict[str, str]  # KUBE-SEP-… -> "ip:port" of its DNAT
+    entries: dict[str, str]  # hash suffix -> text of the entry rule that leads into that service's chain
+
+
+def scan_dump(text: str) -> DumpScan:
+    """Entries into a service's chains, jumps to endpoints, DROP/REJECT rules in kube-proxy's and kubelet's chains.
+
+    A big node prints 150,000 lines at every sample, so lines are sorted with string tests and nothing is parsed
+    further here; names are looked up only for the rows that get shown (BusiestTracker)."""
     table = None
-    lines: list[tuple[str, str, int, int, str]] = []
+    rules: list[tuple[str, str, str, int, int, str, str]] = []
+    endpoints: dict[str, str] = {}
+    entries: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("*"):
+        first = line[:1]
+        if first == "*":
             table = line[1:].strip()
             continue
-        m = _COUNTED_LINE.match(line)
-        if m and table is not None and m.group(3).startswith("KUBE-"):
-            lines.append((table, m.group(3), int(m.group(1)), int(m.group(2)), f"-A {m.group(3)} {m.group(4)}"))
-    # endpoints of SEP chains, and service names of hashed chains (large clusters write no comments on the jumps)
-    endpoints: dict[str, str] = {}
-    services: dict[str, str] = {}
-    for table, chain, _p, _b, line in lines:
-        if table == "nat" and chain.startswith(ENDPOINT_CHAIN_PREFIX) and " -j DNAT " in line:
-            if m := _DNAT_TO.search(line):
-                endpoints[chain] = m.group(1)
-    found: list[tuple[RowReading, Rule]] = []
-    seen: dict[tuple, int] = {}
-    for table, chain, packets, nbytes, line in lines:
-        rule = rule_from_line(table, chain, 0, line)
-        target = rule.target or ""
-        kind = None
-        if table == "nat" and chain in _ENTRY_CHAINS and chain_kind(target) in ("svc", "svl", "ext", "fw"):
-            kind = "entry"
-            spn, _ = service_port_of_comment(rule.comment)
-            if spn:
-                services[chain_suffix(target)] = spn
-        elif table == "nat" and target.startswith(ENDPOINT_CHAIN_PREFIX) and chain_kind(chain) in SPLIT_CHAIN_KINDS:
-            kind = "endpoint"
-        elif target in BLACKHOLE_TARGETS:
-            kind = "blackhole"
-        if kind is None:
+        if first != "[" or "] -A KUBE-" not in line:
             continue
-        base = (node, table, chain, rule.text)
-        seen[base] = seen.get(base, 0) + 1  # the same text twice in a chain: two rules, told apart by their order
-        key = base + (seen[base],)
-        endpoint = endpoints.get(target) if kind == "endpoint" else None
-        ip = (endpoint or "").rsplit(":", 1)[0].strip("[]")
-        found.append((RowReading(key, kind, node, table, chain, rule.text, None, endpoint,
-                                 [CountedRule(key, rule.text, packets, nbytes)], pod=(pods_by_ip or {}).get(ip),
-                                 verdict=target if kind == "blackhole" else None), rule))
-    rows = []
-    for row, rule in found:
-        spn, _ = service_port_of_comment(rule.comment)
+        m = _COUNTED_LINE.match(line)
+        if m is None:
+            continue
+        chain, spec = m.group(3), m.group(4)
+        target = _target(spec)
+        kind = None
+        if table == "nat":
+            if chain in _ENTRY_CHAINS:
+                if target.startswith(_SERVICE_CHAIN_PREFIXES):
+                    kind = "entry"
+            elif chain.startswith(_SPLIT_CHAIN_PREFIXES):
+                if target.startswith(ENDPOINT_CHAIN_PREFIX):
+                    kind = "endpoint"
+            elif target == "DNAT" and chain.startswith(ENDPOINT_CHAIN_PREFIX):
+                if dnat := _DNAT_TO.search(spec):
+                    endpoints[chain] = dnat.group(1)
+                continue
+        if kind is None and target in BLACKHOLE_TARGETS:
+            kind = "blackhole"
+        if kind is not None:
+            text_ = f"-A {chain} {spec}"
+            if kind == "entry":
+                entries.setdefault(target[-16:], text_)
+            rules.append((kind, table or "", chain, int(m.group(1)), int(m.group(2)), text_, target))
+    return DumpScan(rules, endpoints, entries)
+
+
+class BusiestTracker:
+    """Without a service: every counted rule of every node, compared with the previous dump as plain numbers.
+    Rows are made only for what moved (on the first sample, for the `top` rules with the most counted), so a
+    sample of 40,000 rules that mostly sit still costs a dictionary lookup each."""
+
+    def __init__(self, interval: float, top: int, pods_by_ip: dict[str, str] | None = None):
+        self.interval = interval
+        self.top = top
+        self.pods_by_ip = pods_by_ip or {}
+        self.samples = 0
+        self._last: dict[str, dict[tuple, tuple[int, int]]] = {}  # node -> rule key -> (packets, bytes)
+        self._totals: dict[tuple, list[int]] = {}
+        self._read_at: dict[str, float] = {}
+
+    def update(self, scans: dict[str, DumpScan], read_at: dict[str, float], when: datetime,
+               failed: dict[str, str] | None = None) -> Frame:
+        self.samples += 1
+        baseline = self.samples == 1
+        frame = Frame(self.samples, when, self.interval, None, [], failed=dict(failed or {}))
+        candidates: list[tuple[int, int, str, tuple, tuple]] = []  # (sort key…, node, rule, key) on the baseline
+        for node, scan in scans.items():
+            elapsed = read_at[node] - self._read_at[node] if node in self._read_at else None
+            if elapsed is not None:
+                frame.elapsed[node] = max(elapsed, 1e-6)
+            self._read_at[node] = read_at[node]
+            last = self._last.get(node, {})
+            current: dict[tuple, tuple[int, int]] = {}
+            seen: dict[tuple, int] = {}
+            for rule in scan.rules:
+                kind, table, chain, packets, nbytes, text, target = rule
+                base = (node, table, chain, text)
+                seen[base] = n = seen.get(base, 0) + 1  # the same text twice in a chain: two rules, by their order
+                key = base + (n,)
+                current[key] = (packets, nbytes)
+                if baseline:
+                    if packets:
+                        candidates.append((packets, nbytes, node, rule, key))
+                    continue
+                before = last.get(key)
+                if before is None:
+                    change, dp, db = "appeared", packets, nbytes
+                elif packets < before[0] or nbytes < before[1]:
+                    change, dp, db = "reset", packets, nbytes
+                elif packets != before[0]:
+                    change, dp, db = None, packets - before[0], nbytes - before[1]
+                else:
+                    continue
+                totals = self._totals.setdefault(key, [0, 0])
+                totals[0] += dp
+                totals[1] += db
+                reading = self._reading(node, scan, rule, key)
+                frame.rows.append(Row(reading, packets, nbytes, dp, db, change == "reset", change,
+                                      dp / frame.elapsed[node] if node in frame.elapsed else None,
+                                      totals[0], totals[1]))
+            for key in set(self._totals).difference(current):
+                if key[0] == node:
+                    del self._totals[key]
+            self._last[node] = current
+        if baseline:
+            candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+            for packets, nbytes, node, rule, key in candidates[: self.top]:
+                frame.rows.append(Row(self._reading(node, scans[node], rule, key), packets, nbytes, 0, 0, False,
+                                      None, None, 0, 0))
+        return frame
+
+    def _reading(self, node: str, scan: DumpScan, rule: tuple, key: tuple) -> RowReading:
+        kind, table, chain, packets, nbytes, text, target = rule
+        comment = _comment(text) if kind != "endpoint" else None
+        spn = service_port_of_comment(comment)[0] if comment else None
         if spn is None:
-            # no comment (large clusters): the hash of the chain, or of the chain it jumps to, names the service
-            for chain in (row.chain, rule.target or ""):
-                if spn is None and chain_kind(chain) in ("svc", "svl", "ext", "fw"):
-                    spn = services.get(chain_suffix(chain))
-        row.service = spn
-        row.comment = rule.comment
-        rows.append(row)
-    return rows
+            # no comment (endpoint jumps, or a large cluster's rules): the hash in the chain's name, or in the name
+            # of the chain it jumps to, leads to the entry rule, whose comment names the service
+            for hashed in (chain, target):
+                if spn is None and hashed.startswith(_SERVICE_CHAIN_PREFIXES) and hashed[-16:] in scan.entries:
+                    spn = service_port_of_comment(_comment(scan.entries[hashed[-16:]]))[0]
+        endpoint = scan.endpoints.get(target) if kind == "endpoint" else None
+        pod = self.pods_by_ip.get(endpoint.rsplit(":", 1)[0].strip("[]")) if endpoint else None
+        return RowReading(key, kind, node, table, chain, text, spn, endpoint,
+                          [CountedRule(key, text, packets, nbytes)], pod=pod,
+                          verdict=target if kind == "blackhole" else None, comment=comment)
+
+
+_SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-")
+_SPLIT_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-XLB-")
+_COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
+
+
+def _target(spec: str) -> str:
+    """The rule's -j/-g target, found from the end (a rule has one; only a comment could hide one, and kube-proxy's
+    comments never hold " -j ")."""
+    idx = max(spec.rfind(" -j "), spec.rfind(" -g "))
+    if idx < 0:
+        return spec[3:].split(" ", 1)[0] if spec.startswith(("-j ", "-g ")) else ""
+    return spec[idx + 4:].split(" ", 1)[0]
+
+
+def _comment(line: str) -> str | None:
+    m = _COMMENT.search(line)
+    return (m.group(1) if m.group(1) is not None else m.group(2)) if m else None
 
 
 # --- the statistics ---------------------------------------------------------------------------------------------

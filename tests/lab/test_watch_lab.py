@@ -206,3 +206,24 @@ def test_each_node_is_sampled_with_its_own_backend(lab, kubeconfig):
             assert lab._exec(node, ["cat", "/proc/net/ip_tables_names"]).strip() == "", node
     finally:
         lab.heal(sc.WORKER2)
+
+
+def test_without_a_service_the_busiest_rules_are_what_moved(lab, kubeconfig):
+    worker = sc.NODE_BY_NAME[sc.WORKER]
+    pods_before = lab.pod_counts()
+    with Watch(kubeconfig, "--count", "2", "--interval", "1") as watch:
+        watch.sample()
+        answers = lab.hit(sc.CLIENT_NAME, f"http://{worker.ip}:32624/", 15)
+        second = watch.sample()
+        code, err = watch.finish()
+    served = served_between(pods_before, lab.pod_counts())
+    assert code == 0, err
+    assert "ERROR" not in answers and sum(served.values()) == 15
+    rows = second["rows"]
+    assert rows and all(r["deltaPackets"] > 0 for r in rows)  # only what moved
+    assert [r["deltaPackets"] for r in rows] == sorted((r["deltaPackets"] for r in rows), reverse=True)
+    (entry,) = [r for r in rows if r["kind"] == "entry"]
+    assert (entry["node"], entry["chain"], entry["deltaPackets"]) == (sc.WORKER, "KUBE-NODEPORTS", 15)
+    assert entry["service"] == "default/svc-nodeport:svc-webport"
+    endpoints = {r["pod"].split("/", 1)[1]: r["deltaPackets"] for r in rows if r["kind"] == "endpoint"}
+    assert endpoints == served and all(r["node"] == sc.WORKER for r in rows if r["kind"] == "endpoint")
