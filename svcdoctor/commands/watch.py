@@ -78,7 +78,8 @@ def _watch(opts, service, namespace, interval, count, output, out, err) -> int:
                 out.file.write(json.dumps(doc) + "\n")
                 out.file.flush()
             partial |= _loop(take, show, interval, count)
-        elif out.is_terminal:
+        elif out.is_terminal and _isatty(out.file):
+            # FORCE_COLOR makes rich treat a pipe as a terminal for colours; redrawing in place needs a real one
             partial |= _live(take, out, plan, wide, interval, count)
         else:
             def show(frame: Frame) -> None:
@@ -88,6 +89,13 @@ def _watch(opts, service, namespace, interval, count, output, out, err) -> int:
     finally:
         sampler.close()
     return ExitStatus.PARTIAL if partial else ExitStatus.OK
+
+
+def _isatty(file) -> bool:
+    try:
+        return file.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
 
 
 def _first_read(opts: InputOptions, err) -> LoadedInput:
