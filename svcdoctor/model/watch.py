@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from svcdoctor.model.hashes import ENDPOINT_CHAIN_PREFIX, chain_kind, chain_suffix, service_hash
+from svcdoctor.model.hashes import ENDPOINT_CHAIN_PREFIX, chain_kind, service_hash
 from svcdoctor.model.rules import NodeRules, Rule, rule_from_line
 from svcdoctor.model.service_rules import FILTER_ENTRY_CHAINS, service_port_of_comment
 
@@ -325,6 +325,9 @@ def _split_rows(plan: ServiceWatchPlan, port: PortWatch, node: str, listing: Cha
 _COUNTED_LINE = re.compile(r"^\[(\d+):(\d+)\] -A (\S+) (.*)$")
 _DNAT_TO = re.compile(r"--to-destination (\S+)")
 _ENTRY_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS")
+_SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-")
+_SPLIT_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-XLB-")
+_COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
 
 
 @dataclass(slots=True)
@@ -462,9 +465,6 @@ class BusiestTracker:
                           verdict=target if kind == "blackhole" else None, comment=comment)
 
 
-_SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-")
-_SPLIT_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-XLB-")
-_COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
 
 
 def _target(spec: str) -> str:
@@ -653,10 +653,9 @@ class WatchTracker:
     """Compares each sample with the one before: deltas, rates, resets, rows and chains that come and go, and the
     running split tests. ``update`` takes one sample and returns its Frame."""
 
-    def __init__(self, interval: float, service: str | None = None, top: int | None = None):
+    def __init__(self, interval: float, service: str | None = None):
         self.interval = interval
         self.service = service
-        self.top = top
         self.samples = 0
         self._rules: dict[tuple, tuple[str, int, int]] = {}
         self._rows: dict[tuple, Row] = {}
