@@ -159,6 +159,8 @@ def trace(
 def check(
     fail_on: Annotated[str, typer.Option("--fail-on", metavar="SEVERITY", help="error | warning | info")] = "error",
     namespace: NamespaceOpt = None,
+    selector: Annotated[Optional[str], typer.Option("-l", "--selector", metavar="SELECTOR",
+                                                    help="Only Services with these labels (kubectl's syntax).")] = None,
     bundle: BundleOpt = None, demo: DemoOpt = False, cluster: ClusterOpt = None, kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None, no_api: NoApiOpt = False, node: NodeOpt = None, output: OutputOpt = "table",
     no_color: NoColorOpt = False, debug: DebugOpt = False,
@@ -172,7 +174,7 @@ def check(
     loaded = _load(_input_options(bundle, demo, cluster, kubeconfig, context, no_api, node), err)
     from svcdoctor.commands.check import failing, run_check
 
-    result = run_check(loaded, namespace=namespace)
+    result = run_check(loaded, namespace=namespace, selector=selector)
     if output == "json":
         from svcdoctor.render.json_doc import document
 
@@ -182,11 +184,12 @@ def check(
                    for n in [x.name for x in loaded.snapshot.nodes]],
             findings=[f.to_dict() for f in result.findings],
             summary=result.summary,
+            services=result.services,
         ))
     else:
         from svcdoctor.render.check_view import render_check
 
-        render_check(result, out)
+        render_check(result, out, wide=output == "wide")
     if failing(result, fail_on):
         return ExitStatus.FINDINGS
     return _partial_exit(loaded)

@@ -51,14 +51,7 @@ _BALANCER_PREFIX = {"svc": "KUBE-SVC-", "svl": "KUBE-SVL-"}
 
 def chain_lines(chain: Chain | None) -> list[str]:
     """A chain's rules as dump lines, counters included, without building Rule objects for them."""
-    if chain is None:
-        return []
-    # rules.py keeps the lines of a chain nobody has asked about yet in `_lines`; once something has, `_rules`
-    # holds Rule objects and their text is rebuilt here (a handful of chains: what explain or trace touched)
-    parsed = chain._rules  # noqa: SLF001 - see above; rules.py has no public accessor for the raw lines
-    if parsed is None:
-        return chain._lines  # noqa: SLF001
-    return [(f"[{r.packets}:{r.bytes}] " if r.packets is not None else "") + r.text for r in parsed]
+    return chain.lines() if chain is not None else []
 
 
 def _target(line: str) -> str | None:

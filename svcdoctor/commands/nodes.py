@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from svcdoctor.checks.findings import check_node_rules
+from svcdoctor.checks.findings import check_node_health
 from svcdoctor.commands.inputs import LoadedInput
 
 
@@ -14,8 +14,8 @@ def node_rows(loaded: LoadedInput) -> list[dict]:
         if capture.name in loaded.failed:
             problems.append(f"unreadable: {loaded.failed[capture.name]}")
         if rules is not None:
-            for f in check_node_rules(capture.name, rules, None, capture.proxy_mode,
-                                      loaded.other_backend.get(capture.name), capture.backend):
+            for f in check_node_health(capture.name, rules, capture.proxy_mode,
+                                       loaded.other_backend.get(capture.name), capture.backend):
                 if f.id in ("no-kube-proxy-rules", "backend-mismatch"):
                     problems.append(f.id)
         rows.append({

@@ -22,7 +22,8 @@ def service_port_name(namespace: str, name: str, port_name: str | None) -> str:
 
 
 def _hash16(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")[:16]
+    # 10 bytes are exactly 16 base32 characters: the same prefix as encoding all 32, in half the time
+    return base64.b32encode(hashlib.sha256(text.encode("utf-8")).digest()[:10]).decode("ascii")
 
 
 @lru_cache(maxsize=65536)

@@ -302,6 +302,13 @@ class Chain:
     def rule_count(self) -> int:
         return len(self._rules) if self._rules is not None else len(self._lines)
 
+    def lines(self) -> list[str]:
+        """The rules as dump lines (counters first, as `iptables-save -c` prints them), without building Rule
+        objects for a chain nobody has parsed yet."""
+        if self._rules is None:
+            return self._lines
+        return [(f"[{r.packets}:{r.bytes}] " if r.packets is not None else "") + r.text for r in self._rules]
+
     @property
     def builtin(self) -> bool:
         return self.name in BUILTIN_CHAINS.get(self.table, ())
