@@ -7,6 +7,7 @@ that silently skips proves nothing.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from .standin_apiserver import StandinApiServer  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 LAB_FIXTURES = {"lab", "docker_daemon", "docker_client"}
+LAB_LOCK = "/tmp/svcdoctor-lab.lock"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -43,13 +45,21 @@ def docker_daemon():
     reason = harness.unavailable_reason()
     if reason:
         _cannot_run(reason)
+    # one lab per machine: a second pytest session would tear the first one's cluster down (Lab.up starts with
+    # down()), so sessions wait for each other here
+    lock = open(LAB_LOCK, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     daemon = harness.DockerDaemon()
     try:
-        daemon.ensure()
-    except harness.LabUnavailable as exc:
-        _cannot_run(str(exc))
-    yield daemon
-    daemon.stop()
+        try:
+            daemon.ensure()
+        except harness.LabUnavailable as exc:
+            _cannot_run(str(exc))
+        yield daemon
+        daemon.stop()
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
 
 
 @pytest.fixture(scope="session")
