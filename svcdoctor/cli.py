@@ -284,7 +284,11 @@ def watch(
     context: ContextOpt = None, no_api: NoApiOpt = False, node: NodeOpt = None, output: OutputOpt = "table",
     no_color: NoColorOpt = False, debug: DebugOpt = False,
 ):
-    """Live counter diffs per endpoint, with the observed split next to the expected one."""
+    """Live counter diffs per endpoint, with the observed split next to the expected one.
+
+    nat counters count connections (the first packet of each), not packets. Without a service: the cluster's
+    20 busiest kube-proxy rules. Needs a live cluster (not --bundle/--demo); Ctrl-C stops it (exit 130).
+    """
     _set_debug(debug)
     _check_output(output)
     if interval <= 0:
