@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from functools import cache
 from pathlib import Path
 
@@ -27,29 +26,26 @@ REPO = Path(__file__).resolve().parent.parent
 CASE_PROTOCOL = {"06-sctp-clusterip-hairpin": "sctp"}
 
 
-def cases_root() -> Path:
-    """shared/reference/kube-proxy-cases: next to the checkout (as in CI), or where SVCDOCTOR_SHARED points."""
-    candidates = []
-    if os.environ.get("SVCDOCTOR_SHARED"):
-        candidates.append(Path(os.environ["SVCDOCTOR_SHARED"]) / "reference" / "kube-proxy-cases")
-    candidates += [REPO.parent / "shared" / "reference" / "kube-proxy-cases",
-                   Path("/work/shared/reference/kube-proxy-cases")]
-    for c in candidates:
-        if (c / "01-overall-multiple-services" / "flows.json").is_file():
-            return c
-    raise FileNotFoundError("kube-proxy-cases not found; tried " + ", ".join(map(str, candidates)))
+FIXTURES = REPO / "tests" / "fixtures" / "kube_proxy_cases"
+
+
+def case_folders() -> list[Path]:
+    """Each case's reference folder (nat.txt, filter.txt, flows.json): the verbatim copies in the repository's
+    fixtures, so the suite needs nothing outside the checkout."""
+    return sorted(p / "reference" for p in FIXTURES.iterdir() if (p / "reference" / "flows.json").is_file())
 
 
 def rule_sets() -> list[tuple[str, Path, dict]]:
     """(id, folder with nat.txt/filter.txt, flows.json document) for every rule set, case 10's variants apart."""
     out = []
-    for case in sorted(p for p in cases_root().iterdir() if (p / "flows.json").is_file()):
+    for case in case_folders():
+        name = case.parent.name
         doc = json.loads((case / "flows.json").read_text())
         if doc.get("variants"):
             for v in doc["variants"]:
-                out.append((f"{case.name}/{v['dir']}", case / v["dir"], {**doc, "flows": v["flows"]}))
+                out.append((f"{name}/{v['dir']}", case / v["dir"], {**doc, "flows": v["flows"]}))
         else:
-            out.append((case.name, case, doc))
+            out.append((name, case, doc))
     return out
 
 
@@ -133,7 +129,7 @@ def test_dnat_shares_are_even_and_complete(folder, node_ip, flow, protocol):
 def test_trace_packets_input_with_builtin_jumps():
     """Case 01 as TestTracePackets restores it: with the jumps from the built-in chains (nat PREROUTING/OUTPUT/
     POSTROUTING, filter INPUT/FORWARD/OUTPUT). The trace then walks the real hooks and must agree with the Go test."""
-    folder = cases_root() / "01-overall-multiple-services"
+    folder = FIXTURES / "01-overall-multiple-services" / "reference"
     rules = parse_rules((folder / "trace-packets-input.txt").read_text(), "trace-packets-input.txt")
     doc = json.loads((folder / "flows.json").read_text())
     for flow in doc["flows"]:
