@@ -36,18 +36,21 @@ def collect_live(
     is a NodeCapture with `error` (the caller exits 4); an unreadable API is ApiObjects.status (rules only).
     """
     say = progress or (lambda _msg: None)
-    say("connecting to docker")
-    client = kind.docker_client(timeout=timeout)
-    try:
-        name = kind.resolve_cluster(client, cluster, kubeconfig, context)
-        targets = kind.select_nodes(kind.kind_nodes(client, name), nodes)
-        say(f"reading {len(targets)} node(s) of kind cluster {name}")
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svcdoctor-api") as api_pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svcdoctor-api") as api_pool:
+        if not no_api:
+            # importing the kubernetes client costs ~0.3 s of CPU: do it while docker answers, not after
+            api_pool.submit(_import_kubernetes_client)
+        say("connecting to docker")
+        client = kind.docker_client(timeout=timeout)
+        try:
+            name = kind.resolve_cluster(client, cluster, kubeconfig, context)
+            targets = kind.select_nodes(kind.kind_nodes(client, name), nodes)
+            say(f"reading {len(targets)} node(s) of kind cluster {name}")
             api_future = api_pool.submit(_read_api, name, kubeconfig, context, no_api, service, timeout, say)
             captures = node_rules.capture_nodes(targets, timeout=timeout, max_workers=max_workers, progress=say)
             api = api_future.result()
-    finally:
-        client.close()
+        finally:
+            client.close()
     mode = kube_api.proxy_mode(api.kube_proxy_config)
     for capture in captures:
         if not capture.error:
@@ -59,6 +62,14 @@ def collect_live(
         collected_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         source="live",
     )
+
+
+def _import_kubernetes_client() -> None:
+    try:
+        import kubernetes.client  # noqa: F401
+        import kubernetes.config  # noqa: F401
+    except Exception:  # noqa: BLE001 - _read_api reports a broken client properly; this is only a head start
+        pass
 
 
 def _read_api(cluster, kubeconfig, context, no_api, service, timeout, say) -> ApiObjects:
