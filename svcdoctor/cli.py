@@ -66,10 +66,9 @@ def _load(opts, err):
     else:
         with err.status("collecting rules from the kind nodes…") as status:
             loaded = load(opts, progress=lambda msg: status.update(msg))
-    for w in loaded.warnings:
-        err.print(f"svcdoctor: warning: {w}", highlight=False, markup=False)
-    for node, why in sorted(loaded.failed.items()):
-        err.print(f"svcdoctor: node {node} could not be read: {why}", highlight=False, markup=False)
+    from svcdoctor.render.console import print_input_report
+
+    print_input_report(loaded, err)
     return loaded
 
 

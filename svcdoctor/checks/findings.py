@@ -129,7 +129,7 @@ def check_service_view(view: ServiceView, cluster: ClusterModel | None) -> list[
         if api is None and len(pv.nodes) > 1:
             _check_drift(out, pv, svc_label)
     # a service with no endpoints is reported once per node; keep only distinct messages per node
-    return _dedupe(out)
+    return dedupe_findings(out)
 
 
 def _check_split(out: list[Finding], node: str, svc: str, spn: str, entry) -> None:
@@ -206,7 +206,8 @@ def _check_drift(out: list[Finding], pv, svc: str) -> None:
             [f"{n}: {', '.join(sorted(v)) or 'no endpoints'}" for n, v in sets.items()]))
 
 
-def _dedupe(findings: list[Finding]) -> list[Finding]:
+def dedupe_findings(findings: list[Finding]) -> list[Finding]:
+    """The same finding reported twice (one per entry of a port, say) is shown once."""
     seen = set()
     out = []
     for f in findings:

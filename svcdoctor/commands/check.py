@@ -15,7 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from svcdoctor.checks.desired import NodeInput, compare_nodes, diff_nodes, node_settings
-from svcdoctor.checks.findings import SEVERITY_RANK, Finding, check_node_health, sort_findings
+from svcdoctor.checks.findings import (
+    SEVERITY_RANK,
+    Finding,
+    check_node_health,
+    dedupe_findings,
+    sort_findings,
+)
 from svcdoctor.commands.inputs import LoadedInput
 from svcdoctor.exit_codes import UsageError
 from svcdoctor.model.expected import ProxySettings
@@ -73,7 +79,7 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         inputs = [NodeInput(n, loaded.rules[n], None, "") for n in checked]  # no settings needed: nothing planned
         diff, services = compare_nodes(inputs, lambda service: _in_namespace(service, namespace))
         findings.extend(diff)
-        return CheckResult(_dedupe(sort_findings(findings)), len(services), names, dict(loaded.failed),
+        return CheckResult(dedupe_findings(sort_findings(findings)), len(services), names, dict(loaded.failed),
                            service_ports=0, api=False, skipped=skipped)
 
     api = loaded.snapshot.api
@@ -104,7 +110,7 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         return service is not None and _in_namespace(service, namespace)
 
     findings.extend(diff_nodes(inputs, cluster, ports if filtered else None, report_orphan))
-    return CheckResult(_dedupe(sort_findings(findings)), len(chosen), names, dict(loaded.failed),
+    return CheckResult(dedupe_findings(sort_findings(findings)), len(chosen), names, dict(loaded.failed),
                        service_ports=len(ports), settings=sources, api=True, skipped=skipped)
 
 
@@ -124,17 +130,6 @@ def _no_cyclic_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _dedupe(findings: list[Finding]) -> list[Finding]:
-    seen: set[tuple] = set()
-    out = []
-    for f in findings:
-        key = (f.id, f.node, f.service, f.message)
-        if key not in seen:
-            seen.add(key)
-            out.append(f)
-    return out
 
 
 def _addresses(ips: list[str]) -> list[str]:

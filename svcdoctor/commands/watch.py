@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from svcdoctor.commands.inputs import InputOptions, LoadedInput, load
+from svcdoctor.render.console import print_input_report
 from svcdoctor.exit_codes import ExitStatus, SvcdoctorError, UsageError
 from svcdoctor.model.watch import (
     BusiestTracker,
@@ -101,10 +102,7 @@ def _isatty(file) -> bool:
 def _first_read(opts: InputOptions, err) -> LoadedInput:
     with err.status("collecting rules from the kind nodes…") as status:
         loaded = load(opts, progress=lambda msg: status.update(msg))
-    for w in loaded.warnings:
-        err.print(f"svcdoctor: warning: {w}", highlight=False, markup=False)
-    for node, why in sorted(loaded.failed.items()):
-        err.print(f"svcdoctor: node {node} could not be read: {why}", highlight=False, markup=False)
+    print_input_report(loaded, err)
     return loaded
 
 

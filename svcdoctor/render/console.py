@@ -23,3 +23,11 @@ def make_consoles(no_color: bool = False, json_output: bool = False, width: int 
     )
     err = Console(file=sys.stderr, no_color=no_colour, highlight=False, stderr=True, soft_wrap=True)
     return out, err
+
+
+def print_input_report(loaded, err: Console) -> None:
+    """What every command says on stderr after reading its input: warnings, and each node that failed and why."""
+    for w in loaded.warnings:
+        err.print(f"svcdoctor: warning: {w}", highlight=False, markup=False)
+    for node, why in sorted(loaded.failed.items()):
+        err.print(f"svcdoctor: node {node} could not be read: {why}", highlight=False, markup=False)
