@@ -72,11 +72,13 @@ def _by_node(values: list, names: list[str]) -> str:
     """" (myk8s-worker 20, myk8s-worker2 15)": which folded nodes counted what."""
     if len(names) < 2:
         return ""
-    parts = [f"{n} {v}" for n, v in zip(names, values) if v]
-    return f" ({', '.join(parts)})" if parts and len(parts) < len(names) or len(parts) > 1 else ""
+    parts = [(n, v) for n, v in zip(names, values) if v]
+    if len(parts) == 1:
+        return f" on {parts[0][0]}"
+    return f" ({', '.join(f'{n} {v}' for n, v in parts)})" if parts else ""
 
 
-def _entry_tree(entries_by_node: list, wide: bool, names: list[str]) -> list[Tree]:
+def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: str = "") -> list[Tree]:
     """Trees for one folded group; counters are summed over the group's nodes, with who counted what."""
     first = entries_by_node[0]
     trees = []
@@ -112,7 +114,9 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str]) -> list[Tre
             line.append(f"  ({written})  ", style="dim")
             line.append(f"{ep.ip}:{ep.port}", style="green")
             if ep.pod:
-                line.append(f"  {ep.pod}")
+                # the pod's namespace is the service's in all but odd cases: say it only then
+                pod = ep.pod.split("/", 1)[1] if ep.pod.startswith(namespace + "/") else ep.pod
+                line.append(f"  {pod}")
             if ep.node:
                 line.append(f" @ {ep.node}")
                 if ep.local:
@@ -122,6 +126,12 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str]) -> list[Tre
             if wide:
                 line.append(f"  {ep.chain}", style="dim")
             tree.add(line)
+        ep_total = _sum(ep.packets for p in peers for ep in p.endpoints)
+        if packets is not None and ep_total is not None and ep_total > packets:
+            # the per-endpoint jumps live in KUBE-SVC/SVL, which every entry of the port shares
+            split_chain = e.path[-1] if e.path else "the service chain"
+            tree.add(Text(f"endpoint counters include the port's other entries ({split_chain} is shared)",
+                          style="dim italic"))
         if e.blackhole_rule is not None:
             bh = e.blackhole_rule
             bh_packets = _sum(p.blackhole_rule.packets for p in peers if p.blackhole_rule is not None)
@@ -180,7 +190,7 @@ def render_explain(result, console: Console, wide: bool = False) -> None:
             if not group[0].entries:
                 console.print(Text("    no rules for this port on this node", style="yellow"))
                 continue
-            for tree in _entry_tree([nv.entries for nv in group], wide, [nv.node for nv in group]):
+            for tree in _entry_tree([nv.entries for nv in group], wide, [nv.node for nv in group], view.namespace):
                 console.print(Padding(tree, (0, 0, 0, 4), expand=False))
     if result.loaded.failed:
         console.print()
