@@ -116,6 +116,7 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
     api = snapshot.api
     if api.available and not opts.no_api:
         cluster = build_cluster_model(api.services, api.endpointslices, api.pods, api.nodes)
+        warnings.extend(cluster.warnings)
     elif not opts.no_api and snapshot.source == "live":
         warnings.append(f"Kubernetes API not used ({api.status}): working from the rules alone "
                         "(comments and hashes); endpoint pods, nodes and API cross-checks are not shown")

@@ -8,6 +8,7 @@ and its port is matched to the Service port by name (and protocol).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from svcdoctor.model.hashes import endpoint_string, service_port_name
@@ -85,6 +86,8 @@ class ClusterModel:
     pods_by_ip: dict[str, str] = field(default_factory=dict)  # pod IP -> "ns/name"
     pod_nodes: dict[str, str] = field(default_factory=dict)  # pod IP -> node name
     node_ips: dict[str, list[str]] = field(default_factory=dict)  # node name -> addresses
+    # objects that were skipped because they are not shaped like the API's (a hand-edited bundle, a bad paste)
+    warnings: list[str] = field(default_factory=list)
 
     def services(self) -> dict[str, list[ServicePort]]:
         out: dict[str, list[ServicePort]] = {}
@@ -93,18 +96,51 @@ class ClusterModel:
         return out
 
 
+class _Malformed(ValueError):
+    pass
+
+
+def _ips(values, what: str) -> list[str]:
+    """Only real IP addresses: a bad one would otherwise travel into rule comparisons and hashes."""
+    if values is None:
+        return []
+    if not isinstance(values, list):
+        raise _Malformed(f"{what} is not a list")
+    out = []
+    for v in values:
+        try:
+            out.append(str(ipaddress.ip_address(v)))
+        except ValueError:
+            raise _Malformed(f"{what} holds {v!r}, not an IP address") from None
+    return out
+
+
+def _text(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise _Malformed(f"{what} is {value!r}, not a string")
+    return value
+
+
+def _port(value, what: str, required: bool = True) -> int | None:
+    if value in (None, 0) and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise _Malformed(f"{what} is {value!r}, not a port number")
+    return value
+
+
 def _service_ports(svc: dict) -> list[ServicePort]:
     meta = svc.get("metadata") or {}
     spec = svc.get("spec") or {}
     status = svc.get("status") or {}
     svc_type = spec.get("type") or "ClusterIP"
     cluster_ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
-    cluster_ips = [ip for ip in cluster_ips if ip and ip != "None"]
-    lb_ips = [
+    cluster_ips = _ips([ip for ip in cluster_ips if ip and ip != "None"], "spec.clusterIPs")
+    lb_ips = _ips([
         ing["ip"]
         for ing in (status.get("loadBalancer") or {}).get("ingress") or []
         if ing.get("ip") and ing.get("ipMode", "VIP") == "VIP"
-    ]
+    ], "status.loadBalancer.ingress")
     affinity = spec.get("sessionAffinity") or "None"
     timeout = None
     if affinity == "ClientIP":
@@ -120,19 +156,22 @@ def _service_ports(svc: dict) -> list[ServicePort]:
                 name=meta.get("name") or "",
                 port_name=p.get("name") or "",
                 protocol=(p.get("protocol") or "TCP").upper(),
-                port=int(p.get("port") or 0),
-                node_port=int(p["nodePort"]) if p.get("nodePort") else None,
+                port=_port(p.get("port"), "ports[].port"),
+                node_port=_port(p.get("nodePort"), "ports[].nodePort", required=False),
                 target_port=p.get("targetPort"),
                 type=svc_type,
                 cluster_ips=list(cluster_ips),
-                external_ips=list(spec.get("externalIPs") or []),
+                external_ips=_ips(spec.get("externalIPs"), "spec.externalIPs"),
                 load_balancer_ips=lb_ips if svc_type == "LoadBalancer" else [],
-                load_balancer_source_ranges=[r.strip() for r in spec.get("loadBalancerSourceRanges") or []],
+                # kept as written: kube-proxy 1.28 prints them trimmed, 1.30+ parsed (model/expected.py decides)
+                load_balancer_source_ranges=[_text(r, "spec.loadBalancerSourceRanges[]").strip()
+                                             for r in spec.get("loadBalancerSourceRanges") or []],
                 external_traffic_policy=etp,
                 internal_traffic_policy=spec.get("internalTrafficPolicy") or "Cluster",
                 session_affinity=affinity,
                 session_affinity_timeout=timeout,
-                health_check_node_port=spec.get("healthCheckNodePort"),
+                health_check_node_port=_port(spec.get("healthCheckNodePort"), "spec.healthCheckNodePort",
+                                             required=False),
             )
         )
     return result
@@ -146,6 +185,7 @@ def _slice_endpoints(eps: dict, port_name: str, protocol: str) -> list[Endpoint]
             break
     if port is None:
         return []
+    port = _port(port, "ports[].port")
     out = []
     for ep in eps.get("endpoints") or []:
         cond = ep.get("conditions") or {}
@@ -155,7 +195,7 @@ def _slice_endpoints(eps: dict, port_name: str, protocol: str) -> list[Endpoint]
         serving = True if serving is None else bool(serving)
         ref = ep.get("targetRef") or {}
         pod = f"{ref.get('namespace')}/{ref.get('name')}" if ref.get("kind") == "Pod" and ref.get("name") else None
-        for addr in (ep.get("addresses") or [])[:1]:
+        for addr in _ips(ep.get("addresses"), "endpoints[].addresses")[:1]:
             out.append(
                 Endpoint(
                     ip=addr,
@@ -170,24 +210,51 @@ def _slice_endpoints(eps: dict, port_name: str, protocol: str) -> list[Endpoint]
     return out
 
 
+def _name(obj) -> str:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if isinstance(meta, dict):
+        return f"{meta.get('namespace') or '-'}/{meta.get('name') or '?'}"
+    return "?"
+
+
 def build_cluster_model(
     services: list[dict] | None,
     endpointslices: list[dict] | None = None,
     pods: list[dict] | None = None,
     nodes: list[dict] | None = None,
 ) -> ClusterModel:
+    """The model of the API objects. An object not shaped like the API's is skipped and named in ``warnings``
+    rather than failing the whole run: one bad item in a customer's bundle should not hide the rest."""
     model = ClusterModel()
+
+    def skipped(kind: str, obj, err: Exception) -> None:
+        why = err if isinstance(err, _Malformed) else f"{type(err).__name__}: {err}"
+        model.warnings.append(f"{kind} {_name(obj)} is malformed and was skipped ({why})")
+
     slices_by_service: dict[tuple[str, str], list[dict]] = {}
     for es in endpointslices or []:
-        meta = es.get("metadata") or {}
-        svc_name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-        if svc_name and es.get("addressType", "IPv4") in ("IPv4", "IPv6"):
-            slices_by_service.setdefault((meta.get("namespace") or "default", svc_name), []).append(es)
+        try:
+            meta = es.get("metadata") or {}
+            svc_name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+            if svc_name and es.get("addressType", "IPv4") in ("IPv4", "IPv6"):
+                slices_by_service.setdefault((meta.get("namespace") or "default", svc_name), []).append(es)
+        except (AttributeError, TypeError, ValueError) as e:
+            skipped("EndpointSlice", es, e)
     for svc in services or []:
-        for sp in _service_ports(svc):
+        try:
+            ports = _service_ports(svc)
+        except (AttributeError, TypeError, ValueError, KeyError) as e:
+            skipped("Service", svc, e)
+            continue
+        for sp in ports:
             seen = set()
             for es in slices_by_service.get((sp.namespace, sp.name), []):
-                for ep in _slice_endpoints(es, sp.port_name, sp.protocol):
+                try:
+                    endpoints = _slice_endpoints(es, sp.port_name, sp.protocol)
+                except (AttributeError, TypeError, ValueError, KeyError) as e:
+                    skipped("EndpointSlice", es, e)
+                    continue
+                for ep in endpoints:
                     if ep.address not in seen:  # kube-proxy dedups endpoints across slices
                         seen.add(ep.address)
                         sp.endpoints.append(ep)
@@ -195,25 +262,35 @@ def build_cluster_model(
             sp.endpoints.sort(key=lambda e: e.address)
             model.service_ports.append(sp)
     for pod in pods or []:
-        if (pod.get("spec") or {}).get("hostNetwork"):
-            continue  # a host-network pod has the node's IP: that IP says nothing about which pod it is
-        meta = pod.get("metadata") or {}
-        status = pod.get("status") or {}
-        key = f"{meta.get('namespace')}/{meta.get('name')}"
-        ips = [p.get("ip") for p in status.get("podIPs") or [] if p.get("ip")] or (
-            [status["podIP"]] if status.get("podIP") else []
-        )
-        for ip in ips:
-            model.pods_by_ip[ip] = key
-            if (pod.get("spec") or {}).get("nodeName"):
-                model.pod_nodes[ip] = pod["spec"]["nodeName"]
+        try:
+            _add_pod(model, pod)
+        except (AttributeError, TypeError, ValueError, KeyError) as e:
+            skipped("Pod", pod, e)
     for node in nodes or []:
-        name = (node.get("metadata") or {}).get("name")
-        addrs = [
-            a.get("address")
-            for a in (node.get("status") or {}).get("addresses") or []
-            if a.get("type") in ("InternalIP", "ExternalIP") and a.get("address")
-        ]
-        if name:
-            model.node_ips[name] = addrs
+        try:
+            name = (node.get("metadata") or {}).get("name")
+            addrs = _ips([
+                a.get("address")
+                for a in (node.get("status") or {}).get("addresses") or []
+                if a.get("type") in ("InternalIP", "ExternalIP") and a.get("address")
+            ], "status.addresses")
+            if name:
+                model.node_ips[str(name)] = addrs
+        except (AttributeError, TypeError, ValueError, KeyError) as e:
+            skipped("Node", node, e)
     return model
+
+
+def _add_pod(model: ClusterModel, pod: dict) -> None:
+    spec = pod.get("spec") or {}
+    if spec.get("hostNetwork"):
+        return  # a host-network pod has the node's IP: that IP says nothing about which pod it is
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    key = f"{meta.get('namespace')}/{meta.get('name')}"
+    ips = _ips([p.get("ip") for p in status.get("podIPs") or [] if p.get("ip")] or (
+        [status["podIP"]] if status.get("podIP") else []), "status.podIPs")
+    for ip in ips:
+        model.pods_by_ip[ip] = key
+        if spec.get("nodeName"):
+            model.pod_nodes[ip] = str(spec["nodeName"])
