@@ -25,7 +25,9 @@ from svcdoctor.model.service_rules import (
 SOURCE_OPTIONS = ("-s", "--src-type", "-i")
 # Conditions a packet that reached the entry rule already satisfies (the entry rule matched on them).
 DESTINATION_OPTIONS = ("-d", "-p", "--dport", "--dst-type", "--dports")
-TERMINAL_VERDICTS = {"DNAT": "dnat", "DROP": "drop", "REJECT": "reject", "ACCEPT": "accept"}
+# KUBE-MARK-DROP: kube-proxy before 1.25 (KUBE-XLB- days) marked packets with 0x8000 and kubelet's
+# KUBE-FIREWALL dropped them in filter; for the path it is a drop
+TERMINAL_VERDICTS = {"DNAT": "dnat", "DROP": "drop", "REJECT": "reject", "ACCEPT": "accept", "KUBE-MARK-DROP": "drop"}
 EPSILON = 1e-9
 
 
@@ -134,6 +136,7 @@ class _Walker:
         self.affinity: int | None = None
         self.verdicts: dict[str, float] = {}
         self.fw_followed = False
+        self.drop_rule: Rule | None = None  # a DROP/REJECT in nat itself (old kube-proxy's KUBE-MARK-DROP)
 
     def walk(self, chain_name: str, mass: float, masq: str, depth: int = 0) -> float:
         """Walk a chain with ``mass`` of the traffic; returns the mass that falls through (not taken)."""
@@ -196,6 +199,7 @@ class _Walker:
                     self._endpoint(chain_name, rule, share, masq)
                 else:
                     self.verdicts[TERMINAL_VERDICTS[target]] = self.verdicts.get(TERMINAL_VERDICTS[target], 0) + share
+                    self.drop_rule = self.drop_rule or rule
                 remaining -= share
                 continue
             if chain_kind(target) == "sep":
@@ -310,6 +314,7 @@ def explain_entries(
         )
         if walker.verdicts and not walker.endpoints:
             entry.verdict = max(walker.verdicts, key=walker.verdicts.get)
+            entry.blackhole_rule = walker.drop_rule
         masqs = {ep.masquerade for ep in walker.endpoints}
         entry.masquerade = masqs.pop() if len(masqs) == 1 else ("conditional" if masqs else "never")
         entries.append(entry)
