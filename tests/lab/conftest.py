@@ -90,3 +90,17 @@ def standin():
 @pytest.fixture(scope="session")
 def kubeconfig(standin, tmp_path_factory) -> str:
     return str(standin.write_kubeconfig(tmp_path_factory.mktemp("standin") / "kubeconfig"))
+
+
+@pytest.fixture
+def planted(lab):
+    """plant(node, fault) for the test; every planted node is healed afterwards."""
+    touched = []
+
+    def plant(node: str, fault: str):
+        touched.append(node)
+        lab.plant(node, fault)
+
+    yield plant
+    for node in touched:
+        lab.heal(node)

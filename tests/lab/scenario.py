@@ -84,6 +84,7 @@ class ServiceSpec:
     external_traffic_policy: str | None = None
     session_affinity: str = "None"
     namespace: str = NAMESPACE
+    labels: dict = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -131,6 +132,9 @@ class Scenario:
         return [o for o in self.api_objects() if o["kind"] == kind]
 
 
+# Services that are broken on purpose carry this label, so `check -l '!svcdoctor-lab/fault'` sees a healthy cluster.
+FAULT_LABEL = "svcdoctor-lab/fault"
+
 # A pod that moved: this IP is what a stale node still DNATs to instead of the pod's current one.
 STALE_ENDPOINTS = {"webpod-1": "10.10.2.99"}
 
@@ -152,8 +156,10 @@ def seed_scenario() -> Scenario:
         ServiceSpec("svc-nodeport", "10.200.1.20", 9000, 8080, "deploy-echo", type="NodePort", node_port=32624,
                     external_traffic_policy="Cluster"),
         ServiceSpec("svc-nodeport-local", "10.200.1.30", 9000, 8080, "echo-local", type="NodePort", node_port=32625,
-                    external_traffic_policy="Local"),
+                    external_traffic_policy="Local", labels={FAULT_LABEL: "etp-local-podless-nodes"}),
         ServiceSpec("svc-affinity", "10.200.1.40", 9000, 80, "webpod", session_affinity="ClientIP"),
+        # selects no pod: kube-proxy REJECTs it on every node
+        ServiceSpec("svc-no-endpoints", "10.200.1.50", 9000, 80, "nobody", labels={FAULT_LABEL: "no-endpoints"}),
     ]
     return Scenario("seed", pods, services)
 
@@ -219,7 +225,8 @@ def _service(svc: ServiceSpec) -> dict:
         spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": 10800}}
     if svc.type in ("NodePort", "LoadBalancer"):
         spec["externalTrafficPolicy"] = svc.external_traffic_policy or "Cluster"
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta("Service", svc.name, svc.namespace),
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": _meta("Service", svc.name, svc.namespace, svc.labels or None),
             "spec": spec, "status": {"loadBalancer": {}}}
 
 

@@ -127,19 +127,6 @@ def test_etp_local_request_to_the_podless_node_shows_on_its_drop_rule(lab, kubec
     assert entry(after, sc.WORKER, "nodePort")["masquerade"] == "never"
 
 
-@pytest.fixture
-def planted(lab):
-    touched = []
-
-    def plant(node: str, fault: str):
-        touched.append(node)
-        lab.plant(node, fault)
-
-    yield plant
-    for node in touched:
-        lab.heal(node)
-
-
 def test_a_stopped_node_gives_exit_4_and_is_named(lab, kubeconfig, planted):
     planted(sc.WORKER3, sc.STOPPED)
     run = svcdoctor("explain", "svc-clusterip", *LIVE, "--kubeconfig", kubeconfig, "-o", "json")
@@ -197,3 +184,43 @@ def test_live_collect_bundle_explains_like_the_live_cluster(lab, kubeconfig, tmp
     offline = svcdoctor("explain", "svc-nodeport", "--bundle", str(bundle), "-o", "json")
     assert offline.returncode == 0, offline.stderr
     assert json.loads(offline.stdout)["ports"] == live["ports"]  # no traffic in between: same counters too
+
+
+def test_check_on_the_healthy_lab_finds_nothing(lab, kubeconfig):
+    # the two services that are broken on purpose carry a label; everything else must check clean
+    run = svcdoctor("check", *LIVE, "--kubeconfig", kubeconfig, "-l", f"!{sc.FAULT_LABEL}", "-o", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["findings"] == [] and doc["summary"] == {"error": 0, "warning": 0, "info": 0}
+    # and the whole cluster shows exactly what those two services are broken for
+    run = svcdoctor("check", *LIVE, "--kubeconfig", kubeconfig, "-o", "json")
+    assert run.returncode == 0, run.stderr  # warnings only: below the default --fail-on error
+    found = {(f["id"], f["node"], f["service"]) for f in json.loads(run.stdout)["findings"]}
+    assert found == {
+        ("etp-local-no-local-endpoints", sc.CONTROL_PLANE, "default/svc-nodeport-local"),
+        ("etp-local-no-local-endpoints", sc.WORKER3, "default/svc-nodeport-local"),
+        ("no-endpoints", None, "default/svc-no-endpoints"),
+    }
+
+
+def test_each_planted_fault_is_found_on_its_node_and_nothing_else(lab, kubeconfig, planted):
+    planted(sc.WORKER, sc.STALE)
+    planted(sc.WORKER2, sc.LEGACY)
+    planted(sc.WORKER3, sc.NO_RULES)
+    run = svcdoctor("check", *LIVE, "--kubeconfig", kubeconfig, "-o", "json")
+    assert run.returncode == 1, run.stderr
+    found = {(f["id"], f["node"], f["service"]) for f in json.loads(run.stdout)["findings"]}
+    by_design = {  # the scenario's own broken services (worker3 now has no rules at all: one finding for it)
+        ("etp-local-no-local-endpoints", sc.CONTROL_PLANE, "default/svc-nodeport-local"),
+        ("no-endpoints", None, "default/svc-no-endpoints"),
+    }
+    planted_faults = {
+        # webpod-1 "moved": worker still DNATs to its old IP, for both services that select it
+        ("stale-endpoint", sc.WORKER, "default/svc-clusterip"),
+        ("missing-endpoint", sc.WORKER, "default/svc-clusterip"),
+        ("stale-endpoint", sc.WORKER, "default/svc-affinity"),
+        ("missing-endpoint", sc.WORKER, "default/svc-affinity"),
+        ("backend-mismatch", sc.WORKER2, None),
+        ("no-kube-proxy-rules", sc.WORKER3, None),
+    }
+    assert found == by_design | planted_faults

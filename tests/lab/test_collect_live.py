@@ -121,20 +121,6 @@ def _rules_only(text: str) -> list[str]:
     return [line.split("] ", 1)[-1] for line in text.splitlines() if not line.startswith("#")]
 
 
-@pytest.fixture
-def planted(lab):
-    """plant(node, fault) for the test; every planted node is healed afterwards."""
-    touched = []
-
-    def plant(node: str, fault: str):
-        touched.append(node)
-        lab.plant(node, fault)
-
-    yield plant
-    for node in touched:
-        lab.heal(node)
-
-
 def test_legacy_backend_node_is_detected_and_its_counters_move(lab, planted):
     planted(sc.WORKER2, sc.LEGACY)
     before = collect_live(cluster=sc.CLUSTER, no_api=True)

@@ -53,9 +53,9 @@ def test_client_page_size_is_sent_as_limit(tmp_path):
         path = server.write_kubeconfig(tmp_path / "kubeconfig")
         api = kube_api.fetch_api_objects(kubeconfig=str(path), cluster=sc.CLUSTER, page_size=3)
         assert api.status == "ok"
-        assert len(api.services) == 5 + 7
+        assert len(api.services) == 6 + 7
         lists = server.list_requests("services")
-        assert [r.query.get("limit") for r in lists] == ["3"] * 4  # 12 services, 3 a page
+        assert [r.query.get("limit") for r in lists] == ["3"] * 5  # 13 services, 3 a page
 
 
 def test_explain_reads_one_service_and_its_slices_by_label(standin, kubeconfig):
