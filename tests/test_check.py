@@ -143,7 +143,7 @@ def test_every_case_checks_clean_with_its_own_settings_given(tmp_path, name):
 
 def test_settings_come_from_the_configmap_or_the_rules(tmp_path):
     case = CASES["10-internal-external-masquerade/masquerade-all"]
-    for config, source in ((True, "kube-proxy ConfigMap"), (False, "inferred from the node's rules")):
+    for config, source in ((True, "from the kube-proxy ConfigMap"), (False, "inferred from the node's rules")):
         loaded = load(InputOptions(bundle=make_bundle(tmp_path / str(config), case, config=config)))
         result = run_check(loaded)
         assert result.settings == {NODE: source} and result.api and not result.findings

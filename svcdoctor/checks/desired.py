@@ -494,7 +494,7 @@ def node_settings(
                 random_fully=inferred.random_fully)
         except (AttributeError, TypeError, ValueError) as e:  # a field of the wrong kind (a list for an object…)
             raise InputError(f"kube-proxy config: not a KubeProxyConfiguration ({type(e).__name__}: {e})") from None
-        return settings, "kube-proxy ConfigMap"
+        return settings, "from the kube-proxy ConfigMap"
     return inferred, "inferred from the node's rules"
 
 
