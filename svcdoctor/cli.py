@@ -259,12 +259,18 @@ def graph(
     fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="dot | mermaid | json")] = "dot",
     bundle: BundleOpt = None, demo: DemoOpt = False, cluster: ClusterOpt = None, kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None, no_api: NoApiOpt = False, node: NodeOpt = None,
+    output: Annotated[str, typer.Option("-o", "--output", metavar="FORMAT",
+                                        help="table | wide (the --format picture) | json (same as --format json)")]
+    = "table",
     no_color: NoColorOpt = False, debug: DebugOpt = False,
 ):
     """The chain graph of a service (or of all of kube-proxy's chains) for pictures in tickets and docs."""
     _set_debug(debug)
+    _check_output(output)
     if fmt not in ("dot", "mermaid", "json"):
         raise UsageError(f"unknown graph format {fmt!r}; use dot, mermaid or json")
+    if output == "json":
+        fmt = "json"
     _, err = _consoles(no_color, "json")
     loaded = _load(_input_options(bundle, demo, cluster, kubeconfig, context, no_api, node), err)
     from svcdoctor.commands.graph import run_graph

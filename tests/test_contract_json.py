@@ -80,3 +80,21 @@ def test_collect_from_a_bundle_round_trips(tmp_path):
     b = doc("explain", "svc-local", "--bundle", str(out))
     a.pop("source"), b.pop("source")
     assert a == b
+
+
+def test_every_command_takes_the_common_options():
+    """CONTRACT.md: every command takes --bundle, --demo, --cluster, --kubeconfig, --context, --no-api, --node,
+    -o/--output and --no-color."""
+    from svcdoctor.render.cli_reference import COMMANDS, command_help
+
+    for command in COMMANDS:
+        text = command_help(command)
+        for option in ("--bundle", "--demo", "--cluster", "--kubeconfig", "--context", "--no-api", "--node",
+                       "-o, --output", "--no-color"):
+            assert option in text, (command, option)
+
+
+def test_graph_json():
+    d = doc("graph", "svc-local", "--demo")
+    assert d["kind"] == "Graph" and set(d["nodes"]) == {"myk8s-control-plane", "myk8s-worker", "myk8s-worker2",
+                                                         "myk8s-worker3"}
