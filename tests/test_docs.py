@@ -1,6 +1,5 @@
 """The docs are tested: the command reference is --help, and every `svcdoctor … --demo` line in the docs runs."""
 
-import re
 import shlex
 from pathlib import Path
 

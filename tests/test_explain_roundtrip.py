@@ -6,7 +6,6 @@ import pytest
 
 from kube_proxy_cases import iter_cases
 from netns import Namespace, require_netns
-from svcdoctor.collect.snapshot import ApiObjects
 from svcdoctor.commands.explain import explain
 from svcdoctor.commands.inputs import LoadedInput
 from svcdoctor.collect.snapshot import ClusterSnapshot, NodeCapture

@@ -20,7 +20,7 @@ def old_rules(local_pod: bool) -> str:
             f'-A {XLB} -m comment --comment "{SPN} has no local endpoints" -j KUBE-MARK-DROP')
     return "\n".join([
         "*nat",
-        f":KUBE-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]", ":KUBE-MARK-MASQ - [0:0]", ":KUBE-MARK-DROP - [0:0]",
+        ":KUBE-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]", ":KUBE-MARK-MASQ - [0:0]", ":KUBE-MARK-DROP - [0:0]",
         f":{SVC} - [0:0]", f":{XLB} - [0:0]", f":{SEP1} - [0:0]", f":{SEP2} - [0:0]",
         "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
         "-A KUBE-MARK-DROP -j MARK --set-xmark 0x8000/0x8000",

@@ -263,41 +263,6 @@ def _kubelet_marks(rules: NodeRules) -> set[str]:
     return {name for t in rules.tables.values() for name in t.chains if name in KUBELET_MARK_CHAINS}
 
 
-def check_node_rules(node: str, rules: NodeRules, cluster: ClusterModel | None, proxy_mode: str | None = None,
-                     other_backend: NodeRules | None = None, backend: str | None = None) -> list[Finding]:
-    """Findings about a node as a whole: no kube-proxy rules, orphan chains, hash mismatches, backend trouble."""
-    out = check_node_health(node, rules, proxy_mode, other_backend, backend)
-    nat = rules.table("nat")
-    if nat is None:
-        return out
-    referenced = set()
-    for table in rules.tables.values():
-        for rule in table.rules():
-            if rule.target:
-                referenced.add(rule.target)
-    known_suffixes = known_seps = None
-    if cluster is not None:
-        known_suffixes = {service_hash(sp.svc_port_name, sp.protocol) for sp in cluster.service_ports}
-        known_seps = {
-            endpoint_hash(sp.svc_port_name, sp.protocol, e.address) for sp in cluster.service_ports for e in sp.endpoints
-        }
-    for name, chain in nat.chains.items():
-        kind = chain_kind(name)
-        if kind is None:
-            continue
-        suffix = chain_suffix(name)
-        if name not in referenced:
-            out.append(finding(
-                "orphan-chain", node, None, f"{name} exists on {node} but no rule jumps to it",
-                [f"nat: :{name} ({len(chain.rules)} rules)"] + [_rule_evidence(r) for r in chain.rules[:3]]))
-        elif known_suffixes is not None and kind != "sep" and suffix not in known_suffixes:
-            out.append(finding(
-                "orphan-chain", node, None, f"{name} belongs to no service port the API knows (a deleted service?)",
-                [_rule_evidence(r) for r in chain.rules[:3]]))
-        out.extend(chain_hash_findings(node, chain))
-    return out
-
-
 def chain_hash_findings(node: str, chain) -> list[Finding]:
     """Cross-check a hashed chain's name with the service port (and endpoint) its comments name (layout §1.2)."""
     kind = chain_kind(chain.name)

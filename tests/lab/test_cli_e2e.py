@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from . import harness
 from . import scenario as sc
