@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv system-deps bench clean
+.PHONY: demo test lint venv system-deps bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ demo: venv
 system-deps:
 	./scripts/install-system-deps.sh
 
-test: system-deps venv
+test: system-deps venv lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
+
+# pyflakes' checks: unused imports and variables, undefined names
+lint: venv
+	$(VENV)/bin/ruff check --select F --output-format concise svcdoctor tests benchmarks tools
 
 bench: venv
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
