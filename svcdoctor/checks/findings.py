@@ -36,6 +36,7 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "no-kube-proxy-rules": ("error", "the node has no kube-proxy rules at all"),
     "hash-mismatch": ("warning", "a chain name is not the hash of the service port its comment names"),
     "uneven-split": ("warning", "the probabilities do not split new connections evenly between endpoints"),
+    "proxy-mode-not-read": ("info", "kube-proxy runs in ipvs or nftables mode on the node: svcdoctor reads iptables mode"),
     "policy-mismatch": (
         "error",
         "the node applies a traffic policy, session affinity or source ranges other than the Service's",
@@ -247,6 +248,12 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
             "backend-mismatch", node, None,
             f"{node} has no kube-proxy rules in the backend read, and iptables says the other backend has tables",
             rules.backend_warnings))
+    if proxy_mode not in (None, "", "iptables"):
+        out.append(finding(
+            "proxy-mode-not-read", node, None,
+            f"kube-proxy runs in {proxy_mode} mode on {node}; svcdoctor reads the iptables mode's rules, so this "
+            f"node's Service routing is not shown",
+            [f"kube-proxy ConfigMap: mode: {proxy_mode}"]))
     if not has_rules and proxy_mode in (None, "", "iptables") and not other_has:
         out.append(finding(
             "no-kube-proxy-rules", node, None,
