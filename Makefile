@@ -10,6 +10,11 @@ PYTEST_ARGS ?=
 .PHONY: demo test lint venv system-deps bench clean
 
 $(VENV)/.installed: pyproject.toml
+	@# a fresh Debian has python3 but not its venv module (package python3-venv)
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv; \
+	  else echo "python3 has no venv module: sudo apt-get install python3-venv" >&2; exit 1; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
