@@ -285,6 +285,8 @@ def watch(
     namespace: NamespaceOpt = None,
     interval: Annotated[float, typer.Option("--interval", metavar="SECONDS", help="Seconds between samples.")] = 2.0,
     count: Annotated[Optional[int], typer.Option("--count", metavar="N", help="Stop after N samples.")] = None,
+    top: Annotated[int, typer.Option("--top", metavar="N",
+                                     help="Without a service: how many of the busiest rules to show.")] = 20,
     bundle: BundleOpt = None, demo: DemoOpt = False, cluster: ClusterOpt = None, kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None, no_api: NoApiOpt = False, node: NodeOpt = None, output: OutputOpt = "table",
     no_color: NoColorOpt = False, debug: DebugOpt = False,
@@ -292,7 +294,7 @@ def watch(
     """Live counter diffs per endpoint, with the observed split next to the expected one.
 
     nat counters count connections (the first packet of each), not packets. Without a service: the cluster's
-    20 busiest kube-proxy rules. Needs a live cluster (not --bundle/--demo); Ctrl-C stops it (exit 130).
+    busiest kube-proxy rules (--top). Needs a live cluster (not --bundle/--demo); Ctrl-C stops it (exit 130).
     """
     _set_debug(debug)
     _check_output(output)
@@ -300,11 +302,13 @@ def watch(
         raise UsageError("--interval must be above 0 seconds")
     if count is not None and count < 1:
         raise UsageError("--count must be at least 1")
+    if top < 1:
+        raise UsageError("--top must be at least 1")
     out, err = _consoles(no_color, output)
     from svcdoctor.commands.watch import run_watch
 
     opts = _input_options(bundle, demo, cluster, kubeconfig, context, no_api, node)
-    return run_watch(opts, service, namespace, interval, count, output, out, err)
+    return run_watch(opts, service, namespace, interval, count, output, out, err, top=top)
 
 
 def _set_debug(debug: bool) -> None:

@@ -471,3 +471,19 @@ def test_the_sampler_runs_a_constant_script_with_chain_names_as_arguments():
             chain_argv("nft", [("nat", bad)])
     with pytest.raises(UsageError):
         chain_argv("nft", [("nat; -F", "KUBE-SERVICES")])
+
+
+def test_top_sets_how_many_busiest_rules_the_view_shows(demo):
+    from rich.console import Console
+
+    from svcdoctor.render.watch_view import render_frame
+
+    capture = next(n for n in demo.snapshot.nodes if n.name == WORKER)
+    frame = BusiestTracker(2.0, 2).update({WORKER: scan_dump(capture.iptables_save)}, {WORKER: 0.0}, T0)
+    assert frame.top == 2 and len(frame.rows) == 2
+    console = Console(width=200, record=True, no_color=True)
+    console.print(render_frame(frame))
+    assert "the 2 busiest kube-proxy rules" in console.export_text()
+    for bad in ("0", "-3"):
+        run = run_cli("watch", "--top", bad, "--cluster", "nowhere")
+        assert run.exit_code == ExitStatus.USAGE and "--top" in run.stderr

@@ -35,7 +35,8 @@ from svcdoctor.render.watch_view import TOP_RULES, render_frame, sample_document
 NODE_TIMEOUT = 10.0  # seconds per node and read; a node that takes longer is reported and not waited for
 
 
-def run_watch(opts: InputOptions, service, namespace, interval, count, output, out, err) -> int:
+def run_watch(opts: InputOptions, service, namespace, interval, count, output, out, err,
+              top: int = TOP_RULES) -> int:
     if opts.bundle or opts.demo:
         raise UsageError("watch samples live counters and needs a live kind cluster; --bundle and --demo hold one "
                          "moment's counters (`svcdoctor explain --bundle …` shows them)")
@@ -43,12 +44,12 @@ def run_watch(opts: InputOptions, service, namespace, interval, count, output, o
         ns, name = service.split("/", 1) if "/" in service and namespace is None else (namespace or "default", service)
         opts.service = f"{ns}/{name}"
     try:
-        return _watch(opts, service, namespace, interval, count, output, out, err)
+        return _watch(opts, service, namespace, interval, count, output, out, err, top)
     except KeyboardInterrupt:
         return ExitStatus.INTERRUPTED
 
 
-def _watch(opts, service, namespace, interval, count, output, out, err) -> int:
+def _watch(opts, service, namespace, interval, count, output, out, err, top: int = TOP_RULES) -> int:
     loaded = _first_read(opts, err)
     if not loaded.rules:
         raise SvcdoctorError("no node of the cluster could be read; nothing to watch", exit_status=ExitStatus.PARTIAL)
@@ -70,12 +71,12 @@ def _watch(opts, service, namespace, interval, count, output, out, err) -> int:
             take = lambda: _service_sample(sampler, plan, tracker)  # noqa: E731
         else:
             pods = loaded.cluster.pods_by_ip if loaded.cluster is not None else {}
-            take = _busiest_sampler(sampler, loaded, BusiestTracker(interval, TOP_RULES, pods))
+            take = _busiest_sampler(sampler, loaded, BusiestTracker(interval, top, pods))
         partial = bool(loaded.failed)
         wide = output == "wide"
         if output == "json":
             def show(frame: Frame) -> None:
-                doc = sample_document(frame, top=None if plan else TOP_RULES)
+                doc = sample_document(frame, top=None if plan else top)
                 out.file.write(json.dumps(doc) + "\n")
                 out.file.flush()
             partial |= _loop(take, show, interval, count)

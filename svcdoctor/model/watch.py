@@ -401,7 +401,7 @@ class BusiestTracker:
                failed: dict[str, str] | None = None) -> Frame:
         self.samples += 1
         baseline = self.samples == 1
-        frame = Frame(self.samples, when, self.interval, None, [], failed=dict(failed or {}))
+        frame = Frame(self.samples, when, self.interval, None, [], failed=dict(failed or {}), top=self.top)
         candidates: list[tuple[int, int, str, tuple, tuple]] = []  # (sort key…, node, rule, key) on the baseline
         for node, scan in scans.items():
             elapsed = read_at[node] - self._read_at[node] if node in self._read_at else None
@@ -634,6 +634,7 @@ class Frame:
     notes: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # node -> why this sample could not read it
     elapsed: dict[str, float] = field(default_factory=dict)  # node -> seconds since its previous read
+    top: int | None = None  # without a service: how many of the busiest rules the frame is about
 
     @property
     def baseline(self) -> bool:

@@ -169,9 +169,10 @@ def _reason(row: Row) -> str:
 
 
 def _busiest_table(frame: Frame, wide: bool):
-    rows = busiest(frame.rows, TOP_RULES)
+    top = frame.top or TOP_RULES
+    rows = busiest(frame.rows, top)
     table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False,
-                  title=f"the {TOP_RULES} busiest kube-proxy rules of the cluster"
+                  title=f"the {top} busiest kube-proxy rules of the cluster"
                         f"{' (by counters so far)' if frame.baseline else ' (by new connections)'}",
                   title_justify="left")
     def width(values, header):
