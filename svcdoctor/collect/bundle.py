@@ -31,6 +31,7 @@ CLUSTER_FILES = {
 }
 NODE_RULES_FILE = "iptables.txt"
 NODE_OTHER_BACKEND_FILE = "iptables-other-backend.txt"  # svcdoctor's addition: the backend the node does not use
+NODE_IP6_RULES_FILE = "ip6tables.txt"  # svcdoctor's addition: what `ip6tables-save -c` printed (IPv6 services)
 NODE_META_FILE = "node.json"
 KUBE_PROXY_CONFIG_FILE = "kube-proxy-config.json"  # svcdoctor's addition: ConfigMap kube-system/kube-proxy config
 
@@ -189,6 +190,8 @@ def _load_bundle(reader, where: str) -> ClusterSnapshot:
             capture.error = f"no {NODE_RULES_FILE} in the bundle"
         if base + NODE_OTHER_BACKEND_FILE in names:
             capture.other_backend_save = decode_dump(reader.read(base + NODE_OTHER_BACKEND_FILE), where)
+        if base + NODE_IP6_RULES_FILE in names:
+            capture.ip6tables_save = decode_dump(reader.read(base + NODE_IP6_RULES_FILE), f"{where}/{base}ip6tables.txt")
         nodes.append(capture)
     if not nodes:
         raise InputError(f"{where}: the bundle has no nodes")
@@ -244,6 +247,8 @@ def write_bundle(snapshot: ClusterSnapshot, out: str | os.PathLike) -> str:
             files[base + NODE_RULES_FILE] = node.iptables_save.encode()
         if node.other_backend_save:
             files[base + NODE_OTHER_BACKEND_FILE] = node.other_backend_save.encode()
+        if node.ip6tables_save and not node.error:
+            files[base + NODE_IP6_RULES_FILE] = node.ip6tables_save.encode()
     api = snapshot.api
     for fname, attr in CLUSTER_FILES.items():
         items = getattr(api, attr)

@@ -26,6 +26,11 @@ SAVE_COMMANDS = {
     "nft": ["iptables-nft-save", "-c"],
     "legacy": ["iptables-legacy-save", "-c"],
 }
+# kube-proxy's IPv6 proxier (dual-stack and IPv6 clusters) writes the same chains into ip6tables
+IP6_SAVE_COMMANDS = {
+    "nft": ["ip6tables-nft-save", "-c"],
+    "legacy": ["ip6tables-legacy-save", "-c"],
+}
 # Chains kubelet creates (kube-proxy-layout.md §2.1); they say nothing about where kube-proxy writes.
 KUBELET_CHAINS = frozenset({"KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT", "KUBE-MARK-DROP"})
 DEFAULT_MAX_WORKERS = 8
@@ -45,9 +50,11 @@ class BackendDump:
     rule_count: int = 0  # lines that are rules, counted as kind's entrypoint counts them
     kube_proxy_chains: frozenset[str] = frozenset()  # KUBE-* chains declared, kubelet's left out
 
+    argv: list[str] = field(default_factory=list)
+
     @property
     def command(self) -> str:
-        return SAVE_COMMANDS[self.backend][0]
+        return (self.argv or SAVE_COMMANDS[self.backend])[0]
 
     def set_text(self, text: str) -> None:
         # whole-text scans at C speed: this runs on every node's dump, 100,000 lines on a big cluster
@@ -71,15 +78,15 @@ def split_warnings(text: str) -> tuple[str, list[str]]:
     return "".join(kept), warnings
 
 
-def read_backend(container, backend: str, attempts: int = 3) -> BackendDump:
+def read_backend(container, backend: str, attempts: int = 3, argv: list[str] | None = None) -> BackendDump:
     """Run one backend's save command in the container; failures become BackendDump.error, never exceptions.
 
     docker-py now and then misreads an exec's multiplexed stream ("N is not a valid stream": payload bytes taken
     for a frame header, docker/docker-py#3160), and a stream that ends early looks like a normal end to it.
     The command only reads, so a garbled or cut-short answer is simply asked for again.
     """
-    argv = SAVE_COMMANDS[backend]
-    dump = BackendDump(backend=backend)
+    argv = argv or SAVE_COMMANDS[backend]
+    dump = BackendDump(backend=backend, argv=list(argv))
     problem = ""
     for _ in range(attempts):
         try:
@@ -233,7 +240,33 @@ def capture_nodes(
             for b in BACKENDS
         )
         captures.append(assemble_capture(node, nft, legacy, timeout))
+    _read_ip6tables(nodes, captures, timeout, max_workers)
     return captures
+
+
+def _read_ip6tables(nodes: list[KindNode], captures: list[NodeCapture], timeout: float,
+                    max_workers: int | None) -> None:
+    """ip6tables of the backend each readable node uses: IPv6 Services live there. Best effort: a node whose
+    ip6tables cannot be read keeps its IPv4 rules and says so in a warning."""
+    todo = [(n, c) for n, c in zip(nodes, captures) if not c.error and c.backend]
+    if not todo:
+        return
+    workers = max(1, min(len(todo), max_workers or DEFAULT_MAX_WORKERS))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="svcdoctor-ip6") as pool:
+        futures = {pool.submit(read_backend, n.container, c.backend, 3, IP6_SAVE_COMMANDS[c.backend]): c
+                    for n, c in todo}
+        try:
+            for future in as_completed(futures, timeout=timeout + 1.0):
+                capture, dump = futures[future], future.result()
+                if dump.error:
+                    capture.warnings.append(f"{dump.error} (IPv6 rules not read)")
+                elif dump.text.strip():
+                    capture.ip6tables_save = dump.text
+        except FuturesTimeout:
+            for future, capture in futures.items():
+                if not future.done():
+                    capture.warnings.append(f"{IP6_SAVE_COMMANDS[capture.backend][0]}: timed out (IPv6 rules not read)")
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _failed(node: KindNode, reason: str) -> NodeCapture:

@@ -19,6 +19,7 @@ class NodeCapture:
     backend: str | None = None  # nft | legacy: the backend the node uses
     proxy_mode: str | None = None  # iptables | ipvs | nftables
     other_backend_save: str | None = None  # `iptables-save -c` of the backend the node does NOT use
+    ip6tables_save: str | None = None  # `ip6tables-save -c` of the backend used (dual-stack and IPv6 clusters)
     warnings: list[str] = field(default_factory=list)  # e.g. "# Warning: iptables-legacy tables present"
     error: str | None = None
     source: str | None = None  # where the text came from (file path, container name)

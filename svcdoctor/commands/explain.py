@@ -14,7 +14,7 @@ from svcdoctor.checks.findings import (
 )
 from svcdoctor.commands.inputs import LoadedInput
 from svcdoctor.exit_codes import UnknownServiceError
-from svcdoctor.model.explain import ServiceView, build_service_view, known_services
+from svcdoctor.model.explain import ServiceView, build_service_view, known_services, merge_family
 from svcdoctor.model.hashes import service_hash
 from svcdoctor.model.service_rules import NodeServiceIndex, index_node_services
 
@@ -34,7 +34,8 @@ def resolve_service(service: str, namespace: str | None, loaded: LoadedInput) ->
     key = f"{ns}/{service}"
     if service_indexes(loaded, ns, service) is not None:
         return ns, service
-    names = known_services(loaded.rules, loaded.cluster)  # every service on every node: only to suggest names
+    # every service on every node: only to suggest names
+    names = known_services(loaded.rules, loaded.cluster, loaded.rules6)
     elsewhere = sorted(n for n in names if n.split("/", 1)[1] == service)
     hint = ""
     if elsewhere:
@@ -56,13 +57,24 @@ def service_indexes(loaded: LoadedInput, ns: str, name: str) -> dict[str, NodeSe
     indexes = {n: index_node_services(r, f"{ns}/{name}", suffixes) for n, r in loaded.rules.items()}
     if api_ports or any(ix.by_suffix for ix in indexes.values()):
         return indexes
+    if any(index_node_services(r, f"{ns}/{name}", suffixes).by_suffix for r in loaded.rules6.values()):
+        return indexes  # an IPv6-only service: its rules are all in ip6tables
     return None
+
+
+def build_view(loaded: LoadedInput, ns: str, name: str, port: str | None = None) -> ServiceView:
+    """The service on every node, both address families: iptables, and ip6tables where the nodes have it."""
+    view = build_service_view(ns, name, loaded.rules, loaded.cluster, port_filter=port,
+                              indexes=service_indexes(loaded, ns, name))
+    if loaded.rules6:
+        view6 = build_service_view(ns, name, loaded.rules6, loaded.cluster, port_filter=port)
+        merge_family(view, view6, "IPv6")
+    return view
 
 
 def explain(loaded: LoadedInput, service: str, namespace: str | None = None, port: str | None = None) -> ExplainResult:
     ns, name = resolve_service(service, namespace, loaded)
-    indexes = service_indexes(loaded, ns, name)
-    view = build_service_view(ns, name, loaded.rules, loaded.cluster, port_filter=port, indexes=indexes)
+    view = build_view(loaded, ns, name, port)
     if port and not view.ports:
         raise UnknownServiceError(f"service {ns}/{name} has no port named or numbered {port}")
     findings = check_service_view(view, loaded.cluster)

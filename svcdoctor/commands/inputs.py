@@ -32,6 +32,11 @@ class LoadedInput:
     failed: dict[str, str]  # node -> why it could not be read
     cluster: ClusterModel | None
     warnings: list[str]
+    rules6: dict[str, NodeRules] = field(default_factory=dict)  # node -> its ip6tables rules, when there are any
+
+    def rules_for(self, address: str) -> dict[str, NodeRules]:
+        """The nodes' rules for one address family: ip6tables for an IPv6 address, iptables otherwise."""
+        return self.rules6 if ":" in address else self.rules
 
     @property
     def node_ips(self) -> dict[str, list[str]]:
@@ -90,6 +95,7 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
             raise UsageError(f"no node named {', '.join(unknown)}; nodes: {', '.join(sorted(known))}")
         snapshot.nodes = [n for n in snapshot.nodes if n.name in set(opts.nodes)]
     rules: dict[str, NodeRules] = {}
+    rules6: dict[str, NodeRules] = {}
     other: dict[str, NodeRules] = {}
     failed: dict[str, str] = {}
     single_file = len(snapshot.nodes) == 1 and snapshot.cluster is None
@@ -112,6 +118,13 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
                 other[node.name] = parse_rules(node.other_backend_save, f"{node.name} (other backend)")
             except SvcdoctorError as e:
                 warnings.append(f"{node.name}: the other backend's rules could not be read: {e}")
+        if node.ip6tables_save and node.ip6tables_save.strip():
+            try:
+                v6 = parse_rules(node.ip6tables_save, f"{node.name} (ip6tables)")
+                if v6.has_kube_proxy_rules():  # kubelet's chains alone say nothing about services
+                    rules6[node.name] = v6
+            except SvcdoctorError as e:
+                warnings.append(f"{node.name}: its ip6tables rules could not be read: {e}")
     cluster = None
     api = snapshot.api
     if api.available and not opts.no_api:
@@ -120,4 +133,4 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
     elif not opts.no_api and snapshot.source == "live":
         warnings.append(f"Kubernetes API not used ({api.status}): working from the rules alone "
                         "(comments and hashes); endpoint pods, nodes and API cross-checks are not shown")
-    return LoadedInput(snapshot, rules, other, failed, cluster, warnings)
+    return LoadedInput(snapshot, rules, other, failed, cluster, warnings, rules6)

@@ -36,7 +36,9 @@ def run_trace(loaded: LoadedInput, src: str | None, dst: str, dport: int, protoc
             raise UsageError(f"--src {src!r} is not an IP address") from None
     results = []
     known_ips = loaded.node_ips
-    for node, rules in loaded.rules.items():
+    if ":" in dst and not loaded.rules6:
+        raise UsageError(f"--dst {dst} is IPv6 but no node's ip6tables rules were read (bundle file ip6tables.txt)")
+    for node, rules in loaded.rules_for(dst).items():
         ips = list(node_ips or known_ips.get(node) or [])
         results.append(trace_packet(rules, src or OUTSIDE_CLIENT, dst, dport, protocol, ips, node=node))
     return results

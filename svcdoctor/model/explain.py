@@ -64,6 +64,7 @@ class Entry:
     notes: list[str] = field(default_factory=list)
     session_affinity_seconds: int | None = None
     unmatched_share: float = 0.0  # share that no DNAT rule took
+    family: str = "IPv4"  # IPv6 entries come from ip6tables
 
 
 @dataclass(slots=True)
@@ -71,6 +72,7 @@ class NodeView:
     node: str
     entries: list[Entry] = field(default_factory=list)
     chains: dict[str, str | None] = field(default_factory=dict)  # svc/svl/ext/fw -> name present on this node
+    families: set[str] = field(default_factory=lambda: {"IPv4"})  # the address families whose rules were read
 
 
 @dataclass(slots=True)
@@ -250,17 +252,23 @@ class _Walker:
         )
 
 
+def _host_port(address: str, port: str) -> str:
+    """"IP:PORT", with an IPv6 address in brackets as net.JoinHostPort writes it."""
+    host = address.split("/")[0]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _entry_kind_and_destination(rule: Rule, chain: str) -> tuple[str, str]:
     spn, what = service_port_of_comment(rule.comment)
     dport = rule.value("--dport") or ""
     if chain == "KUBE-NODEPORTS":
         d = rule.value("-d")
-        return "nodePort", (f"{d.split('/')[0]}:{dport}" if d else f":{dport}")
-    dest = (rule.value("-d") or "").split("/")[0]
+        return "nodePort", (_host_port(d, dport) if d else f":{dport}")
+    dest = _host_port(rule.value("-d") or "", dport)
     if what in ("clusterIP", "externalIP", "loadBalancer"):
-        return what, f"{dest}:{dport}"
+        return what, dest
     kind = chain_kind(rule.target or "")
-    return ("clusterIP" if kind in ("svc", "svl") else "externalIP"), f"{dest}:{dport}"
+    return ("clusterIP" if kind in ("svc", "svl") else "externalIP"), dest
 
 
 def _blackhole_kind_and_destination(rule: Rule) -> tuple[str, str]:
@@ -268,8 +276,12 @@ def _blackhole_kind_and_destination(rule: Rule) -> tuple[str, str]:
     dst_type = rule.value("--dst-type")
     if dst_type and dst_type.upper() == "LOCAL" and not rule.value("-d"):
         return "nodePort", f":{dport}"
-    dest = (rule.value("-d") or "").split("/")[0]
-    return ("clusterIP" if rule.chain == "KUBE-SERVICES" else "externalIP"), f"{dest}:{dport}"
+    dest = _host_port(rule.value("-d") or "", dport)
+    return ("clusterIP" if rule.chain == "KUBE-SERVICES" else "externalIP"), dest
+
+
+def _host_of(destination: str) -> str:
+    return destination.rpartition(":")[0].strip("[]")
 
 
 def _sum(values):
@@ -291,7 +303,7 @@ def explain_entries(
         if rule.chain == "KUBE-NODEPORTS" and (rule.value("-d") or "").startswith("127."):
             continue  # 1.31's localhost NodePort rule: the same service path, counted through nfacct
         kind, destination = _entry_kind_and_destination(rule, rule.chain)
-        if kind == "externalIP" and destination.split(":")[0] in lb_ips:
+        if kind == "externalIP" and _host_of(destination) in lb_ips:
             kind = "loadBalancer"
         outside = kind != "clusterIP"
         walker = _Walker(rules, outside_client=outside)
@@ -323,7 +335,7 @@ def explain_entries(
         if rule.target == "ACCEPT":
             continue  # health check node port
         kind, destination = _blackhole_kind_and_destination(rule)
-        if kind == "externalIP" and destination.split(":")[0] in lb_ips:
+        if kind == "externalIP" and _host_of(destination) in lb_ips:
             kind = "loadBalancer"
         entry = by_destination.get((kind, destination))
         if entry is None and kind == "externalIP":
@@ -448,6 +460,40 @@ def build_service_view(
     return ServiceView(namespace, name, views, api_ports)
 
 
+def merge_family(view: ServiceView, other: ServiceView, family: str) -> ServiceView:
+    """Add another address family's view of the same service (ip6tables beside iptables) into ``view``.
+
+    kube-proxy gives both families' chains the same names (the IP family is not hashed, layout §1.1), so a port
+    and a node are the same in both; only the entries (destinations, endpoints) differ."""
+    ports = {(p.svc_port_name, p.protocol): p for p in view.ports}
+    for pv in other.ports:
+        target = ports.get((pv.svc_port_name, pv.protocol))
+        if target is None:
+            if not any(nv.entries for nv in pv.nodes):
+                continue
+            target = PortView(pv.name, pv.protocol, pv.port, pv.node_port, pv.target_port, pv.svc_port_name,
+                              dict(pv.chains), [], pv.api)
+            view.ports.append(target)
+            ports[(pv.svc_port_name, pv.protocol)] = target
+        nodes = {nv.node: nv for nv in target.nodes}
+        for nv in pv.nodes:
+            for e in nv.entries:
+                e.family = family
+            mine = nodes.get(nv.node)
+            if mine is None:
+                mine = NodeView(nv.node, [], dict(nv.chains), set())
+                target.nodes.append(mine)
+                nodes[nv.node] = mine
+            mine.families.add(family)
+            mine.entries.extend(nv.entries)
+            for key, chain in nv.chains.items():
+                mine.chains[key] = mine.chains.get(key) or chain
+                target.chains[key] = target.chains.get(key) or chain
+        if target.node_port is None:
+            target.node_port = pv.node_port
+    return view
+
+
 def _ports_from_rules(spr: ServicePortRules) -> tuple[int | None, int | None]:
     port = node_port = None
     for rule in spr.nat_entries + spr.filter_rules:
@@ -465,11 +511,12 @@ def expected_endpoint_chain(sp: ServicePort, ip: str, port: int) -> str:
     return endpoint_chain(sp.svc_port_name, sp.protocol, f"{ip}:{port}")
 
 
-def known_services(node_rules: dict[str, NodeRules], cluster: ClusterModel | None) -> set[str]:
+def known_services(node_rules: dict[str, NodeRules], cluster: ClusterModel | None,
+                   more_rules: dict[str, NodeRules] | None = None) -> set[str]:
     names = set()
     if cluster is not None:
         names.update(sp.service_key for sp in cluster.service_ports)
-    for rules in node_rules.values():
+    for rules in list(node_rules.values()) + list((more_rules or {}).values()):
         names.update(index_node_services(rules).service_names())
     return names
 

@@ -88,6 +88,8 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: 
         head = Text()
         head.append(f"{e.kind} ", style="bold")
         head.append(e.destination, style="cyan")
+        if e.family != "IPv4":
+            head.append(f" ({e.family})", style="cyan")
         if packets is not None:
             head.append(f"  [{packets} pkts{_by_node([p.packets for p in peers], names)}]", style="dim")
         head.append("  → ")

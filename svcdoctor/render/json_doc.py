@@ -65,8 +65,8 @@ def _cluster_ip_from_rules(view) -> str | None:
     for pv in view.ports:
         for nv in pv.nodes:
             for e in nv.entries:
-                if e.kind == "clusterIP":
-                    return e.destination.rsplit(":", 1)[0]
+                if e.kind == "clusterIP" and e.family == "IPv4":
+                    return e.destination.rsplit(":", 1)[0].strip("[]")
     return None
 
 
@@ -74,6 +74,7 @@ def _entry(e) -> dict:
     return {
         "kind": e.kind,
         "destination": e.destination,
+        "family": e.family,
         "verdict": e.verdict,
         "path": list(e.path),
         "masquerade": e.masquerade,

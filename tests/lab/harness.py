@@ -37,7 +37,7 @@ RECIPE_LABEL = "svcdoctor.lab.recipe"
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 ROLE_LABEL = "io.x-k8s.kind.role"
 LOAD_BALANCER = f"{sc.CLUSTER}-external-load-balancer"
-IMAGE_RECIPE_VERSION = "2"  # bump when the image contents below change
+IMAGE_RECIPE_VERSION = "3"  # bump when the image contents below change
 
 # Host binaries for the light image (RECIPE §1 b); their libraries come along through ldd.
 IMAGE_BINARIES = [
@@ -261,9 +261,11 @@ def build_light_image(client, tag: str = IMAGE) -> str:
         for name in ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
                      "ip6tables-restore"):
             # nft is the image's default backend (as the host's), legacy is there by its explicit name
+            # ip6tables-nft-save and friends too, as on a kind node: svcdoctor reads IPv6 rules by that name
+            family, _, rest = name.partition("tables")
             add_symlink(f"usr/sbin/{name}", "xtables-nft-multi")
-            add_symlink(f"usr/sbin/{name.replace('iptables', 'iptables-nft')}", "xtables-nft-multi")
-            add_symlink(f"usr/sbin/{name.replace('iptables', 'iptables-legacy')}", "xtables-legacy-multi")
+            add_symlink(f"usr/sbin/{family}tables-nft{rest}", "xtables-nft-multi")
+            add_symlink(f"usr/sbin/{family}tables-legacy{rest}", "xtables-legacy-multi")
         applets = subprocess.run(["busybox", "--list"], capture_output=True, text=True, check=True).stdout.split()
         for applet in applets:
             # busybox's ip has no netns and its ash prefers its own applets: ip stays iproute2's, sh is dash

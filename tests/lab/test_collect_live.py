@@ -86,6 +86,8 @@ def test_parallel_collection_counters_move_with_real_traffic(lab):
     for source, url, n, node, service in bursts:
         before = collect_live(cluster=sc.CLUSTER, no_api=True)
         assert [c.name for c in before.nodes] == NODE_NAMES and not before.failed_nodes
+        # ip6tables is read too (the same backend), and no node lacks it
+        assert not [w for c in before.nodes for w in c.warnings if "IPv6" in w]
         pods_before = lab.pod_counts()
         answers = lab.hit(source, url, n)
         pods_after = lab.pod_counts()
@@ -197,3 +199,50 @@ def test_docker_unreachable_names_the_socket(monkeypatch, tmp_path):
         collect_live(no_api=True, timeout=2)
     assert info.value.exit_status == ExitStatus.UNREACHABLE == 3
     assert socket in str(info.value) and "\n" not in str(info.value)
+
+
+def test_ipv6_rules_are_collected_and_explained(lab):
+    """A node whose kube-proxy also wrote IPv6 rules (a dual-stack Service): svcdoctor reads ip6tables of the
+    node's backend and explains the IPv6 cluster IP beside the IPv4 one. The test (not svcdoctor) loads them."""
+    import io
+    import json
+    import subprocess
+    import sys
+    import tarfile
+
+    from svcdoctor.model.cluster import build_cluster_model
+    from svcdoctor.model.expected import ProxySettings, expected_restore_text
+
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "web6"},
+               "spec": {"type": "ClusterIP", "clusterIPs": ["fd00:10:96::60"], "ipFamilies": ["IPv6"],
+                        "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 80}]}}
+    slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv6",
+              "metadata": {"namespace": "default", "name": "web6-x", "labels": {"kubernetes.io/service-name": "web6"}},
+              "ports": [{"name": "http", "protocol": "TCP", "port": 80}],
+              "endpoints": [{"addresses": ["fd00:10:244:2::2"], "conditions": {"ready": True}}]}
+    settings = ProxySettings(node_name=sc.WORKER, node_ips=("fc00::3",), cluster_cidr="fd00:10:244::/56",
+                             ip_family="IPv6")
+    rules = expected_restore_text(build_cluster_model([service], [slice_]), settings)
+    data = (rules["filter"] + rules["nat"]).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("lab/rules/v6.rules")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    lab.container(sc.WORKER).put_archive("/", buf.getvalue())
+    try:
+        lab._exec(sc.WORKER, ["ip6tables-restore", "--noflush", "/lab/rules/v6.rules"])
+        snapshot = collect_live(cluster=sc.CLUSTER, no_api=True)
+        by_name = {c.name: c for c in snapshot.nodes}
+        assert "fd00:10:96::60/128" in (by_name[sc.WORKER].ip6tables_save or "")
+        run = subprocess.run([sys.executable, "-m", "svcdoctor", "explain", "web6", "--cluster", sc.CLUSTER,
+                              "--no-api", "-o", "json"], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        (port,) = json.loads(run.stdout)["ports"]
+        (node,) = [n for n in port["nodes"] if n["entries"]]
+        (entry,) = node["entries"]
+        assert node["node"] == sc.WORKER
+        assert (entry["family"], entry["destination"], entry["verdict"]) == ("IPv6", "[fd00:10:96::60]:80", "dnat")
+        assert [e["ip"] for e in entry["endpoints"]] == ["fd00:10:244:2::2"]
+    finally:
+        lab.heal(sc.WORKER)
