@@ -13,9 +13,9 @@ the other one) Services break on that node only (kube-proxy-layout.md §7 row 1)
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from svcdoctor.collect.kind import KindNode
@@ -196,10 +196,24 @@ def assemble_capture(node: KindNode, nft: BackendDump, legacy: BackendDump, time
 
 
 def capture_node(node: KindNode) -> NodeCapture:
-    """Read one node (both backends, one after the other); failures become NodeCapture.error."""
+    """Read one node (both backends, then ip6tables of the one it uses, one after the other)."""
     if not node.running:
         return _failed(node, f"container is {node.state}, not running")
-    return assemble_capture(node, read_backend(node.container, "nft"), read_backend(node.container, "legacy"))
+    capture = assemble_capture(node, read_backend(node.container, "nft"), read_backend(node.container, "legacy"))
+    if not capture.error and capture.backend:
+        attach_ip6tables(capture, read_backend(node.container, capture.backend, argv=IP6_SAVE_COMMANDS[capture.backend]))
+    return capture
+
+
+def attach_ip6tables(capture: NodeCapture, dump: BackendDump | None) -> None:
+    """IPv6 Services live in ip6tables. Best effort: a node whose ip6tables cannot be read keeps its IPv4 rules
+    and says so in a warning."""
+    if dump is None:
+        capture.warnings.append(f"{IP6_SAVE_COMMANDS[capture.backend][0]}: timed out (IPv6 rules not read)")
+    elif dump.error:
+        capture.warnings.append(f"{dump.error} (IPv6 rules not read)")
+    elif dump.text.strip():
+        capture.ip6tables_save = dump.text
 
 
 def capture_nodes(
@@ -210,63 +224,62 @@ def capture_nodes(
     progress: Callable[[str], None] | None = None,
 ) -> list[NodeCapture]:
     """Read all nodes, both backends of each at once, in a bounded thread pool; results in the order given.
+    As soon as a node's two dumps are in, its ip6tables (of the backend it uses) joins the queue, so the IPv6
+    read overlaps the other nodes' reads instead of adding a round.
 
     The per-node timeout is enforced by the docker client's socket timeout (set where the client is made: a hung
     exec raises there); the wait below is only a backstop so that no node can hold up the others' report.
     """
     tasks = [(node, backend) for node in nodes if node.running for backend in BACKENDS]
     dumps: dict[tuple[str, str], BackendDump] = {}
+    ip6: dict[str, BackendDump] = {}
+    chosen: dict[str, NodeCapture] = {}
     if tasks:
         workers = max(1, min(len(tasks), max_workers or DEFAULT_MAX_WORKERS))
-        budget = timeout * -(-len(tasks) // workers) + 1.0  # tasks queue in rounds when there are more than workers
+        # tasks queue in rounds when there are more than workers; the IPv6 reads ride along in the same budget
+        # (they are small and start as soon as a node's own reads are in), so one hung node costs one timeout
+        budget = timeout * -(-len(tasks) // workers) + 1.0
+        deadline = time.monotonic() + budget
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="svcdoctor-node")
         futures = {pool.submit(read_backend, node.container, backend): (node, backend) for node, backend in tasks}
-        try:
-            for future in as_completed(futures, timeout=budget):
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
+            if not done:
+                break  # the backstop: what has not answered by now is reported as timed out
+            for future in done:
                 node, backend = futures[future]
+                if backend == "ip6":
+                    ip6[node.name] = future.result()
+                    continue
                 dumps[(node.name, backend)] = future.result()  # read_backend does not raise
-                if progress and all((node.name, b) in dumps for b in BACKENDS):
-                    progress(f"{node.name}: rules read")
-        except FuturesTimeout:
-            pass
+                if all((node.name, b) in dumps for b in BACKENDS):
+                    if progress:
+                        progress(f"{node.name}: rules read")
+                    capture = assemble_capture(node, dumps[(node.name, "nft")], dumps[(node.name, "legacy")], timeout)
+                    chosen[node.name] = capture
+                    if not capture.error and capture.backend:
+                        more = pool.submit(read_backend, node.container, capture.backend, 3,
+                                           IP6_SAVE_COMMANDS[capture.backend])
+                        futures[more] = (node, "ip6")
+                        pending.add(more)
         pool.shutdown(wait=False, cancel_futures=True)
     captures = []
     for node in nodes:
         if not node.running:
             captures.append(_failed(node, f"container is {node.state}, not running"))
             continue
-        nft, legacy = (
-            dumps.get((node.name, b)) or BackendDump(b, error=f"{SAVE_COMMANDS[b][0]}: timed out", timed_out=True)
-            for b in BACKENDS
-        )
-        captures.append(assemble_capture(node, nft, legacy, timeout))
-    _read_ip6tables(nodes, captures, timeout, max_workers)
+        capture = chosen.get(node.name)
+        if capture is None:
+            nft, legacy = (
+                dumps.get((node.name, b)) or BackendDump(b, error=f"{SAVE_COMMANDS[b][0]}: timed out", timed_out=True)
+                for b in BACKENDS
+            )
+            capture = assemble_capture(node, nft, legacy, timeout)
+        elif not capture.error and capture.backend:
+            attach_ip6tables(capture, ip6.get(node.name))
+        captures.append(capture)
     return captures
-
-
-def _read_ip6tables(nodes: list[KindNode], captures: list[NodeCapture], timeout: float,
-                    max_workers: int | None) -> None:
-    """ip6tables of the backend each readable node uses: IPv6 Services live there. Best effort: a node whose
-    ip6tables cannot be read keeps its IPv4 rules and says so in a warning."""
-    todo = [(n, c) for n, c in zip(nodes, captures) if not c.error and c.backend]
-    if not todo:
-        return
-    workers = max(1, min(len(todo), max_workers or DEFAULT_MAX_WORKERS))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="svcdoctor-ip6") as pool:
-        futures = {pool.submit(read_backend, n.container, c.backend, 3, IP6_SAVE_COMMANDS[c.backend]): c
-                    for n, c in todo}
-        try:
-            for future in as_completed(futures, timeout=timeout + 1.0):
-                capture, dump = futures[future], future.result()
-                if dump.error:
-                    capture.warnings.append(f"{dump.error} (IPv6 rules not read)")
-                elif dump.text.strip():
-                    capture.ip6tables_save = dump.text
-        except FuturesTimeout:
-            for future, capture in futures.items():
-                if not future.done():
-                    capture.warnings.append(f"{IP6_SAVE_COMMANDS[capture.backend][0]}: timed out (IPv6 rules not read)")
-            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _failed(node: KindNode, reason: str) -> NodeCapture:
