@@ -129,8 +129,11 @@ def test_legacy_backend_node_is_detected_and_its_counters_move(lab, planted):
     nodes = _by_name(before)
     legacy = nodes[sc.WORKER2]
     assert legacy.error is None and legacy.backend == "legacy"
-    assert "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them" in legacy.warnings
+    # svcdoctor's own reading: the rules are in legacy. (iptables-nft-save's stderr line "# Warning: iptables-legacy
+    # tables present" is recorded as a warning when it comes, never as a rule: test_node_rules_logic pins that; once
+    # in a full CI run docker's exec stream did not carry it, so it is not required here.)
     assert any("iptables-legacy backend" in w for w in legacy.warnings)
+    assert all(w.startswith("# Warning: iptables-legacy tables present") for w in legacy.warnings if w.startswith("#"))
     assert ":KUBE-SERVICES" in legacy.iptables_save and "# Warning" not in legacy.iptables_save
     # what a naive `iptables-save` shows on that node: Docker's DNS rules and kubelet's chains, no kube-proxy
     assert "DOCKER_OUTPUT" in legacy.other_backend_save and "KUBE-SVC-" not in legacy.other_backend_save
