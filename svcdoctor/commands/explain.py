@@ -51,6 +51,13 @@ def resolve_service(service: str, namespace: str | None, loaded: LoadedInput) ->
 
 def service_indexes(loaded: LoadedInput, ns: str, name: str) -> dict[str, NodeServiceIndex] | None:
     """Each node's rules for this one service (found by name or by its ports' hashes); None if it is nowhere."""
+    key = (ns, name)
+    if key not in loaded.index_cache:
+        loaded.index_cache[key] = _service_indexes(loaded, ns, name)
+    return loaded.index_cache[key]
+
+
+def _service_indexes(loaded: LoadedInput, ns: str, name: str) -> dict[str, NodeServiceIndex] | None:
     api_ports = [sp for sp in (loaded.cluster.service_ports if loaded.cluster else [])
                  if sp.namespace == ns and sp.name == name]
     suffixes = frozenset(service_hash(sp.svc_port_name, sp.protocol) for sp in api_ports)

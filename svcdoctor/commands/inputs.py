@@ -33,6 +33,8 @@ class LoadedInput:
     cluster: ClusterModel | None
     warnings: list[str]
     rules6: dict[str, NodeRules] = field(default_factory=dict)  # node -> its ip6tables rules, when there are any
+    # per-service rule indexes, worked out once per run (resolving a name and explaining it use the same one)
+    index_cache: dict = field(default_factory=dict)
 
     def rules_for(self, address: str) -> dict[str, NodeRules]:
         """The nodes' rules for one address family: ip6tables for an IPv6 address, iptables otherwise."""
