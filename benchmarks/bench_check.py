@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
-from common import REFERENCE_RESTORE_SECONDS, report, restore_test_seconds
+from common import REFERENCE_RESTORE_SECONDS, best_cli_run, report, restore_test_seconds
 from scale_dump import CACHE_DIR, real_dump
 
 NODES = ("node-1", "node-2", "node-3")
@@ -79,14 +78,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         make_bundle(tmp, text, n)
         cmd = [sys.executable, "-m", "svcdoctor", "check", "--bundle", tmp, "-o", "json"]
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            best = min(best, time.perf_counter() - t0)
-            if r.returncode not in (0, 1):
-                print(r.stderr)
-                return 1
+        best, r = best_cli_run(cmd, ok_codes=(0, 1))
+        if r.returncode not in (0, 1):
+            return 1
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         load_cpu, check_cpu, _ = min((stages(tmp) for _ in range(2)), key=lambda s: s[0] + s[1])
     doc = json.loads(r.stdout)

@@ -23,6 +23,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from common import best_cli_run, single_file_tar  # noqa: E402
+
 from svcdoctor.collect import kind, node_rules  # noqa: E402
 from svcdoctor.exit_codes import UnreachableError  # noqa: E402
 
@@ -100,7 +102,7 @@ def main() -> int:
             data = extra_rules(args.extra_services).encode()
             for node in sc.NODES:
                 container = lab.container(node.name)
-                container.put_archive("/", _tar("lab/rules/bench.rules", data))
+                container.put_archive("/", single_file_tar("lab/rules/bench.rules", data))
                 lab._exec(node.name, ["iptables-restore", "--noflush", "/lab/rules/bench.rules"])
     try:
         client = kind.docker_client(timeout=60)
@@ -126,7 +128,6 @@ def main() -> int:
 def explain_live(serial_seconds: float) -> bool:
     """Issue #3: the whole `explain` on the 4 live nodes (with the lab's stand-in API server): goal <= 1.5 s.
     Printed next to the serial collection measured above in the same run."""
-    import subprocess
     import tempfile
 
     from tests.lab import scenario as sc
@@ -136,30 +137,13 @@ def explain_live(serial_seconds: float) -> bool:
         kubeconfig = str(server.write_kubeconfig(os.path.join(tmp, "kubeconfig")))
         cmd = [sys.executable, "-m", "svcdoctor", "explain", "svc-clusterip", "--cluster", sc.CLUSTER,
                "--kubeconfig", kubeconfig, "-o", "json"]
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            run = subprocess.run(cmd, capture_output=True, text=True)
-            best = min(best, time.perf_counter() - t0)
-            if run.returncode != 0:
-                print(run.stderr)
-                return False
+        best, run = best_cli_run(cmd)
+        if run.returncode != 0:
+            return False
     ok = best <= 1.5
     print(f"explain svc-clusterip on the live nodes: {best:.2f} s (goal <= 1.5 s) {'OK' if ok else 'OVER'}; "
           f"explain / serial collection: {best / serial_seconds:.2f}")
     return ok
-
-
-def _tar(path: str, data: bytes) -> bytes:
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo(path)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 if __name__ == "__main__":

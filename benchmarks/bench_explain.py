@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 
-from common import REFERENCE_RESTORE_SECONDS, report, restore_test_seconds
+from common import REFERENCE_RESTORE_SECONDS, best_cli_run, report, restore_test_seconds
 from scale_dump import CACHE_DIR, real_dump
 
 
@@ -31,14 +29,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         make_bundle(tmp, text)
         cmd = [sys.executable, "-m", "svcdoctor", "explain", "svc-4242", "-n", "scale", "--bundle", tmp, "-o", "json"]
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            best = min(best, time.perf_counter() - t0)
-            if r.returncode != 0:
-                print(r.stderr)
-                return 1
+        best, r = best_cli_run(cmd)
+        if r.returncode != 0:
+            return 1
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     doc = json.loads(r.stdout)
     n_eps = len(doc["ports"][0]["nodes"][0]["entries"][0]["endpoints"])

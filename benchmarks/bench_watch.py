@@ -18,19 +18,17 @@ Needs root (privileged node containers); starts dockerd if none answers, and sto
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from common import report  # noqa: E402
+from common import report, single_file_tar  # noqa: E402
 
 CLUSTER = "svcbench"
 BENCH_LABEL = "svcdoctor.bench"  # not the lab's label: the lab's teardown never touches these, and vice versa
@@ -73,15 +71,6 @@ def node_rules_text(model, node: str, index: int) -> str:
     return texts["filter"] + texts["nat"]
 
 
-def _tar(path: str, data: bytes) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo(path)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def remove_bench_nodes(client) -> None:
     for container in client.containers.list(all=True, filters={"label": BENCH_LABEL}):
         container.remove(force=True)
@@ -106,7 +95,7 @@ def start_bench_nodes(client, n_services: int):
     def program(args):
         index, container = args
         text = node_rules_text(model, container.name, index)
-        container.put_archive("/", _tar("bench/kube-proxy.rules", text.encode()))
+        container.put_archive("/", single_file_tar("bench/kube-proxy.rules", text.encode()))
         result = container.exec_run(["iptables-restore", "/bench/kube-proxy.rules"])
         if result.exit_code != 0:
             raise SystemExit(f"{container.name}: iptables-restore failed: {result.output.decode()[:300]}")

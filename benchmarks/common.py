@@ -3,9 +3,11 @@ the same run, and goals are stated as ratios against that baseline."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,3 +36,26 @@ def report(name: str, value: float, goal: float, unit: str = "") -> bool:
     ok = value <= goal
     print(f"{name}: {value:.3f}{unit} (goal <= {goal}{unit}) {'OK' if ok else 'OVER'}")
     return ok
+
+
+def best_cli_run(cmd: list[str], ok_codes=(0,), repeat: int = 3) -> tuple[float, subprocess.CompletedProcess | None]:
+    """The best wall time of a command over `repeat` runs, and its last run; (inf, the failed run) when it fails."""
+    best, run = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        best = min(best, time.perf_counter() - t0)
+        if run.returncode not in ok_codes:
+            print(run.stderr)
+            return float("inf"), run
+    return best, run
+
+
+def single_file_tar(path: str, data: bytes) -> bytes:
+    """A tar holding one file, for docker's put_archive (docker cp into a tmpfs would be invisible)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(path)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
