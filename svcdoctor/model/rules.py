@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from svcdoctor.model import rule_text
+from svcdoctor.model.rule_text import tokenize
+
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
@@ -68,36 +71,6 @@ class Match:
         return f"{neg}{self.option}" + (f" {self.value}" if self.value is not None else "")
 
 
-def tokenize(spec: str) -> list[str]:
-    """Split a rule into words; a double-quoted string (iptables-save's comments) is one word, unquoted."""
-    if '"' not in spec:
-        return spec.split()
-    words: list[str] = []
-    i, n = 0, len(spec)
-    while i < n:
-        c = spec[i]
-        if c == " " or c == "\t":
-            i += 1
-            continue
-        if c == '"':
-            j = i + 1
-            buf = []
-            while j < n and spec[j] != '"':
-                if spec[j] == "\\" and j + 1 < n:
-                    j += 1
-                buf.append(spec[j])
-                j += 1
-            words.append("".join(buf))
-            i = j + 1
-        else:
-            j = spec.find(" ", i)
-            if j < 0:
-                j = n
-            words.append(spec[i:j])
-            i = j
-    return words
-
-
 class Rule:
     """One `-A CHAIN …` rule. ``spec`` is the rule text after the chain name, without counters."""
 
@@ -118,7 +91,7 @@ class Rule:
         self.spec = spec
         self.packets = packets
         self.bytes = bytes_
-        self.target, self.goto = _quick_target(spec)
+        self.target, self.goto = rule_text.target(spec)
         self._parsed: _ParsedRule | None = None
 
     # -- the lazily parsed parts -------------------------------------------------------------------------
@@ -185,30 +158,6 @@ class _ParsedRule:
     matches: list[Match]
     comment: str | None
     target_args: list[str]
-
-
-def _quick_target(spec: str) -> tuple[str | None, bool]:
-    """Find `-j T` / `-g T` without tokenizing the whole rule (fast path for big dumps)."""
-    padded = " " + spec
-    jump = padded.rfind(" -j ")
-    go = padded.rfind(" -g ")
-    idx, goto = (jump, False) if jump >= go else (go, True)
-    if idx < 0:
-        return None, False
-    # a quoted comment could contain " -j "; the real target is never inside quotes
-    if '"' in padded and padded.count('"', 0, idx) % 2 == 1:
-        return _slow_target(spec)
-    rest = padded[idx + 4 :]
-    end = rest.find(" ")
-    return (rest if end < 0 else rest[:end]), goto
-
-
-def _slow_target(spec: str) -> tuple[str | None, bool]:
-    words = tokenize(spec)
-    for i, w in enumerate(words):
-        if w in ("-j", "--jump", "-g", "--goto") and i + 1 < len(words):
-            return words[i + 1], w in ("-g", "--goto")
-    return None, False
 
 
 def _parse_spec(spec: str) -> _ParsedRule:
@@ -323,23 +272,11 @@ def rule_from_line(table: str, chain: str, position: int, line: str) -> Rule:
     from svcdoctor.exit_codes import InputError
 
     packets = nbytes = None
-    if line[0] == "[":
-        close = line.find("]")
-        try:
-            pk, by = line[1:close].split(":")
-            packets, nbytes = int(pk), int(by)
-        except ValueError:
-            raise InputError(f"chain {chain}: bad counters in: {line[:80]}") from None
-        line = line[close + 1 :].lstrip()
-    elif " -c " in line:
-        idx = line.find(" -c ")
-        if line.count('"', 0, idx) % 2 == 0:
-            parts = line[idx + 4 :].split(" ", 2)
-            try:
-                packets, nbytes = int(parts[0]), int(parts[1])
-            except (ValueError, IndexError):
-                raise InputError(f"chain {chain}: bad -c counters in: {line[:80]}") from None
-            line = line[:idx] + (" " + parts[2] if len(parts) > 2 else "")
+    if line[0] == "[" or " -c " in line:
+        stripped, packets, nbytes = rule_text.split_counted_line(line)
+        if packets is None and line[0] == "[":
+            raise InputError(f"chain {chain}: bad counters in: {line[:80]}")
+        line = stripped
     spec = line[4 + len(chain) :].strip()  # after "-A CHAIN "
     return Rule(table, chain, position, spec, packets, nbytes)
 

@@ -1,0 +1,217 @@
+"""The one reader of iptables rule text: words, target, options, comment, counters and addresses of a dump line.
+
+Every other module asks here instead of searching rule text itself, so that all of them agree on the spellings
+real tools print (see docs/reference/bundle.md for the dump formats):
+
+- `iptables-save -c`: `[PKTS:BYTES] -A CHAIN spec`;
+- `iptables -S -v`: `-A CHAIN … -c PKTS BYTES -j TARGET …`;
+- `iptables-save` / `iptables -S` / kube-proxy's restore input: `-A CHAIN spec`.
+
+A comment is `--comment "text"` (iptables-save quotes it and escapes `"` and `\\` inside) or `--comment word`.
+The string searches here are kept tight on purpose: a big node has 150,000 rules and `check` reads each of them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+# `--comment "a \"b\""` or `--comment word`; iptables-save escapes quotes and backslashes inside the quotes
+_COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def tokenize(spec: str) -> list[str]:
+    """Split a rule into words; a double-quoted string (iptables-save's comments) is one word, unquoted and
+    unescaped."""
+    if '"' not in spec:
+        return spec.split()
+    words: list[str] = []
+    i, n = 0, len(spec)
+    while i < n:
+        c = spec[i]
+        if c == " " or c == "\t":
+            i += 1
+            continue
+        if c == '"':
+            j = i + 1
+            buf = []
+            while j < n and spec[j] != '"':
+                if spec[j] == "\\" and j + 1 < n:
+                    j += 1
+                buf.append(spec[j])
+                j += 1
+            words.append("".join(buf))
+            i = j + 1
+        else:
+            j = spec.find(" ", i)
+            if j < 0:
+                j = n
+            words.append(spec[i:j])
+            i = j
+    return words
+
+
+def target(spec: str) -> tuple[str | None, bool]:
+    """(target, is_goto) of `-j T` / `-g T`, found from the end without tokenizing the whole rule; a target is
+    never inside a quoted comment, so a `-j` inside quotes sends us to the tokenizer."""
+    padded = " " + spec
+    jump = padded.rfind(" -j ")
+    go = padded.rfind(" -g ")
+    idx, goto = (jump, False) if jump >= go else (go, True)
+    if idx < 0:
+        return _target_from_words(spec)
+    if '"' in padded and padded.count('"', 0, idx) % 2 == 1:
+        return _target_from_words(spec)
+    end = padded.find(" ", idx + 4)
+    return (padded[idx + 4 :] if end < 0 else padded[idx + 4 : end]), goto
+
+
+def _target_from_words(spec: str) -> tuple[str | None, bool]:
+    words = tokenize(spec)
+    for i, w in enumerate(words):
+        if w in ("-j", "--jump", "-g", "--goto") and i + 1 < len(words):
+            return words[i + 1], w in ("-g", "--goto")
+    return None, False
+
+
+def target_name(line: str) -> str | None:
+    """Just the target of a line (None when the rule has none)."""
+    return target(line)[0]
+
+
+def option(line: str, name: str) -> str | None:
+    """The word after ` NAME ` (e.g. "-d", "--dport"), None if absent. The first one counts; kube-proxy's comments
+    never hold an option, and a quoted comment that did is skipped."""
+    needle = f" {name} "
+    at = line.find(needle)
+    while at >= 0 and '"' in line and line.count('"', 0, at) % 2 == 1:
+        at = line.find(needle, at + 1)
+    if at < 0:
+        return None
+    start = at + len(needle)
+    end = line.find(" ", start)
+    return line[start:] if end < 0 else line[start:end]
+
+
+def option_of_words(words: list[str], *names: str) -> tuple[str | None, bool]:
+    """(value, negated) of the first of `names` in a rule's words (from `words()`)."""
+    for i, w in enumerate(words[:-1]):
+        if w in names:
+            return words[i + 1], i > 0 and words[i - 1] == "!"
+    return None, False
+
+
+def comment(line: str) -> str | None:
+    """The rule's `--comment`, unquoted and unescaped; None when it has none."""
+    m = _COMMENT.search(line)
+    if m is None:
+        return None
+    if m.group(1) is not None:
+        text = m.group(1)
+        return _ESCAPE.sub(r"\1", text) if "\\" in text else text
+    return m.group(2)
+
+
+def counters(line: str) -> tuple[int, int] | None:
+    """(packets, bytes) of a dump line, `[p:b] -A …` or `… -c p b …`; None when the line has none (or they are not
+    numbers)."""
+    if line.startswith("["):
+        close = line.find("]")
+        pk, _, by = line[1:close].partition(":")
+        if close > 0 and pk.isdigit() and by.isdigit():
+            return int(pk), int(by)
+        return None
+    at = line.find(" -c ")
+    if at < 0 or line.count('"', 0, at) % 2 == 1:
+        return None
+    parts = line[at + 4 :].split(" ", 2)
+    if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+        return int(parts[0]), int(parts[1])
+    return None
+
+
+def packets(line: str) -> int:
+    """The packet counter of a dump line; 0 when the dump has none."""
+    found = counters(line)
+    return found[0] if found is not None else 0
+
+
+def strip_counters(line: str) -> str:
+    """The line without its counters, as `iptables-save` without -c prints it (`-A CHAIN spec`)."""
+    if line.startswith("["):
+        close = line.find("] ")
+        return line[close + 2 :].lstrip() if close > 0 else line
+    at = line.find(" -c ")
+    if at >= 0 and line.count('"', 0, at) % 2 == 0:
+        parts = line[at + 4 :].split(" ", 2)
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            return line[:at] + (" " + parts[2] if len(parts) > 2 else "")
+    return line
+
+
+def split_counted_line(line: str) -> tuple[str, int | None, int | None]:
+    """(line without counters, packets, bytes) of a dump line; counters None when it has none."""
+    found = counters(line)
+    if found is None:
+        return line, None, None
+    return strip_counters(line), found[0], found[1]
+
+
+def words(line: str) -> list[str]:
+    """A dump line's words without its counters (both spellings), quoted strings as one word."""
+    return tokenize(strip_counters(line.strip()))
+
+
+def is_source_conditional(line: str) -> bool:
+    """Whether a rule picks its packets by source (pod CIDR, the node itself, an interface)."""
+    return " -s " in line or "--src-type" in line or " -i " in line
+
+
+def address(value: str | None) -> str:
+    """An address as one spelling: iptables-save prints `-d 10.96.0.1/32` where kube-proxy wrote `-d 10.96.0.1`,
+    and IPv6 has many spellings (iptables prints the short one)."""
+    if not value:
+        return ""
+    if value.endswith("/32") or value.endswith("/128"):
+        value = value.rsplit("/", 1)[0]
+    if ":" in value and "/" not in value:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+    return value
+
+
+def network(value: str | None) -> str:
+    """A source range as one spelling: kube-proxy 1.28 writes the user's "10.0.0.1/24", iptables and 1.30+ print
+    "10.0.0.0/24"; a single address has no mask."""
+    try:
+        return address(str(ipaddress.ip_network(value or "", strict=False)))
+    except ValueError:
+        return value or ""
+
+
+def host_port(ip: str, port: int | str) -> str:
+    """Go's net.JoinHostPort, as kube-proxy spells an endpoint: `10.0.0.1:80`, `[fd00::1]:80`."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def split_host_port(text: str) -> tuple[str, str]:
+    """`10.0.0.1:80` -> ("10.0.0.1", "80"); `[fd00::1]:80` -> ("fd00::1", "80"); no port -> (text, "")."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close > 0:
+            return text[1:close], text[close + 2 :] if text[close + 1 : close + 2] == ":" else ""
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, ""
+
+
+def hex_mark(value: str | None) -> int | None:
+    """0x4000, 0x00004000 or 0x4000/0x4000 (value/mask) -> 16384."""
+    try:
+        return int(value.split("/")[0], 16) if value else None
+    except ValueError:
+        return None
