@@ -33,7 +33,7 @@ def test_escaped_quotes_in_a_comment_and_a_jump_inside_it():
     assert rule_text.comment(line) == 'a "quoted" -j FAKE'
     assert rule_text.target(line) == ("KUBE-SVC-Y", False)
     assert rule_text.option(line, "-d") == "10.0.0.1/32"
-    assert rule_text.tokenize(line)[4] == 'a "quoted" -j FAKE'
+    assert rule_text.tokenize(line)[5] == 'a "quoted" -j FAKE'
 
 
 def test_goto_and_unquoted_comment():
