@@ -1,6 +1,7 @@
-"""Issue #2: `explain` of one service on a 3-node bundle of 10,000-service dumps: <= 1.0 s wall, <= 500 MB peak.
-Runs the real CLI in a child process; the baseline is `iptables-restore --test` of one dump in the same run
-(0.75 s on the reference machine, so the wall-time goal is 1.0 / 0.75 of it)."""
+"""`explain` of one service on a 3-node bundle of 10,000-service dumps: <= 1.0 x `iptables-restore --test` of one
+node's dump, <= 500 MB peak; on a single-node bundle (the whole CLI process): <= 0.5 x. Runs the real CLI in a
+child process; the baseline is measured in the same run. explain reads only what the service needs
+(svcdoctor/model/scoped_read.py), which is what makes these goals reachable."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import resource
 import sys
 import tempfile
 
-from common import REFERENCE_RESTORE_SECONDS, best_cli_run, report, restore_test_seconds
+from common import best_cli_run, report, restore_test_seconds
 from scale_dump import CACHE_DIR, real_dump
 
 
@@ -33,11 +34,16 @@ def main() -> int:
         if r.returncode != 0:
             return 1
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        make_bundle(tmp, text, nodes=("node-1",))
+        cmd = [sys.executable, "-m", "svcdoctor", "explain", "svc-4242", "-n", "scale", "--bundle", tmp, "-o", "json"]
+        single, _ = best_cli_run(cmd)
     doc = json.loads(r.stdout)
     n_eps = len(doc["ports"][0]["nodes"][0]["entries"][0]["endpoints"])
     print(f"explain scale/svc-4242 on 3 nodes: {best:.3f}s wall, {peak_mb:.0f} MB peak, {n_eps} endpoints; "
           f"iptables-restore --test baseline {baseline:.3f}s")
-    ok = report("explain wall / restore baseline", best / baseline, round(1.0 / REFERENCE_RESTORE_SECONDS, 2))
+    ok = report("explain on 3 nodes / restore baseline", best / baseline, 1.0)
+    ok &= report("explain on 1 node / restore baseline", single / baseline, 0.5)
     report("explain wall (absolute, for reference; noisy)", best, 1.0, "s")
     ok &= report("explain peak memory", peak_mb, 500, " MB")
     return 0 if ok else 1

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from svcdoctor.collect.snapshot import ClusterSnapshot
 from svcdoctor.exit_codes import SvcdoctorError
 from svcdoctor.model.cluster import ClusterModel, build_cluster_model
-from svcdoctor.model.parse import parse_rules
+from svcdoctor.model.hashes import service_hash
+from svcdoctor.model.parse import parse_rules, parse_service_rules
 from svcdoctor.model.rules import NodeRules
 
 
@@ -101,12 +102,18 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
     other: dict[str, NodeRules] = {}
     failed: dict[str, str] = {}
     single_file = len(snapshot.nodes) == 1 and snapshot.cluster is None
+    cluster = None
+    api = snapshot.api
+    if api.available and not opts.no_api:
+        cluster = build_cluster_model(api.services, api.endpointslices, api.pods, api.nodes)
+        warnings.extend(cluster.warnings)
+    read = _rules_reader(opts.service, cluster)
     for node in snapshot.nodes:
         if node.error:
             failed[node.name] = node.error
             continue
         try:
-            parsed = parse_rules(node.iptables_save, node.source or node.name)
+            parsed = read(node.iptables_save, node.source or node.name)
         except SvcdoctorError as e:
             if single_file:
                 raise
@@ -122,17 +129,23 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
                 warnings.append(f"{node.name}: the other backend's rules could not be read: {e}")
         if node.ip6tables_save and node.ip6tables_save.strip():
             try:
-                v6 = parse_rules(node.ip6tables_save, f"{node.name} (ip6tables)")
+                v6 = read(node.ip6tables_save, f"{node.name} (ip6tables)")
                 if v6.has_kube_proxy_rules():  # kubelet's chains alone say nothing about services
                     rules6[node.name] = v6
             except SvcdoctorError as e:
                 warnings.append(f"{node.name}: its ip6tables rules could not be read: {e}")
-    cluster = None
-    api = snapshot.api
-    if api.available and not opts.no_api:
-        cluster = build_cluster_model(api.services, api.endpointslices, api.pods, api.nodes)
-        warnings.extend(cluster.warnings)
-    elif not opts.no_api and snapshot.source == "live":
+    if cluster is None and not opts.no_api and snapshot.source == "live":
         warnings.append(f"Kubernetes API not used ({api.status}): working from the rules alone "
                         "(comments and hashes); endpoint pods, nodes and API cross-checks are not shown")
     return LoadedInput(snapshot, rules, other, failed, cluster, warnings, rules6)
+
+
+def _rules_reader(service: str | None, cluster: ClusterModel | None):
+    """How to parse a node's dump: all of it, or (for one service) only that service's chains and the chains
+    every path goes through."""
+    if service is None:
+        return parse_rules
+    namespace, _, name = service.partition("/")
+    suffixes = [service_hash(sp.svc_port_name, sp.protocol) for sp in (cluster.service_ports if cluster else [])
+                if sp.namespace == namespace and sp.name == name]
+    return lambda text, source: parse_service_rules(text, source, service, suffixes)

@@ -262,3 +262,17 @@ def decode_dump(data: bytes, source: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{source}: not UTF-8 text, not an iptables dump") from None
+
+
+def parse_service_rules(text: str, source: str, service_key: str, suffixes=()) -> NodeRules:
+    """Parse only what explaining one service needs (model/scoped_read.py); the whole dump when the service is
+    not named in it, or when the short dump does not parse (the whole one then gives the error its line numbers)."""
+    from svcdoctor.model.scoped_read import scope_to_service
+
+    scoped = scope_to_service(text, service_key, suffixes)
+    if scoped is not None:
+        try:
+            return parse_rules(scoped, source)
+        except InputError:
+            pass
+    return parse_rules(text, source)
