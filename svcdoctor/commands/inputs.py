@@ -9,7 +9,7 @@ from svcdoctor.collect.snapshot import ClusterSnapshot
 from svcdoctor.exit_codes import SvcdoctorError
 from svcdoctor.model.cluster import ClusterModel, build_cluster_model
 from svcdoctor.model.hashes import service_hash
-from svcdoctor.model.parse import parse_rules, parse_service_rules
+from svcdoctor.model.parse import parse_pasted_rules, parse_rules, parse_service_rules
 from svcdoctor.model.rules import NodeRules
 
 
@@ -107,7 +107,7 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
     if api.available and not opts.no_api:
         cluster = build_cluster_model(api.services, api.endpointslices, api.pods, api.nodes)
         warnings.extend(cluster.warnings)
-    read = _rules_reader(opts.service, cluster)
+    read = _rules_reader(opts.service, cluster, pasted=single_file)
     for node in snapshot.nodes:
         if node.error:
             failed[node.name] = node.error
@@ -140,12 +140,12 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
     return LoadedInput(snapshot, rules, other, failed, cluster, warnings, rules6)
 
 
-def _rules_reader(service: str | None, cluster: ClusterModel | None):
+def _rules_reader(service: str | None, cluster: ClusterModel | None, pasted: bool):
     """How to parse a node's dump: all of it, or (for one service) only that service's chains and the chains
-    every path goes through."""
+    every path goes through; a single file (or standard input) as a person may have pasted it."""
     if service is None:
-        return parse_rules
+        return parse_pasted_rules if pasted else parse_rules
     namespace, _, name = service.partition("/")
     suffixes = [service_hash(sp.svc_port_name, sp.protocol) for sp in (cluster.service_ports if cluster else [])
                 if sp.namespace == namespace and sp.name == name]
-    return lambda text, source: parse_service_rules(text, source, service, suffixes)
+    return lambda text, source: parse_service_rules(text, source, service, suffixes, pasted)

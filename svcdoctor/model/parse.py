@@ -264,9 +264,12 @@ def decode_dump(data: bytes, source: str) -> str:
         raise InputError(f"{source}: not UTF-8 text, not an iptables dump") from None
 
 
-def parse_service_rules(text: str, source: str, service_key: str, suffixes=()) -> NodeRules:
+def parse_service_rules(text: str, source: str, service_key: str, suffixes=(), pasted: bool = False) -> NodeRules:
     """Parse only what explaining one service needs (model/scoped_read.py); the whole dump when the service is
-    not named in it, or when the short dump does not parse (the whole one then gives the error its line numbers)."""
+    not named in it, or when the short dump does not parse (the whole one then gives the error its line numbers).
+    A pasted dump (model/paste.py) is cleaned first and read whole: it is small."""
+    if pasted:
+        return parse_pasted_rules(text, source)
     from svcdoctor.model.scoped_read import scope_to_service
 
     scoped = scope_to_service(text, service_key, suffixes)
@@ -276,3 +279,16 @@ def parse_service_rules(text: str, source: str, service_key: str, suffixes=()) -
         except InputError:
             pass
     return parse_rules(text, source)
+
+
+def parse_pasted_rules(text: str, source: str = "<input>") -> NodeRules:
+    """Parse a single-file input the way a person pasted it (model/paste.py): prompts and prose skipped and named,
+    repeated lines counted once, indentation and CR line ends accepted."""
+    from svcdoctor.model.paste import clean_paste
+
+    if "\x00" in text:
+        raise InputError(f"{source}: binary data, not an iptables dump")
+    paste = clean_paste(text, source)
+    result = parse_rules(paste.text, source)
+    result.warnings[:0] = paste.notes
+    return result
