@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from svcdoctor.checks.findings import Finding
+from svcdoctor.collect.snapshot import ClusterSnapshot, NodeCapture
 from svcdoctor.inputs import LoadedInput
 from svcdoctor.model.explain import ServiceView
 
@@ -34,3 +35,14 @@ class CheckResult:
         for f in self.findings:
             out[f.severity] = out.get(f.severity, 0) + 1
         return out
+
+
+@dataclass(slots=True)
+class CollectResult:
+    path: str  # the bundle written (directory or .tar.gz)
+    snapshot: ClusterSnapshot
+
+    @property
+    def failed(self) -> list[NodeCapture]:
+        """The nodes that could not be read: in the bundle with their reason, and named on stderr."""
+        return [n for n in self.snapshot.nodes if n.error]

@@ -5,10 +5,17 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
+from svcdoctor.model.trace import TraceResult
 from svcdoctor.render.explain_view import VERDICT_STYLE
 
 
-def render_trace(result, console: Console, wide: bool = False) -> None:
+def render_traces(results: list[TraceResult], console: Console, wide: bool = False) -> None:
+    """One packet on each node traced, one after the other."""
+    for result in results:
+        render_trace(result, console, wide)
+
+
+def render_trace(result: TraceResult, console: Console, wide: bool = False) -> None:
     p = result.packet
     head = Text(f"{result.node or 'node'}: ", style="bold")
     head.append(f"{p.protocol} {p.src} → {p.dst}:{p.dport}  ")
