@@ -29,7 +29,6 @@ class Environment:
         """The real terminal: sys.stdout and sys.stderr, NO_COLOR / FORCE_COLOR honoured (`render/console.py`)."""
         from svcdoctor.render.console import colour_wanted, make_consoles
 
-        output = str(getattr(output, "value", output))
         out, err = make_consoles(no_color=no_color, json_output=output == "json")
         return cls(out, err, output, colour_wanted(no_color) and output != "json", debug)
 

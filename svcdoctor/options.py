@@ -103,7 +103,7 @@ def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP
         from svcdoctor.inputs import InputOptions
 
         values = {name: kwargs.pop(name) for name in names}
-        env = Environment.create(output=values["output"], no_color=values["no_color"], debug=values["debug"])
+        env = Environment.create(output=values["output"].value, no_color=values["no_color"], debug=values["debug"])
         source = InputOptions(bundle=values["bundle"], demo=values["demo"], cluster=values["cluster"],
                               kubeconfig=values["kubeconfig"], context=values["context"], no_api=values["no_api"],
                               nodes=list(values["node"] or []))

@@ -7,7 +7,7 @@ from rich.table import Table
 
 
 def render_nodes(rows: list[dict], console: Console, wide: bool = False) -> None:
-    """`wide` shows the same columns: every column of `nodes` fits in 120 characters already."""
+    # `wide` is taken as every view takes it (svcdoctor/environment.py, Environment.show); nodes has no more columns
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("NODE", "ROLE", "IP", "BACKEND", "MODE", "RULES", "KUBE CHAINS", "PROBLEMS"):
         table.add_column(col)

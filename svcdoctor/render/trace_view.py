@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.text import Text
 
-from svcdoctor.model.trace import TraceResult
 from svcdoctor.render.explain_view import VERDICT_STYLE
+
+if TYPE_CHECKING:
+    from svcdoctor.model.trace import TraceResult
 
 
 def render_traces(results: list[TraceResult], console: Console, wide: bool = False) -> None:
