@@ -210,13 +210,15 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(int(run(sys.argv[1:] if argv is None else argv)))
 
 
-def run(args: list[str]) -> int:
+def run(args: list[str], env: Environment | None = None) -> int:
+    """Run one command line and return its exit status. `env` replaces the terminal (stdout, stderr, colour) for
+    the command's output; the flags still choose the format."""
     from typer.exceptions import Abort, Exit, TyperException
 
     # errors can come before a command has parsed its own --debug (a bad flag, a bad value): look for it here
     debug = "--debug" in args
     try:
-        rv = app(args=args, prog_name="svcdoctor", standalone_mode=False)
+        rv = app(args=args, prog_name="svcdoctor", standalone_mode=False, obj=env)
     except SvcdoctorError as e:
         _error(str(e))
         if debug:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import replace
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -17,6 +18,8 @@ import typer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from svcdoctor.environment import Environment
 
 
 class OutputFormat(str, Enum):
@@ -98,21 +101,32 @@ def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP
     own = [p.replace(annotation=_resolve(p.annotation, fn)) for p in own]
 
     @functools.wraps(fn)
-    def command(**kwargs):
-        from svcdoctor.environment import Environment
+    def command(ctx: typer.Context, **kwargs):
         from svcdoctor.inputs import InputOptions
 
         values = {name: kwargs.pop(name) for name in names}
-        env = Environment.create(output=values["output"].value, no_color=values["no_color"], debug=values["debug"])
+        env = _environment(ctx, values["output"].value, values["no_color"], values["debug"])
         source = InputOptions(bundle=values["bundle"], demo=values["demo"], cluster=values["cluster"],
                               kubeconfig=values["kubeconfig"], context=values["context"], no_api=values["no_api"],
                               nodes=list(values["node"] or []))
         return fn(env, source, **kwargs)
 
-    parameters = own + shared
+    # typer hands a parameter annotated typer.Context the click context, and leaves it out of --help
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    parameters = [context] + own + shared
     command.__signature__ = inspect.Signature(parameters)
     command.__annotations__ = {p.name: p.annotation for p in parameters}
     return command
+
+
+def _environment(ctx: typer.Context, output: str, no_color: bool, debug: bool) -> Environment:
+    """The terminal's, unless the caller of `svcdoctor.cli.run` passed its own (tests do, as httpie's do)."""
+    from svcdoctor.environment import Environment
+
+    given = ctx.find_root().obj
+    if isinstance(given, Environment):
+        return replace(given, output=output, debug=given.debug or debug)
+    return Environment.create(output=output, no_color=no_color, debug=debug)
 
 
 def _resolve(annotation, fn: Callable):
