@@ -96,7 +96,10 @@ def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP
         return functools.partial(shared_options, output_help=output_help)
     shared = _shared_parameters(output_help)
     names = [p.name for p in shared]
-    own = list(inspect.signature(fn).parameters.values())[2:]  # after (env, source)
+    params = list(inspect.signature(fn).parameters.values())
+    if [p.name for p in params[:2]] != ["env", "source"]:
+        raise TypeError(f"{fn.__name__}: a command with @shared_options starts with (env, source)")
+    own = params[2:]
     # typer reads the signature and the annotations; this module's are strings (PEP 563): resolve them
     own = [p.replace(annotation=_resolve(p.annotation, fn)) for p in own]
 
