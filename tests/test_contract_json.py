@@ -1,4 +1,5 @@
-"""Every -o json document against CONTRACT.md's shapes (fields listed there are required), on the demo bundle."""
+"""Every -o json document against the shapes in docs/reference/json.md (the fields listed there are required), on
+the demo bundle."""
 
 from cli_run import run_cli
 
@@ -83,9 +84,9 @@ def test_collect_from_a_bundle_round_trips(tmp_path):
 
 
 def test_every_command_takes_the_common_options():
-    """CONTRACT.md: every command takes --bundle, --demo, --cluster, --kubeconfig, --context, --no-api, --node,
+    """docs/reference/commands.md: every command takes --bundle, --demo, --cluster, --kubeconfig, --context, --no-api, --node,
     -o/--output and --no-color."""
-    from svcdoctor.render.cli_reference import COMMANDS, command_help
+    from svcdoctor.cli_reference import COMMANDS, command_help
 
     for command in COMMANDS:
         text = command_help(command)

@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 
 from cli_run import run_cli
-from svcdoctor.render.cli_reference import reference
+from svcdoctor.cli_reference import reference
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def test_command_reference_is_the_help_text():
     assert (DOCS / "reference" / "commands.md").read_text() == reference(), (
-        "docs/reference/commands.md is stale: python -m svcdoctor.render.cli_reference > docs/reference/commands.md")
+        "docs/reference/commands.md is stale: python -m svcdoctor.cli_reference > docs/reference/commands.md")
 
 
 def demo_commands():

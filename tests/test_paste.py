@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from cli_run import run_cli
 from svcdoctor.collect.bundle import demo_bundle_path
 from svcdoctor.commands.explain import explain
-from svcdoctor.commands.inputs import InputOptions, load
+from svcdoctor.inputs import InputOptions, load
 from svcdoctor.render.json_doc import explain_document
 
 NODE_DUMP = demo_bundle_path() / "nodes" / "myk8s-worker" / "iptables.txt"

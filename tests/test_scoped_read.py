@@ -10,7 +10,7 @@ from kube_proxy_cases import iter_cases
 from svcdoctor.collect.bundle import demo_bundle_path, write_bundle
 from svcdoctor.collect.snapshot import ClusterSnapshot, NodeCapture
 from svcdoctor.commands.explain import explain
-from svcdoctor.commands.inputs import InputOptions, load
+from svcdoctor.inputs import InputOptions, load
 from svcdoctor.model.explain import known_services
 from svcdoctor.model.scoped_read import scope_to_service
 from svcdoctor.render.json_doc import explain_document

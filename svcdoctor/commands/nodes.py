@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from svcdoctor.checks.findings import check_node_health
-from svcdoctor.commands.inputs import LoadedInput
+from svcdoctor.inputs import LoadedInput
 
 
 def node_rows(loaded: LoadedInput) -> list[dict]:

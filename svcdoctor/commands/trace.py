@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from svcdoctor.commands.inputs import LoadedInput
-from svcdoctor.exit_codes import UsageError
+from svcdoctor.inputs import LoadedInput
+from svcdoctor.errors import UsageError
 from svcdoctor.model.trace import TraceResult, trace_packet
 
 # TEST-NET-3 (RFC 5737): an address that is outside every cluster

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from svcdoctor.exit_codes import InputError
+from svcdoctor.errors import InputError
 from svcdoctor.model.rules import BUILTIN_CHAINS, Chain, NodeRules, Table
 
 MAX_LINE_LENGTH = 16384  # real rule lines are far shorter; a longer one is not an iptables dump

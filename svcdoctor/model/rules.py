@@ -269,7 +269,7 @@ class Chain:
 def rule_from_line(table: str, chain: str, position: int, line: str) -> Rule:
     """A rule from its dump line: `[p:b] -A CHAIN spec` (iptables-save -c), `-A CHAIN spec -c p b -j T`
     (iptables -S -v), or `-A CHAIN spec`. The parser already checked the shape of the line."""
-    from svcdoctor.exit_codes import InputError
+    from svcdoctor.errors import InputError
 
     packets = nbytes = None
     if line[0] == "[" or " -c " in line:

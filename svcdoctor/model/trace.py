@@ -31,8 +31,6 @@ from functools import lru_cache
 from svcdoctor.exit_codes import InputError
 from svcdoctor.model.rules import NodeRules, Rule
 
-API_VERSION = "svcdoctor/v1"
-
 # Where kube-proxy's tests enter a table whose dump has no built-in chains (proxier_test.go tracePacket).
 KUBE_PROXY_ENTRY = {
     ("nat", "PREROUTING"): ("KUBE-SERVICES",),
@@ -69,8 +67,6 @@ class Packet:
     protocol: str = "tcp"
     sport: int | None = None  # the client's port is usually unknown; a rule on --sport is then uncertain
 
-    def to_dict(self) -> dict:
-        return {"src": self.src, "dst": self.dst, "dport": self.dport, "protocol": self.protocol}
 
 
 @dataclass(slots=True)
@@ -83,9 +79,6 @@ class Step:
     action: str
     share: float  # the part of the traffic that took this step
 
-    def to_dict(self) -> dict:
-        return {"table": self.table, "chain": self.chain, "rule": self.rule, "action": self.action,
-                "share": _round(self.share)}
 
 
 @dataclass(slots=True)
@@ -103,9 +96,6 @@ class TraceEndpoint:
     def address(self) -> str:
         return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
-    def to_dict(self) -> dict:
-        return {"ip": self.ip, "port": self.port, "chain": self.chain, "probability": _round(self.probability),
-                "masquerade": self.masquerade, "verdict": self.verdict}
 
 
 @dataclass(slots=True)
@@ -117,8 +107,6 @@ class UncertainRule:
     rule: str
     reason: str
 
-    def to_dict(self) -> dict:
-        return {"table": self.table, "chain": self.chain, "rule": self.rule, "reason": self.reason}
 
 
 @dataclass(slots=True)
@@ -131,9 +119,6 @@ class TracePath:
     masquerade: bool
     steps: list[int]  # indexes into TraceResult.steps
 
-    def to_dict(self) -> dict:
-        return {"share": _round(self.share), "verdict": self.verdict, "endpoint": self.endpoint,
-                "masquerade": self.masquerade, "steps": list(self.steps)}
 
 
 @dataclass(slots=True)
@@ -155,24 +140,10 @@ class TraceResult:
         return {e.address for e in self.endpoints if e.verdict == "dnat"}
 
     def to_dict(self) -> dict:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": "Trace",
-            "node": self.node,
-            "packet": self.packet.to_dict(),
-            "verdict": self.verdict,
-            "endpoints": [e.to_dict() for e in self.endpoints],
-            "masquerade": self.masquerade,
-            "steps": [s.to_dict() for s in self.steps],
-            "uncertain": [u.to_dict() for u in self.uncertain],
-            "paths": [p.to_dict() for p in self.paths],
-            "enteredWithoutJumps": list(self.entered_without_jumps),
-        }
+        # kept for tests/test_trace_cases.py until it calls svcdoctor.render.json_doc.trace_document itself
+        from svcdoctor.render.json_doc import trace_document
 
-
-def _round(x: float) -> float:
-    # 0.33333333349 stays readable; float noise from 1 - p products does not leak into JSON
-    return round(x, 12)
+        return trace_document(self)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,19 +3,24 @@ then a summary. `wide` adds each finding's evidence: the rule lines, and what ku
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.text import Text
 
 from svcdoctor.render.findings_view import SEVERITY_STYLE
 
+if TYPE_CHECKING:
+    from svcdoctor.results import CheckResult
+
 GROUPS = (("error", "Errors"), ("warning", "Warnings"), ("info", "Info"))
 
 
-def render_check(result, console: Console, wide: bool = False) -> None:
+def render_check(result: CheckResult, console: Console, wide: bool = False) -> None:
     console.print(Text(_header(result), style="bold"), soft_wrap=True)
     for node, why in sorted(result.failed.items()):
         console.print(Text(f"node {node} could not be read: {why}", style="bold red"), soft_wrap=True)
-    for node, why in sorted(getattr(result, "skipped", {}).items()):
+    for node, why in sorted(result.skipped.items()):
         console.print(Text(f"node {node}: services not checked, {why}", style="yellow"), soft_wrap=True)
     if not result.findings:
         console.print(Text("No problems found.", style="green"))
@@ -40,13 +45,13 @@ def render_check(result, console: Console, wide: bool = False) -> None:
     console.print(Text(f"{s['error']} error(s), {s['warning']} warning(s), {s['info']} info", style="bold"))
 
 
-def _header(result) -> str:
+def _header(result: CheckResult) -> str:
     text = f"Checked {result.services} service(s)"
-    if getattr(result, "service_ports", 0):
+    if result.service_ports:
         text += f" ({result.service_ports} port(s))"
     text += f" on {len(result.nodes)} node(s): {', '.join(result.nodes)}"
-    if getattr(result, "api", False):
-        sources = sorted(set(getattr(result, "settings", {}).values()))
+    if result.api:
+        sources = sorted(set(result.settings.values()))
         text += "; each node against what kube-proxy would program there"
         if sources:
             text += f" (proxy settings {', '.join(sources)})"

@@ -1,4 +1,5 @@
-"""The terminal: one place that decides colour and where output goes (httpie-style injectable console)."""
+"""The terminal: one place that decides colour and where output goes. `svcdoctor/environment.py` carries the
+consoles made here to the output code."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import sys
 from rich.console import Console
 
 
+def colour_wanted(no_color: bool = False) -> bool:
+    """--no-color and NO_COLOR (https://no-color.org) turn colours off, whatever FORCE_COLOR says."""
+    return not (no_color or "NO_COLOR" in os.environ)
+
+
 def make_consoles(no_color: bool = False, json_output: bool = False, width: int | None = None):
     """(stdout console, stderr console). NO_COLOR / FORCE_COLOR are honoured; JSON output never gets ANSI codes."""
     force = os.environ.get("FORCE_COLOR") not in (None, "", "0")
-    no_colour = no_color or "NO_COLOR" in os.environ
+    no_colour = not colour_wanted(no_color)
     out = Console(
         file=sys.stdout,
         no_color=no_colour or json_output,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.padding import Padding
 from rich.text import Text
 from rich.tree import Tree
 
 from svcdoctor.render.findings_view import render_findings
+
+if TYPE_CHECKING:
+    from svcdoctor.results import ExplainResult
 
 VERDICT_STYLE = {"dnat": "green", "drop": "bold red", "reject": "red", "none": "yellow", "accept": "green"}
 MASQ_TEXT = {
@@ -152,7 +157,7 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: 
     return trees
 
 
-def render_explain(result, console: Console, wide: bool = False) -> None:
+def render_explain(result: ExplainResult, console: Console, wide: bool = False) -> None:
     view = result.view
     api = view.api_ports[0] if view.api_ports else None
     title = Text(f"{view.namespace}/{view.name}", style="bold")

@@ -1,10 +1,18 @@
-"""JSON documents exactly as CONTRACT.md's "JSON shapes" lays them out (more fields are welcome, none missing)."""
+"""Every `-o json` document, built in this one module, in the shapes `docs/reference/json.md` lays out (more fields
+are welcome, none missing; `tests/test_contract_json.py` pins them). `watch`'s one-per-line samples are built next
+to its view, in `render/watch_view.py`; `graph`'s in `render/graph_format.py`."""
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from svcdoctor import API_VERSION
+
+if TYPE_CHECKING:
+    from svcdoctor.inputs import LoadedInput
+    from svcdoctor.model.trace import TraceResult
+    from svcdoctor.results import CheckResult, CollectResult, ExplainResult
 
 
 def document(kind: str, **body) -> dict:
@@ -19,7 +27,68 @@ def _round(p: float | None) -> float | None:
     return None if p is None else round(p, 10)
 
 
-def explain_document(result) -> dict:
+# --- check -----------------------------------------------------------------------------------------------------
+def check_document(result: CheckResult, loaded: LoadedInput) -> dict:
+    # every node of the input is listed, the unreadable ones with their reason (CheckResult.nodes has the read ones)
+    return document(
+        "Check",
+        nodes=[{"name": n.name, "readable": n.name not in loaded.failed, "reason": loaded.failed.get(n.name)}
+               for n in loaded.snapshot.nodes],
+        findings=[f.to_dict() for f in result.findings],
+        summary=result.summary,
+        services=result.services,
+    )
+
+
+# --- nodes -----------------------------------------------------------------------------------------------------
+def nodes_document(rows: list[dict]) -> dict:
+    return document("Nodes", nodes=rows)
+
+
+# --- collect ---------------------------------------------------------------------------------------------------
+def collect_document(result: CollectResult) -> dict:
+    snapshot = result.snapshot
+    return document("Collect", path=result.path, nodes=[n.name for n in snapshot.nodes],
+                    failedNodes=[{"node": n.name, "reason": n.error} for n in result.failed],
+                    api=snapshot.api.status)
+
+
+# --- trace -----------------------------------------------------------------------------------------------------
+def traces_document(results: list[TraceResult]) -> dict:
+    """One node traced: its Trace; several: one TraceList, so that stdout still holds exactly one document."""
+    if len(results) == 1:
+        return trace_document(results[0])
+    return document("TraceList", items=[trace_document(r) for r in results])
+
+
+def trace_document(result: TraceResult) -> dict:
+    p = result.packet
+    return document(
+        "Trace",
+        node=result.node,
+        packet={"src": p.src, "dst": p.dst, "dport": p.dport, "protocol": p.protocol},
+        verdict=result.verdict,
+        endpoints=[{"ip": e.ip, "port": e.port, "chain": e.chain, "probability": _share(e.probability),
+                    "masquerade": e.masquerade, "verdict": e.verdict} for e in result.endpoints],
+        masquerade=result.masquerade,
+        steps=[{"table": s.table, "chain": s.chain, "rule": s.rule, "action": s.action, "share": _share(s.share)}
+               for s in result.steps],
+        uncertain=[{"table": u.table, "chain": u.chain, "rule": u.rule, "reason": u.reason}
+                   for u in result.uncertain],
+        paths=[{"share": _share(t.share), "verdict": t.verdict, "endpoint": t.endpoint, "masquerade": t.masquerade,
+                "steps": list(t.steps)} for t in result.paths],
+        enteredWithoutJumps=list(result.entered_without_jumps),
+    )
+
+
+def _share(x: float) -> float:
+    # 0.33333333349 stays readable; float noise from 1 - p products does not leak into JSON (12 places, as trace
+    # always printed them; explain's shares use 10, `_round`)
+    return round(x, 12)
+
+
+# --- explain ---------------------------------------------------------------------------------------------------
+def explain_document(result: ExplainResult) -> dict:
     view = result.view
     api = view.api_ports[0] if view.api_ports else None
     service = {

@@ -6,7 +6,8 @@ from rich.console import Console
 from rich.table import Table
 
 
-def render_nodes(rows: list[dict], console: Console) -> None:
+def render_nodes(rows: list[dict], console: Console, wide: bool = False) -> None:
+    # `wide` is taken as every view takes it (svcdoctor/environment.py, Environment.show); nodes has no more columns
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("NODE", "ROLE", "IP", "BACKEND", "MODE", "RULES", "KUBE CHAINS", "PROBLEMS"):
         table.add_column(col)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.text import Text
 
 from svcdoctor.render.explain_view import VERDICT_STYLE
 
+if TYPE_CHECKING:
+    from svcdoctor.model.trace import TraceResult
 
-def render_trace(result, console: Console, wide: bool = False) -> None:
+
+def render_traces(results: list[TraceResult], console: Console, wide: bool = False) -> None:
+    """One packet on each node traced, one after the other."""
+    for result in results:
+        render_trace(result, console, wide)
+
+
+def render_trace(result: TraceResult, console: Console, wide: bool = False) -> None:
     p = result.packet
     head = Text(f"{result.node or 'node'}: ", style="bold")
     head.append(f"{p.protocol} {p.src} → {p.dst}:{p.dport}  ")

@@ -1,6 +1,8 @@
 """docs/reference/commands.md is made from every command's --help (as sqlite-utils does), so the reference
 cannot drift from the CLI: tests/test_docs.py fails when they differ. Regenerate with
-`python -m svcdoctor.render.cli_reference > docs/reference/commands.md`."""
+`python -m svcdoctor.cli_reference > docs/reference/commands.md`.
+
+It runs the CLI itself, so it sits next to `svcdoctor/cli.py`, not in `render/` (which the CLI imports)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ COMMANDS = ("explain", "trace", "check", "watch", "nodes", "collect", "graph")
 
 INTRO = """# Command reference
 
-Generated from `svcdoctor COMMAND --help`; do not edit by hand (see `svcdoctor/render/cli_reference.py`).
+Generated from `svcdoctor COMMAND --help`; do not edit by hand (see `svcdoctor/cli_reference.py`).
 
 Every command reads its input from one of: `--bundle PATH` (a bundle directory, a `.tar.gz`, or one rules file),
 `--demo` (the bundle shipped with svcdoctor), or the live kind cluster (`--cluster`, `--kubeconfig`, `--context`).
@@ -33,17 +35,14 @@ stderr. `NO_COLOR` and `FORCE_COLOR` are honoured.
 
 
 def command_help(command: str) -> str:
-    from svcdoctor.cli import main
+    from svcdoctor.cli import run
 
     out = io.StringIO()
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100"
     try:
         with redirect_stdout(out):
-            try:
-                main([command, "--help"])
-            except SystemExit:
-                pass
+            run([command, "--help"])
     finally:
         if old is None:
             os.environ.pop("COLUMNS", None)

@@ -1,0 +1,211 @@
+"""Where a command's input comes from (a bundle, the demo, a live kind cluster), read once and parsed; and the
+lookups every command makes in it (a node's capture, a service's rules). Commands import this, never each other."""
+
+from __future__ import annotations
+
+import difflib
+import gc
+from dataclasses import dataclass, field
+
+from svcdoctor.collect.snapshot import ClusterSnapshot, NodeCapture
+from svcdoctor.errors import SvcdoctorError, UnknownServiceError, UsageError
+from svcdoctor.model.cluster import ClusterModel, build_cluster_model
+from svcdoctor.model.explain import ServiceView, build_service_view, known_services, merge_family
+from svcdoctor.model.hashes import service_hash
+from svcdoctor.model.parse import parse_pasted_rules, parse_rules, parse_service_rules
+from svcdoctor.model.rules import NodeRules
+from svcdoctor.model.service_rules import NodeServiceIndex, index_node_services
+
+
+@dataclass(slots=True)
+class InputOptions:
+    bundle: str | None = None
+    demo: bool = False
+    cluster: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    no_api: bool = False
+    nodes: list[str] = field(default_factory=list)
+    service: str | None = None  # "ns/name": live collection may fetch only what it needs
+
+
+@dataclass(slots=True)
+class LoadedInput:
+    snapshot: ClusterSnapshot
+    rules: dict[str, NodeRules]  # node -> parsed rules (nodes that could be read)
+    other_backend: dict[str, NodeRules]
+    failed: dict[str, str]  # node -> why it could not be read
+    cluster: ClusterModel | None
+    warnings: list[str]
+    rules6: dict[str, NodeRules] = field(default_factory=dict)  # node -> its ip6tables rules, when there are any
+    # per-service rule indexes, worked out once per run (resolving a name and explaining it use the same one)
+    index_cache: dict = field(default_factory=dict)
+
+    def rules_for(self, address: str) -> dict[str, NodeRules]:
+        """The nodes' rules for one address family: ip6tables for an IPv6 address, iptables otherwise."""
+        return self.rules6 if ":" in address else self.rules
+
+    def capture(self, node: str) -> NodeCapture | None:
+        """What was read from one node (its backend, proxy mode, role, IP); None for a node not in the input."""
+        for n in self.snapshot.nodes:
+            if n.name == node:
+                return n
+        return None
+
+    @property
+    def node_ips(self) -> dict[str, list[str]]:
+        out = {}
+        for n in self.snapshot.nodes:
+            ips = [n.internal_ip] if n.internal_ip else []
+            if not ips and self.cluster is not None:
+                ips = self.cluster.node_ips.get(n.name, [])
+            out[n.name] = ips
+        return out
+
+
+def read_snapshot(opts: InputOptions, progress=None) -> ClusterSnapshot:
+    if opts.bundle and opts.demo:
+        raise UsageError("--bundle and --demo exclude each other")
+    if opts.demo or opts.bundle:
+        from svcdoctor.collect.bundle import demo_bundle_path, load_input
+
+        return load_input(opts.bundle or demo_bundle_path())
+    from svcdoctor.collect.live import collect_live  # imports docker/kubernetes: only for live runs
+
+    return collect_live(
+        cluster=opts.cluster,
+        nodes=opts.nodes or None,
+        kubeconfig=opts.kubeconfig,
+        context=opts.context,
+        no_api=opts.no_api,
+        service=opts.service,
+        progress=progress,
+    )
+
+
+def load(opts: InputOptions, progress=None) -> LoadedInput:
+    snapshot = read_snapshot(opts, progress)
+    # Parsing a big node makes hundreds of thousands of small objects and no reference cycles; the cyclic
+    # collector would walk them again and again for nothing (about half the parse time on 10,000 services).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse_snapshot(opts, snapshot)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInput:
+    warnings: list[str] = []
+    if opts.nodes:
+        known = {n.name for n in snapshot.nodes}
+        unknown = [n for n in opts.nodes if n not in known]
+        if unknown:
+            raise UsageError(f"no node named {', '.join(unknown)}; nodes: {', '.join(sorted(known))}")
+        snapshot.nodes = [n for n in snapshot.nodes if n.name in set(opts.nodes)]
+    rules: dict[str, NodeRules] = {}
+    rules6: dict[str, NodeRules] = {}
+    other: dict[str, NodeRules] = {}
+    failed: dict[str, str] = {}
+    single_file = len(snapshot.nodes) == 1 and snapshot.cluster is None
+    cluster = None
+    api = snapshot.api
+    if api.available and not opts.no_api:
+        cluster = build_cluster_model(api.services, api.endpointslices, api.pods, api.nodes)
+        warnings.extend(cluster.warnings)
+    read = _rules_reader(opts.service, cluster, pasted=single_file)
+    for node in snapshot.nodes:
+        if node.error:
+            failed[node.name] = node.error
+            continue
+        try:
+            parsed = read(node.iptables_save, node.source or node.name)
+        except SvcdoctorError as e:
+            if single_file:
+                raise
+            failed[node.name] = f"unreadable rules: {e}"
+            continue
+        parsed.backend_warnings.extend(w for w in node.warnings if w not in parsed.backend_warnings)
+        warnings.extend(parsed.warnings)
+        rules[node.name] = parsed
+        if node.other_backend_save:
+            try:
+                other[node.name] = parse_rules(node.other_backend_save, f"{node.name} (other backend)")
+            except SvcdoctorError as e:
+                warnings.append(f"{node.name}: the other backend's rules could not be read: {e}")
+        if node.ip6tables_save and node.ip6tables_save.strip():
+            try:
+                v6 = read(node.ip6tables_save, f"{node.name} (ip6tables)")
+                if v6.has_kube_proxy_rules():  # kubelet's chains alone say nothing about services
+                    rules6[node.name] = v6
+            except SvcdoctorError as e:
+                warnings.append(f"{node.name}: its ip6tables rules could not be read: {e}")
+    if cluster is None and not opts.no_api and snapshot.source == "live":
+        warnings.append(f"Kubernetes API not used ({api.status}): working from the rules alone "
+                        "(comments and hashes); endpoint pods, nodes and API cross-checks are not shown")
+    return LoadedInput(snapshot, rules, other, failed, cluster, warnings, rules6)
+
+
+def _rules_reader(service: str | None, cluster: ClusterModel | None, pasted: bool):
+    """How to parse a node's dump: all of it, or (for one service) only that service's chains and the chains
+    every path goes through; a single file (or standard input) as a person may have pasted it."""
+    if service is None:
+        return parse_pasted_rules if pasted else parse_rules
+    namespace, _, name = service.partition("/")
+    suffixes = [service_hash(sp.svc_port_name, sp.protocol) for sp in (cluster.service_ports if cluster else [])
+                if sp.namespace == namespace and sp.name == name]
+    return lambda text, source: parse_service_rules(text, source, service, suffixes, pasted)
+
+
+def resolve_service(service: str, namespace: str | None, loaded: LoadedInput) -> tuple[str, str]:
+    """Accepts NAME with -n, or NAMESPACE/NAME. Unknown names exit 2 with the closest matches."""
+    if "/" in service and namespace is None:
+        namespace, service = service.split("/", 1)
+    ns = namespace or "default"
+    key = f"{ns}/{service}"
+    if service_indexes(loaded, ns, service) is not None:
+        return ns, service
+    # every service on every node: only to suggest names
+    names = known_services(loaded.rules, loaded.cluster, loaded.rules6)
+    elsewhere = sorted(n for n in names if n.split("/", 1)[1] == service)
+    hint = ""
+    if elsewhere:
+        hint = "; it exists in " + ", ".join(f"-n {n.split('/')[0]}" for n in elsewhere)
+    else:
+        close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.5)
+        close += [n for n in difflib.get_close_matches(service, sorted(n.split("/", 1)[1] for n in names), n=3)
+                  if n not in close]
+        if close:
+            hint = "; did you mean " + ", ".join(close) + "?"
+    raise UnknownServiceError(f"no service {key} on any node{' or in the API' if loaded.cluster else ''}{hint}")
+
+
+def service_indexes(loaded: LoadedInput, ns: str, name: str) -> dict[str, NodeServiceIndex] | None:
+    """Each node's rules for this one service (found by name or by its ports' hashes); None if it is nowhere."""
+    key = (ns, name)
+    if key not in loaded.index_cache:
+        loaded.index_cache[key] = _service_indexes(loaded, ns, name)
+    return loaded.index_cache[key]
+
+
+def _service_indexes(loaded: LoadedInput, ns: str, name: str) -> dict[str, NodeServiceIndex] | None:
+    api_ports = [sp for sp in (loaded.cluster.service_ports if loaded.cluster else [])
+                 if sp.namespace == ns and sp.name == name]
+    suffixes = frozenset(service_hash(sp.svc_port_name, sp.protocol) for sp in api_ports)
+    indexes = {n: index_node_services(r, f"{ns}/{name}", suffixes) for n, r in loaded.rules.items()}
+    if api_ports or any(ix.by_suffix for ix in indexes.values()):
+        return indexes
+    if any(index_node_services(r, f"{ns}/{name}", suffixes).by_suffix for r in loaded.rules6.values()):
+        return indexes  # an IPv6-only service: its rules are all in ip6tables
+    return None
+
+
+def build_view(loaded: LoadedInput, ns: str, name: str, port: str | None = None) -> ServiceView:
+    """The service on every node, both address families: iptables, and ip6tables where the nodes have it."""
+    view = build_service_view(ns, name, loaded.rules, loaded.cluster, port_filter=port,
+                              indexes=service_indexes(loaded, ns, name))
+    if loaded.rules6:
+        view6 = build_service_view(ns, name, loaded.rules6, loaded.cluster, port_filter=port)
+        merge_family(view, view6, "IPv6")
+    return view

@@ -1,0 +1,138 @@
+"""The command line's options: the ones every command takes, declared once here and added to each command by
+`@shared_options` (as sqlite-utils shares its click option decorators between commands), and the closed choices
+(`-o`, `--fail-on`, `--format`, `--proto`) as enums, so that typer rejects a bad value with exit 2 and one line.
+
+`docs/reference/commands.md` is every command's --help: the options' order, metavars and help texts are part of it
+(tests/test_docs.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import replace
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from svcdoctor.environment import Environment
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    wide = "wide"
+    json = "json"
+
+
+class Severity(str, Enum):
+    """--fail-on: the lowest severity that makes `check` exit 1."""
+
+    error = "error"
+    warning = "warning"
+    info = "info"
+
+
+class GraphFormat(str, Enum):
+    dot = "dot"
+    mermaid = "mermaid"
+    json = "json"
+
+
+class Protocol(str, Enum):
+    tcp = "tcp"
+    udp = "udp"
+    sctp = "sctp"
+
+
+# --- options more than one command takes, each command choosing where in its own list ---------------------------
+NamespaceOpt = Annotated[Optional[str], typer.Option("-n", "--namespace", metavar="NAMESPACE",
+                                                     help="Namespace (default: default).")]
+
+OUTPUT_HELP = "table | wide | json"
+
+
+# --- the options every command takes, after its own (docs/reference/commands.md) -------------------------------
+def _shared_parameters(output_help: str) -> list[inspect.Parameter]:
+    def option(name: str, annotation, default) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+
+    return [
+        option("bundle", Annotated[Optional[str], typer.Option(
+            "--bundle", metavar="PATH",
+            help="Offline input: a bundle directory or .tar.gz, or a single iptables-save / iptables -S file.")], None),
+        option("demo", Annotated[bool, typer.Option(
+            "--demo", help="Use the demo bundle shipped with svcdoctor (the seed's myk8s).")], False),
+        option("cluster", Annotated[Optional[str], typer.Option(
+            "--cluster", metavar="NAME", help="kind cluster name.")], None),
+        option("kubeconfig", Annotated[Optional[str], typer.Option(
+            "--kubeconfig", metavar="PATH", help="Path to the kubeconfig file.")], None),
+        option("context", Annotated[Optional[str], typer.Option(
+            "--context", metavar="NAME", help="Kube context (default kind-NAME).")], None),
+        option("no_api", Annotated[bool, typer.Option(
+            "--no-api", help="Skip the Kubernetes API: work from the rules alone.")], False),
+        option("node", Annotated[Optional[list[str]], typer.Option(
+            "--node", metavar="NODE", help="Only these nodes (repeatable).")], None),
+        option("output", Annotated[OutputFormat, typer.Option(
+            "-o", "--output", metavar="FORMAT", help=output_help)], OutputFormat.table),
+        option("no_color", Annotated[bool, typer.Option(
+            "--no-color", help="No colours (NO_COLOR is honoured too).")], False),
+        option("debug", Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.")], False),
+    ]
+
+
+def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP):
+    """Gives a command the shared options and hands its body, instead of them, an `Environment` (where output goes)
+    and an `InputOptions` (where input comes from) as its first two arguments:
+
+        @app.command()
+        @shared_options
+        def nodes(env: Environment, source: InputOptions) -> int: ...
+    """
+    if fn is None:
+        return functools.partial(shared_options, output_help=output_help)
+    shared = _shared_parameters(output_help)
+    names = [p.name for p in shared]
+    params = list(inspect.signature(fn).parameters.values())
+    if [p.name for p in params[:2]] != ["env", "source"]:
+        raise TypeError(f"{fn.__name__}: a command with @shared_options starts with (env, source)")
+    own = params[2:]
+    # typer reads the signature and the annotations; this module's are strings (PEP 563): resolve them
+    own = [p.replace(annotation=_resolve(p.annotation, fn)) for p in own]
+
+    @functools.wraps(fn)
+    def command(ctx: typer.Context, **kwargs):
+        from svcdoctor.inputs import InputOptions
+
+        values = {name: kwargs.pop(name) for name in names}
+        env = _environment(ctx, values["output"].value, values["no_color"], values["debug"])
+        source = InputOptions(bundle=values["bundle"], demo=values["demo"], cluster=values["cluster"],
+                              kubeconfig=values["kubeconfig"], context=values["context"], no_api=values["no_api"],
+                              nodes=list(values["node"] or []))
+        return fn(env, source, **kwargs)
+
+    # typer hands a parameter annotated typer.Context the click context, and leaves it out of --help
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    parameters = [context] + own + shared
+    command.__signature__ = inspect.Signature(parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command
+
+
+def _environment(ctx: typer.Context, output: str, no_color: bool, debug: bool) -> Environment:
+    """The terminal's, unless the caller of `svcdoctor.cli.run` passed its own (tests do, as httpie's do)."""
+    from svcdoctor.environment import Environment
+
+    given = ctx.find_root().obj
+    if isinstance(given, Environment):
+        return replace(given, output=output, debug=given.debug or debug)
+    return Environment.create(output=output, no_color=no_color, debug=debug)
+
+
+def _resolve(annotation, fn: Callable):
+    if isinstance(annotation, str):
+        return eval(annotation, fn.__globals__)  # noqa: S307 - our own source's annotations
+    return annotation
