@@ -43,7 +43,7 @@ def best_cli_run(cmd: list[str], ok_codes=(0,), repeat: int = 3) -> tuple[float,
     best, run = float("inf"), None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        run = subprocess.run(cmd, capture_output=True, text=True)
+        run = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         best = min(best, time.perf_counter() - t0)
         if run.returncode not in ok_codes:
             print(run.stderr)

@@ -70,6 +70,9 @@ def read_snapshot(opts: InputOptions, progress=None) -> ClusterSnapshot:
         from svcdoctor.collect.bundle import demo_bundle_path, load_input
 
         return load_input(opts.bundle or demo_bundle_path())
+    if _dump_on_stdin():
+        raise UsageError("a dump is being piped in: add --bundle - to read it (without it svcdoctor reads the "
+                         "live cluster)")
     from svcdoctor.collect.live import collect_live  # imports docker/kubernetes: only for live runs
 
     return collect_live(
@@ -81,6 +84,19 @@ def read_snapshot(opts: InputOptions, progress=None) -> ClusterSnapshot:
         service=opts.service,
         progress=progress,
     )
+
+
+def _dump_on_stdin() -> bool:
+    """Whether standard input is a pipe or a file (not a terminal, not closed): `svcdoctor explain web < dump`."""
+    import os
+    import stat
+    import sys
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
 
 
 def load(opts: InputOptions, progress=None) -> LoadedInput:

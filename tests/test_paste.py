@@ -7,6 +7,11 @@ shrinks any failing paste to its core."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -112,3 +117,24 @@ def test_bad_pastes_are_still_errors(tmp_path, text, message):
     r = run_cli("explain", "svc-clusterip", "--bundle", str(path))
     assert r.exit_code == 2
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def _svcdoctor(*args: str, stdin) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "svcdoctor", *args], stdin=stdin, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "NO_COLOR": "1"})
+
+
+def test_bundle_dash_reads_a_paste_from_standard_input(clean_answer):
+    with open(NODE_DUMP) as dump:
+        r = _svcdoctor("explain", "svc-clusterip", "--bundle", "-", "-o", "json", stdin=dump)
+    assert r.returncode == 0, r.stderr
+    endpoints = json.loads(r.stdout)["ports"][0]["nodes"][0]["entries"][0]["endpoints"]
+    assert [e["ip"] for e in endpoints] == [
+        e["ip"] for e in clean_answer["ports"][0]["nodes"][0]["entries"][0]["endpoints"]]
+
+
+def test_a_dump_piped_in_without_bundle_dash_is_named_not_sent_to_docker():
+    with open(NODE_DUMP) as dump:
+        r = _svcdoctor("explain", "svc-clusterip", stdin=dump)
+    assert r.returncode == 2
+    assert "--bundle -" in r.stderr and "Traceback" not in r.stderr

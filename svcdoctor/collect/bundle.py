@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tarfile
 import zlib
 from datetime import datetime, timezone
@@ -40,8 +41,13 @@ def demo_bundle_path() -> Path:
     return Path(__file__).resolve().parent.parent / "demo" / "myk8s"
 
 
+STDIN = "-"
+
+
 def load_input(path: str | os.PathLike) -> ClusterSnapshot:
-    """A bundle directory, a bundle `.tar.gz`, or a single rules file."""
+    """A bundle directory, a bundle `.tar.gz`, a single rules file, or `-`: a dump on standard input."""
+    if str(path) == STDIN:
+        return load_rules_stream(sys.stdin.buffer, "stdin")
     p = Path(path)
     if not p.exists():
         raise InputError(f"{path}: no such file or directory")
@@ -51,6 +57,17 @@ def load_input(path: str | os.PathLike) -> ClusterSnapshot:
     if name.endswith((".tar.gz", ".tgz", ".tar")):
         return _load_bundle(_TarReader(p), str(path))
     return load_rules_file(p)
+
+
+def load_rules_stream(stream, name: str) -> ClusterSnapshot:
+    """A dump piped in (`svcdoctor explain web --bundle - < dump.txt`), read as one node called `name`."""
+    data = stream.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise InputError(f"{name}: more than the {MAX_FILE_BYTES} bytes a rules file may have")
+    if not data.strip():
+        raise InputError(f"{name}: no input (pipe a dump in, or give a file: --bundle FILE)")
+    node = NodeCapture(name=name, iptables_save=decode_dump(data, name), source=name)
+    return ClusterSnapshot(cluster=None, nodes=[node], source=name)
 
 
 def load_rules_file(path: Path) -> ClusterSnapshot:

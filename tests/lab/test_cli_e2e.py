@@ -21,7 +21,7 @@ LIVE = ["--cluster", sc.CLUSTER]
 def svcdoctor(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
     return subprocess.run([sys.executable, "-m", "svcdoctor", *args], cwd=harness.REPO_ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def explain(service: str, kubeconfig: str, *extra: str, expect_rc: int = 0) -> dict:

@@ -239,7 +239,8 @@ def test_ipv6_rules_are_collected_and_explained(lab):
         by_name = {c.name: c for c in snapshot.nodes}
         assert "fd00:10:96::60/128" in (by_name[sc.WORKER].ip6tables_save or "")
         run = subprocess.run([sys.executable, "-m", "svcdoctor", "explain", "web6", "--cluster", sc.CLUSTER,
-                              "--no-api", "-o", "json"], capture_output=True, text=True, timeout=60)
+                              "--no-api", "-o", "json"], capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
         assert run.returncode == 0, run.stderr
         (port,) = json.loads(run.stdout)["ports"]
         (node,) = [n for n in port["nodes"] if n["entries"]]
