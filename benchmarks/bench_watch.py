@@ -121,19 +121,18 @@ def one_sample_seconds(repeat: int) -> tuple[float, float, int, int]:
     """(median seconds of one service sample over all nodes, median of a full-dump sample, rows, nodes): the
     command's own code path, in this process, after the same first full read the command makes."""
     from svcdoctor.collect.sampler import Sampler
-    from svcdoctor.commands.explain import resolve_service, service_indexes
+    from svcdoctor.commands.explain import build_view, resolve_service
     from svcdoctor.commands.inputs import InputOptions, load
     from svcdoctor.commands.watch import _service_sample
-    from svcdoctor.model.explain import build_service_view
-    from svcdoctor.model.watch import WatchTracker, plan_service_watch
+    from svcdoctor.model.watch.plan import plan_service_watch
+    from svcdoctor.model.watch.tracker import WatchTracker
     from svcdoctor.render.watch_view import sample_document
 
     loaded = load(InputOptions(cluster=CLUSTER, no_api=True, service=WATCHED))
     if loaded.failed:
         raise SystemExit(f"bench nodes could not be read: {loaded.failed}")
     ns, name = resolve_service(WATCHED, None, loaded)
-    view = build_service_view(ns, name, loaded.rules, loaded.cluster, indexes=service_indexes(loaded, ns, name))
-    plan = plan_service_watch(view, loaded.rules, loaded.cluster)
+    plan = plan_service_watch(build_view(loaded, ns, name), loaded.rules, loaded.cluster, loaded.rules6)
     backends = {n.name: n.backend for n in loaded.snapshot.nodes}
     sampler = Sampler.open(CLUSTER, list(loaded.rules), backends)
     try:

@@ -17,26 +17,20 @@ import pytest
 from rich.console import Console
 
 from cli_run import run_cli
-from svcdoctor.collect.sampler import CHAIN_SCRIPT, chain_argv
+from svcdoctor.collect.sampler import CHAIN_SCRIPT, chain_argv, parse_chain_listings
 from svcdoctor.commands import watch as watch_command
-from svcdoctor.commands.explain import service_indexes
+from svcdoctor.commands.explain import build_view
 from svcdoctor.commands.inputs import InputOptions, load
 from svcdoctor.exit_codes import ExitStatus, UsageError
-from svcdoctor.model.explain import build_service_view
 from svcdoctor.model.rules import NodeRules
-from svcdoctor.model.watch import (
-    SIGNIFICANCE,
-    BusiestTracker,
-    WatchTracker,
-    chi_square_sf,
-    chi_square_test,
-    connections_needed,
-    observe_service,
-    parse_chain_listings,
-    plan_service_watch,
-    scan_dump,
-)
-from svcdoctor.render.watch_view import render_frame, sample_document
+from svcdoctor.model.watch.busiest import BusiestTracker, scan_dump
+from svcdoctor.model.watch.frame import observe_service
+from svcdoctor.model.watch.listing import IPV4
+from svcdoctor.model.watch.plan import plan_service_watch
+from svcdoctor.model.watch.stats import SIGNIFICANCE, chi_square_sf, chi_square_test, connections_needed
+from svcdoctor.model.watch.tracker import WatchTracker
+from svcdoctor.render import watch_live
+from svcdoctor.render.watch_view import render_frame, sample_document, split_note
 
 T0 = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
 WORKER, WORKER3 = "myk8s-worker", "myk8s-worker3"
@@ -52,9 +46,7 @@ def demo():
 
 
 def plan_for(loaded, name: str, namespace: str = "default"):
-    view = build_service_view(namespace, name, loaded.rules, loaded.cluster,
-                              indexes=service_indexes(loaded, namespace, name))
-    return plan_service_watch(view, loaded.rules, loaded.cluster)
+    return plan_service_watch(build_view(loaded, namespace, name), loaded.rules, loaded.cluster, loaded.rules6)
 
 
 def listing_text(rules: NodeRules, wanted, packets: dict | None = None, missing=(), replace: dict | None = None,
@@ -91,10 +83,10 @@ def sample(tracker, plan, loaded, counts_by_node: dict, at: float, **kw):
     wanted = plan.chains_to_read()
     readings, chains = {}, {}
     for node, counts in counts_by_node.items():
-        listings = parse_chain_listings(listing_text(loaded.rules[node], wanted, counts, **kw))
+        listings = parse_chain_listings(listing_text(loaded.rules[node], wanted, counts, **kw))[IPV4]
         plan.learn(listings)
         readings[node] = observe_service(plan, node, listings)
-        chains[node] = {k: v.present for k, v in listings.items() if k[0] == "nat"}
+        chains[node] = {(IPV4, *k): v.present for k, v in listings.items() if k[0] == "nat"}
     return tracker.update(readings, {n: at for n in counts_by_node}, T0 + timedelta(seconds=at), chains, {}, plan)
 
 
@@ -216,7 +208,7 @@ def test_a_node_that_fails_keeps_its_rows_for_the_next_sample(demo):
 
 def test_an_iptables_failure_is_not_a_missing_chain():
     text = "#chain nat KUBE-SVC-X\n#status 1\n#chain nat KUBE-SVL-X\n#status 4\n"
-    listings = parse_chain_listings(text)
+    listings = parse_chain_listings(text)[IPV4]
     assert listings[("nat", "KUBE-SVC-X")].present is False and listings[("nat", "KUBE-SVC-X")].error is None
     assert listings[("nat", "KUBE-SVL-X")].error == "iptables -S KUBE-SVL-X exited 4"
 
@@ -265,7 +257,7 @@ def test_a_skewed_split_gets_a_note_with_the_numbers(demo):
         assert math.isclose(check.fit.statistic, 32.0, rel_tol=1e-6)
         assert math.isclose(check.fit.p_value, math.exp(-16), rel_tol=1e-6) and check.fit.p_value < SIGNIFICANCE
     assert service_check.fit.statistic == pytest.approx(32.0, rel=1e-12)
-    note = service_check.note
+    note = split_note(service_check)
     assert "chi-square 32.0 with 2 degrees of freedom, p = 1.1e-07" in note
     first_pod = plan.endpoints[next(iter(SEPS))].pod
     assert f"{first_pod} 60 (60%, expected 33%)" in note and "keep-alive" in note
@@ -284,7 +276,7 @@ def test_an_even_split_gets_no_note(demo):
     assert checks["service"].fit is not None and not checks["service"].departs
     assert math.isclose(checks["service"].fit.statistic, (0.67 ** 2 + 2 * 0.33 ** 2) / 33.33, rel_tol=1e-3)
     assert checks["service"].fit.p_value > 0.9
-    assert not frame.notes and not [s.note for s in frame.splits if s.note]
+    assert not frame.notes and not [s for s in frame.splits if split_note(s)]
 
 
 def test_local_traffic_policy_names_the_node_that_took_the_traffic(demo):
@@ -298,7 +290,8 @@ def test_local_traffic_policy_names_the_node_that_took_the_traffic(demo):
     frame = sample(tracker, plan, demo, {WORKER: {(port.chains["svl"], local_sep): 40}}, at=1)
     (check,) = [s for s in frame.splits if s.scope == "service"]
     assert check.departs and check.connections == 40
-    assert "a node taking all external traffic" in check.note and f"{WORKER} 40" in check.note
+    note = split_note(check)
+    assert "a node taking all external traffic" in note and f"{WORKER} 40" in note
     # on the node itself, KUBE-SVL has one endpoint: nothing to test, nothing wrong
     assert not [s for s in frame.splits if s.scope == "chain" and s.fit is not None]
 
@@ -322,7 +315,7 @@ def test_session_affinity_hits_are_counted_but_left_out_of_the_random_split(demo
             elif seps[0] in line:
                 line = line.replace(" -c 0 0 ", " -c 30 1800 ")
         lines.append(line)
-    listings = parse_chain_listings("\n".join(lines) + "\n")
+    listings = parse_chain_listings("\n".join(lines) + "\n")[IPV4]
     frame = tracker.update({node: observe_service(plan, node, listings)}, {node: 1.0}, T0, {}, {}, plan)
     rows = endpoint_rows(frame, node)
     assert sorted(r.delta_packets for r in rows.values()) == [3, 3, 33]
@@ -330,13 +323,13 @@ def test_session_affinity_hits_are_counted_but_left_out_of_the_random_split(demo
     (chain_check,) = [s for s in frame.splits if s.scope == "chain"]
     assert chain_check.observed == [3, 3, 3] and chain_check.affinity_connections == 30
     (service_check,) = [s for s in frame.splits if s.scope == "service"]
-    assert service_check.departs and "session affinity: 30 of the 39 connections" in service_check.note
+    assert service_check.departs and "session affinity: 30 of the 39 connections" in split_note(service_check)
 
 
 # --- without a service: the busiest rules -------------------------------------------------------------------------
 def busiest_rows(text: str, pods=None, top: int = 1000):
     """Every counted rule of a dump, named, as the first sample of a busiest-rules watch shows them."""
-    frame = BusiestTracker(2.0, top, pods).update({WORKER: scan_dump(text)}, {WORKER: 0.0}, T0)
+    frame = BusiestTracker(2.0, top, pods).update({WORKER: [scan_dump(text)]}, {WORKER: 0.0}, T0)
     return [r.reading for r in frame.rows]
 
 
@@ -365,7 +358,7 @@ def test_busiest_rules_of_a_dump_name_services_and_endpoints(demo):
 def test_busiest_rules_are_sorted_by_new_connections(demo):
     capture = next(n for n in demo.snapshot.nodes if n.name == WORKER)
     tracker = BusiestTracker(2.0, 3)
-    first = tracker.update({WORKER: scan_dump(capture.iptables_save)}, {WORKER: 0.0}, T0)
+    first = tracker.update({WORKER: [scan_dump(capture.iptables_save)]}, {WORKER: 0.0}, T0)
     assert len(first.rows) == 3 and [r.packets for r in first.rows] == sorted(
         (r.packets for r in first.rows), reverse=True)  # the first sample: the most counted so far
     jump = '-A KUBE-SVC-KBDEBIL6IU6WL7RF -m comment --comment "default/svc-clusterip:svc-webport -> {}"'
@@ -373,16 +366,16 @@ def test_busiest_rules_are_sorted_by_new_connections(demo):
                                            f"[101:6060] {jump.format('10.10.4.2:80')}")
     busier = busier.replace(f"[2:120] {jump.format('10.10.2.2:80')}", f"[7:420] {jump.format('10.10.2.2:80')}")
     assert f"[101:6060] {jump.format('10.10.4.2:80')}" in busier and f"[7:420] {jump.format('10.10.2.2:80')}" in busier
-    frame = tracker.update({WORKER: scan_dump(busier)}, {WORKER: 2.0}, T0)
+    frame = tracker.update({WORKER: [scan_dump(busier)]}, {WORKER: 2.0}, T0)
     doc = sample_document(frame, top=3)
     # only what moved, the busiest first
     assert [(r["endpoint"], r["deltaPackets"], r["ratePerSecond"]) for r in doc["rows"]] == [
         ("10.10.4.2:80", 100, 50.0), ("10.10.2.2:80", 5, 2.5)]
-    quiet = tracker.update({WORKER: scan_dump(busier)}, {WORKER: 4.0}, T0)
+    quiet = tracker.update({WORKER: [scan_dump(busier)]}, {WORKER: 4.0}, T0)
     assert sample_document(quiet, top=3)["rows"] == []
     # a chain rewritten with fresh counters is a reset there too
     reset = busier.replace(f"[101:6060] {jump.format('10.10.4.2:80')}", f"[4:240] {jump.format('10.10.4.2:80')}")
-    (row,) = tracker.update({WORKER: scan_dump(reset)}, {WORKER: 6.0}, T0).rows
+    (row,) = tracker.update({WORKER: [scan_dump(reset)]}, {WORKER: 6.0}, T0).rows
     assert (row.reset, row.change, row.delta_packets, row.total_packets) == (True, "reset", 4, 104)
 
 
@@ -441,7 +434,7 @@ def test_ctrl_c_restores_the_terminal_and_exits_130(monkeypatch):
         return WatchTracker(1.0).update({}, {}, T0)
 
     with pytest.raises(KeyboardInterrupt):
-        watch_command._live(take, console, None, False, 0.01, None)
+        watch_live.live(take, console, None, False, 0.01, None)
     text = out.getvalue()
     assert "\x1b[?25l" in text and text.rstrip().endswith("\x1b[?25h")  # cursor hidden while live, shown again
 
@@ -456,19 +449,24 @@ def test_the_loop_stops_after_count_samples_and_reports_missed_nodes():
     frames = iter([WatchTracker(1.0).update({}, {}, T0),
                    WatchTracker(1.0).update({}, {}, T0, failed={"n1": "gone"})] * 3)
     shown = []
-    partial = watch_command._loop(lambda: next(frames), shown.append, 0.01, 2)
+    partial = watch_live.paced(lambda: next(frames), shown.append, 0.01, 2)
     assert len(shown) == 2 and partial is True
 
 
 def test_the_sampler_runs_a_constant_script_with_chain_names_as_arguments():
     argv = chain_argv("nft", [("nat", "KUBE-SVC-KBDEBIL6IU6WL7RF"), ("filter", "KUBE-EXTERNAL-SERVICES")])
-    assert argv[:5] == ["sh", "-c", CHAIN_SCRIPT, "sh", "iptables-nft"]
-    assert argv[5:] == ["nat:KUBE-SVC-KBDEBIL6IU6WL7RF", "filter:KUBE-EXTERNAL-SERVICES"]
+    assert argv[:6] == ["sh", "-c", CHAIN_SCRIPT, "sh", "iptables-nft", "ip6tables-nft"]
+    assert argv[6:] == ["nat:KUBE-SVC-KBDEBIL6IU6WL7RF", "filter:KUBE-EXTERNAL-SERVICES"]
     assert "-Z" not in CHAIN_SCRIPT and "-S" in CHAIN_SCRIPT and "-v" in CHAIN_SCRIPT
-    assert chain_argv("legacy", [("nat", "KUBE-SERVICES")])[4] == "iptables-legacy"
+    assert chain_argv("legacy", [("nat", "KUBE-SERVICES")])[4:6] == ["iptables-legacy", "ip6tables-legacy"]
+    # a dual-stack node: its IPv6 chains (same names) go to ip6tables in the same exec
+    assert chain_argv("nft", [("nat", "KUBE-SERVICES")], [("nat", "KUBE-SERVICES")])[6:] == [
+        "nat:KUBE-SERVICES", "6:nat:KUBE-SERVICES"]
     for bad in ("KUBE-SVC-X; iptables -F", "-Z", "$(reboot)", "A" * 40, ""):
         with pytest.raises(UsageError):
             chain_argv("nft", [("nat", bad)])
+        with pytest.raises(UsageError):
+            chain_argv("nft", [], [("nat", bad)])
     with pytest.raises(UsageError):
         chain_argv("nft", [("nat; -F", "KUBE-SERVICES")])
 
@@ -479,7 +477,7 @@ def test_top_sets_how_many_busiest_rules_the_view_shows(demo):
     from svcdoctor.render.watch_view import render_frame
 
     capture = next(n for n in demo.snapshot.nodes if n.name == WORKER)
-    frame = BusiestTracker(2.0, 2).update({WORKER: scan_dump(capture.iptables_save)}, {WORKER: 0.0}, T0)
+    frame = BusiestTracker(2.0, 2).update({WORKER: [scan_dump(capture.iptables_save)]}, {WORKER: 0.0}, T0)
     assert frame.top == 2 and len(frame.rows) == 2
     console = Console(width=200, record=True, no_color=True)
     console.print(render_frame(frame))

@@ -6,14 +6,18 @@ iptables-nft 1.8.9; benchmarks/bench_watch.py): `iptables-nft-save -c` takes ~36
 fetches the whole ruleset; `iptables -S CHAIN -v` fetches just that chain, and eight of them in one exec take
 ~55 ms, about one `docker exec NODE true` round trip. Several chains in one exec need a loop, so the exec runs a
 constant `sh` script and the chain names go in as its positional arguments: no text of anyone's becomes shell
-code (and the names are checked to be chain names before they leave).
+code (and the names are checked to be chain names before they leave). On a dual-stack node the same exec lists
+the service's IPv6 chains with ip6tables too: kube-proxy's IPv6 proxier writes chains of the same names there.
+
+This file holds both ends of that exchange: the script, and the parser of what it prints (`#chain`/`#status`).
 
 Each node is read with the iptables of the backend collection found its rules in. Never the other one:
 `iptables-legacy -t nat …` on an nft node would create an empty legacy nat table in the node's netns (and make
-iptables-nft warn about "legacy tables present" from then on; lab RECIPE §5.4).
+iptables-nft warn about "legacy tables present" from then on; svcdoctor/collect/node_rules.py). For the same
+reason ip6tables is asked only about the tables the first read found in the node's ip6tables.
 
-Without a service, a sample is the whole `iptables-<backend>-save -c` of every node: that is what "the busiest
-rules of the cluster" takes.
+Without a service, a sample is the whole `iptables-<backend>-save -c` of every node (and `ip6tables-…-save -c` of a
+dual-stack one): that is what "the busiest rules of the cluster" takes.
 
 Read-only by construction: `iptables -S -v` and `iptables-*-save -c` list; nothing here zeroes a counter (`-Z`),
 changes a rule or touches conntrack. Each node's read runs in a daemon thread with a deadline, so a wedged node
@@ -22,23 +26,36 @@ cannot hold up a sample (it is reported, and not asked again until its previous 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
 
 from svcdoctor.collect import kind
-from svcdoctor.collect.node_rules import SAVE_COMMANDS, split_warnings
+from svcdoctor.collect.node_rules import IP6_SAVE_COMMANDS, SAVE_COMMANDS, split_warnings
 from svcdoctor.exit_codes import UsageError
+from svcdoctor.model.rules import rule_from_line
+from svcdoctor.model.watch.listing import FAMILIES, IPV4, IPV6, ChainListing, Listings
 
 IPTABLES = {"nft": "iptables-nft", "legacy": "iptables-legacy"}
+IP6TABLES = {"nft": "ip6tables-nft", "legacy": "ip6tables-legacy"}
 # `-w 5`: legacy iptables takes the xtables lock, which kube-proxy's iptables-restore holds while it writes; wait
 # for it rather than fail the sample (iptables-nft accepts and ignores -w). `#status` keeps "no such chain" (1)
-# apart from other failures: a chain that is not there is news (it disappeared), an error is not.
+# apart from other failures: a chain that is not there is news (it disappeared), an error is not. An argument
+# `TABLE:CHAIN` is listed with iptables ($1), `6:TABLE:CHAIN` with ip6tables ($2); `#chain` says which.
 CHAIN_SCRIPT = (
-    'ipt=$1; shift; '
-    'for a in "$@"; do t=${a%%:*}; c=${a#*:}; echo "#chain $t $c"; "$ipt" -w 5 -t "$t" -S "$c" -v; echo "#status $?"; done'
+    'ip4=$1; ip6=$2; shift 2; '
+    'for a in "$@"; do ipt=$ip4; f=IPv4; case $a in 6:*) ipt=$ip6; f=IPv6; a=${a#6:};; esac; '
+    't=${a%%:*}; c=${a#*:}; echo "#chain $t $c $f"; "$ipt" -w 5 -t "$t" -S "$c" -v; echo "#status $?"; done'
 )
 TABLES = ("filter", "nat", "mangle", "raw", "security")
+
+_CHAIN_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,28}$")
+
+
+def valid_chain_name(name: str) -> bool:
+    """A name that can only be a chain (iptables allows 28 characters; no leading '-', so never an option)."""
+    return bool(_CHAIN_NAME.match(name))
 
 
 @dataclass(slots=True)
@@ -53,22 +70,55 @@ class NodeReading:
     warnings: tuple[str, ...] = ()
 
 
-def chain_argv(backend: str, chains: list[tuple[str, str]]) -> list[str]:
-    """The exec's argv: `sh -c SCRIPT sh iptables-nft TABLE:CHAIN …` (the script is a constant)."""
-    from svcdoctor.model.watch import valid_chain_name
-
+def chain_argv(backend: str, chains: list[tuple[str, str]], ipv6_chains: list[tuple[str, str]] = ()) -> list[str]:
+    """The exec's argv: `sh -c SCRIPT sh iptables-nft ip6tables-nft TABLE:CHAIN … 6:TABLE:CHAIN …` (the script is a
+    constant)."""
     if backend not in IPTABLES:
         raise UsageError(f"unknown iptables backend {backend!r}")
-    args = []
-    for table, chain in chains:
-        if table not in TABLES or not valid_chain_name(chain):
-            raise UsageError(f"not a chain svcdoctor would read: {table}:{chain}")
-        args.append(f"{table}:{chain}")
-    return ["sh", "-c", CHAIN_SCRIPT, "sh", IPTABLES[backend], *args]
+    args = [_chain_arg(table, chain) for table, chain in chains]
+    args += ["6:" + _chain_arg(table, chain) for table, chain in ipv6_chains]
+    return ["sh", "-c", CHAIN_SCRIPT, "sh", IPTABLES[backend], IP6TABLES[backend], *args]
 
 
-def save_argv(backend: str) -> list[str]:
-    return list(SAVE_COMMANDS[backend])
+def _chain_arg(table: str, chain: str) -> str:
+    if table not in TABLES or not valid_chain_name(chain):
+        raise UsageError(f"not a chain svcdoctor would read: {table}:{chain}")
+    return f"{table}:{chain}"
+
+
+def save_argv(backend: str, family: str = IPV4) -> list[str]:
+    return list((SAVE_COMMANDS if family == IPV4 else IP6_SAVE_COMMANDS)[backend])
+
+
+def parse_chain_listings(text: str) -> dict[str, Listings]:
+    """Parse the script's output into family -> (table, chain) -> listing: for each chain a
+    `#chain TABLE CHAIN FAMILY` line (no FAMILY: IPv4), what `iptables -S CHAIN -v` printed, and `#status N` (its
+    exit status: 0 listed, 1 no such chain; anything else is an error for that chain)."""
+    out: dict[str, Listings] = {}
+    current: ChainListing | None = None
+    for line in text.splitlines():
+        if line.startswith("#chain "):
+            parts = line.split()
+            if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in FAMILIES):
+                continue
+            family = parts[3] if len(parts) == 4 else IPV4
+            current = ChainListing(parts[1], parts[2], present=False, family=family)
+            out.setdefault(family, {})[(current.table, current.chain)] = current
+        elif current is None:
+            continue
+        elif line.startswith("#status "):
+            status = line[8:].strip()
+            if status == "0":
+                current.present = True
+            elif status != "1":
+                command = "iptables" if current.family == IPV4 else "ip6tables"
+                current.error = f"{command} -S {current.chain} exited {status}"
+            current = None
+        elif line.startswith("-A "):
+            name = line[3:].split(" ", 1)[0]
+            if name == current.chain:
+                current.rules.append(rule_from_line(current.table, name, len(current.rules) + 1, line))
+    return out
 
 
 class Sampler:
@@ -79,7 +129,7 @@ class Sampler:
         self.backends = dict(backends)
         self.timeout = timeout
         self._client = client
-        self._busy: dict[str, threading.Thread] = {}
+        self._busy: dict[tuple[str, str], threading.Thread] = {}
 
     @classmethod
     def open(cls, cluster: str | None, node_names: list[str], backends: dict[str, str],
@@ -99,44 +149,51 @@ class Sampler:
             self._client.close()
             self._client = None
 
-    def read_chains(self, wanted: dict[str, list[tuple[str, str]]]) -> dict[str, NodeReading]:
-        """node -> its listing of the given (table, chain)s, one exec per node."""
-        return self._parallel({node: chain_argv(self.backends[node], chains) for node, chains in wanted.items()
-                               if chains})
+    def read_chains(self, wanted: dict[str, dict[str, list[tuple[str, str]]]]) -> dict[str, NodeReading]:
+        """node -> its listing of the given family -> (table, chain)s, both families in one exec per node."""
+        argv = {(node, IPV4): chain_argv(self.backends[node], chains.get(IPV4, []), chains.get(IPV6, []))
+                for node, chains in wanted.items() if any(chains.values())}
+        return {node: reading for (node, _family), reading in self._parallel(argv).items()}
 
-    def read_dumps(self, nodes: list[str]) -> dict[str, NodeReading]:
-        """node -> `iptables-<backend>-save -c` of the node."""
-        return self._parallel({node: save_argv(self.backends[node]) for node in nodes})
+    def read_dumps(self, nodes: list[str], ipv6_nodes: list[str] = ()) -> dict[tuple[str, str], NodeReading]:
+        """(node, family) -> `iptables-<backend>-save -c` of the node, and `ip6tables-…-save -c` of ``ipv6_nodes``
+        (at the same time, one exec each)."""
+        argv = {(node, IPV4): save_argv(self.backends[node]) for node in nodes}
+        argv.update({(node, IPV6): save_argv(self.backends[node], IPV6) for node in ipv6_nodes})
+        return self._parallel(argv)
 
-    def _parallel(self, argv_by_node: dict[str, list[str]]) -> dict[str, NodeReading]:
-        results: dict[str, NodeReading] = {}
-        started: dict[str, threading.Thread] = {}
-        for node, argv in argv_by_node.items():
-            busy = self._busy.get(node)
+    def _parallel(self, argv_by_read: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str], NodeReading]:
+        """Run each (node, family)'s argv in its own thread; wait for all of them until the deadline."""
+        results: dict[tuple[str, str], NodeReading] = {}
+        started: dict[tuple[str, str], threading.Thread] = {}
+        for key, argv in argv_by_read.items():
+            node = key[0]
+            busy = self._busy.get(key)
             if busy is not None and busy.is_alive():
-                results[node] = NodeReading(node, error=f"still reading the previous sample (over {self.timeout:g}s)",
-                                            read_at=time.monotonic())
+                results[key] = NodeReading(node, error=f"still reading the previous sample (over {self.timeout:g}s)",
+                                           read_at=time.monotonic())
                 continue
-            thread = threading.Thread(target=self._read, args=(node, argv, results), daemon=True,
+            thread = threading.Thread(target=self._read, args=(key, argv, results), daemon=True,
                                       name=f"svcdoctor-watch-{node}")
             thread.start()
-            started[node] = self._busy[node] = thread
+            started[key] = self._busy[key] = thread
         deadline = time.monotonic() + self.timeout + 1.0
-        for node, thread in started.items():
+        for key, thread in started.items():
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                results[node] = NodeReading(node, error=f"did not answer within {self.timeout:g}s",
-                                            read_at=time.monotonic())
-        return {node: results[node] for node in argv_by_node if node in results}
+                results[key] = NodeReading(key[0], error=f"did not answer within {self.timeout:g}s",
+                                           read_at=time.monotonic())
+        return {key: results[key] for key in argv_by_read if key in results}
 
-    def _read(self, node: str, argv: list[str], results: dict[str, NodeReading]) -> None:
+    def _read(self, key: tuple[str, str], argv: list[str], results: dict[tuple[str, str], NodeReading]) -> None:
+        node = key[0]
         container = self.nodes[node].container
         t0 = time.monotonic()
         try:
             result = container.exec_run(argv, demux=True)
         except Exception as exc:  # the container stopped, the daemon went away, a socket timeout
             reason = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
-            results.setdefault(node, NodeReading(node, error=(reason[0] if reason else type(exc).__name__)[:300],
+            results.setdefault(key, NodeReading(node, error=(reason[0] if reason else type(exc).__name__)[:300],
                                                  read_at=time.monotonic()))
             return
         done = time.monotonic()
@@ -147,4 +204,4 @@ class Sampler:
         if result.exit_code != 0:
             first = (err_text.strip() or text.strip() or "no output").splitlines()[0][:300]
             reading.error = f"{argv[0] if argv[0] != 'sh' else argv[4]} exited {result.exit_code}: {first}"
-        results.setdefault(node, reading)
+        results.setdefault(key, reading)

@@ -13,8 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from svcdoctor import API_VERSION
-from svcdoctor.model.watch import COUNTS_CONNECTIONS, Frame, Row, busiest, format_p
+from svcdoctor.model.watch.busiest import busiest
+from svcdoctor.model.watch.frame import Frame, Row, SplitCheck
+from svcdoctor.model.watch.listing import IPV4
+from svcdoctor.model.watch.stats import GoodnessOfFit, format_p
 
+COUNTS_CONNECTIONS = "nat counters count new connections (the first packet of each), not packets or requests"
 CHANGED = "reverse"
 CHANGE_TEXT = {"appeared": "new", "gone": "gone", "reset": "reset"}
 CHANGE_STYLE = {"appeared": "bold green", "gone": "dim", "reset": "bold yellow"}
@@ -61,13 +65,14 @@ def render_frame(frame: Frame, plan=None, wide: bool = False) -> Group:
     if frame.baseline:
         parts.append(Text("first sample: the counters as they are; deltas start with the next one.", style="dim"))
     # what needs attention first: a live view is cropped to the terminal's height
-    for note in list(frame.notes) + [s.note for s in frame.splits if s.note]:
+    for note in frame_notes(frame):
         parts.append(Text(note, style="yellow"))
     for node, why in sorted(frame.failed.items()):
         parts.append(Text(f"{node}: not read this sample ({why})", style="red"))
     for change in frame.chain_changes:
         style = "green" if change.change == "appeared" else "yellow"
-        parts.append(Text(f"{change.node}: {change.table} chain {change.chain} {change.change}", style=style))
+        table = change.table if change.family == IPV4 else f"{change.table} ({change.family})"
+        parts.append(Text(f"{change.node}: {table} chain {change.chain} {change.change}", style=style))
     if frame.service:
         parts.extend(_service_blocks(frame, plan, wide))
     else:
@@ -82,22 +87,24 @@ def _service_blocks(frame: Frame, plan, wide: bool) -> list:
     """One block per node and split chain: a title line (node, chain, the entries that lead into it, its split
     test) over its endpoints. Every block's columns have the same widths, so the blocks read as one table."""
     namespace = frame.service.split("/", 1)[0] if frame.service else None
-    groups: dict[tuple[str, str], list[Row]] = {}
+    groups: dict[tuple[str, str, str], list[Row]] = {}  # (node, family, chain) -> its endpoint rows
     for row in frame.rows:
         if row.reading.kind == "endpoint":
-            groups.setdefault((row.reading.node, row.reading.chain), []).append(row)
+            groups.setdefault((row.reading.node, row.reading.family, row.reading.chain), []).append(row)
     if not groups:
         return [Text("no split chain of this service on the nodes read (no endpoints?)", style="yellow")]
-    checks = {(s.node, s.chain): s for s in frame.splits if s.scope == "chain"}
+    checks = {(s.node, s.family, s.chain): s for s in frame.splits if s.scope == "chain"}
     endpoint_width = max(len("ENDPOINT"), *(len(r.reading.endpoint or "-") for rows in groups.values() for r in rows))
     blocks: list = []
-    for i, ((node, chain), rows) in enumerate(groups.items()):
+    for i, ((node, family, chain), rows) in enumerate(groups.items()):
         port = plan.port_of_chain(chain) if plan is not None else None
-        entries = port.entries.get(node, {}).get(chain, []) if port is not None else []
-        check = checks.get((node, chain))
+        entries = port.entries_into(node, chain, family) if port is not None else []
+        check = checks.get((node, family, chain))
         live = [r for r in rows if r.change != "gone"]
         delta = sum(r.delta_packets for r in live)
         title = Text.assemble((node, "bold"), "  ", (chain, "bold cyan"))
+        if family != IPV4:
+            title.append(f" {family}", style="bold cyan")
         if entries:
             title.append("  ← " + ", ".join(entries))
         if not frame.baseline:
@@ -153,13 +160,19 @@ def _blackhole_table(rows: list[Row], wide: bool) -> Table:
     for row in rows:
         counting = row.delta_packets > 0
         style = "bold red" if counting else ("red" if row.packets else "")
-        cells = [row.reading.node, f"{row.reading.table} {row.reading.chain}", Text(row.reading.verdict or "", style),
+        cells = [row.reading.node, f"{row.reading.table} {row.reading.chain}{_family_mark(row)}",
+                 Text(row.reading.verdict or "", style),
                  _reason(row), _new(row), _moved(_rate(row.rate), row),
                  _moved(str(row.total_packets), row), str(row.packets)]
         table.add_row(*cells)
     if not wide:
         return table
     return Group(table, *_rule_lines((f"{r.reading.node} {r.reading.chain}", r) for r in rows))
+
+
+def _family_mark(row: Row) -> str:
+    """IPv6 rows say so (ip6tables has chains of the same names); IPv4 rows, the usual ones, say nothing."""
+    return "" if row.reading.family == IPV4 else f" {row.reading.family}"
 
 
 def _reason(row: Row) -> str:
@@ -182,7 +195,7 @@ def _busiest_table(frame: Frame, wide: bool):
     columns = [("NODE", [r.reading.node for r in rows])]
     if wide:
         columns.append(("CHAIN", [r.reading.chain for r in rows]))
-    columns += [("KIND", [r.reading.verdict or r.reading.kind for r in rows]), ("SERVICE", None),
+    columns += [("KIND", [(r.reading.verdict or r.reading.kind) + _family_mark(r) for r in rows]), ("SERVICE", None),
                 ("ENDPOINT", [r.reading.endpoint or "-" for r in rows])]
     for name, values in columns:
         if values is None:
@@ -192,7 +205,7 @@ def _busiest_table(frame: Frame, wide: bool):
     for name in ("NEW", "RATE/s", "TOTAL", "PACKETS"):
         table.add_column(name, justify="right", no_wrap=True, min_width=max(len(name), 5))
     for row in rows:
-        kind = row.reading.verdict if row.reading.kind == "blackhole" else row.reading.kind
+        kind = (row.reading.verdict if row.reading.kind == "blackhole" else row.reading.kind) + _family_mark(row)
         # the kind says the table: entries and endpoints are nat, DROP/REJECT are filter
         cells = [row.reading.node] + ([row.reading.chain] if wide else []) + [
             Text(kind or "", style="red" if row.reading.kind == "blackhole" else ""),
@@ -207,6 +220,79 @@ def _busiest_table(frame: Frame, wide: bool):
     return Group(table, *_rule_lines((f"{r.reading.node}", r) for r in rows))
 
 
+# --- the notes: what a departure means, in words -------------------------------------------------------------------
+def frame_notes(frame: Frame) -> list[str]:
+    """The frame's notes, then a note for each split test that departs."""
+    return list(frame.notes) + [note for note in map(split_note, frame.splits) if note]
+
+
+def split_note(check: SplitCheck) -> str | None:
+    """What a departing split means, with the numbers; None while it fits (or cannot be tested yet)."""
+    if not check.departs:
+        return None
+    if check.scope == "chain":
+        return _chain_note(check)
+    return _service_note(check)
+
+
+def _numbers(fit: GoodnessOfFit) -> str:
+    dof = "degree" if fit.degrees_of_freedom == 1 else "degrees"
+    return f"chi-square {fit.statistic:.1f} with {fit.degrees_of_freedom} {dof} of freedom, p = {format_p(fit.p_value)}"
+
+
+def _counts(check: SplitCheck, pods: dict[str, str] | None = None) -> str:
+    n = check.connections
+    parts = []
+    for endpoint, observed, share in zip(check.endpoints, check.observed, check.shares):
+        name = (pods or {}).get(endpoint) or endpoint
+        parts.append(f"{name} {observed} ({observed / n:.0%}, expected {share / sum(check.shares):.0%})")
+    return ", ".join(parts)
+
+
+def _family(check: SplitCheck) -> str:
+    return "" if check.family == IPV4 else f" ({check.family})"
+
+
+def _chain_note(check: SplitCheck) -> str:
+    return (f"On {check.node}, {check.chain}{_family(check)} did not split its {check.connections} new connections "
+            f"the way its rules say: {_counts(check)}; {_numbers(check.fit)}. The kernel draws each connection at "
+            "random, so this is rarely chance: a counter reset that went unseen (kube-proxy rewrote the chain and the "
+            "new counts passed the old ones within one interval), or rules changed by something other than "
+            "kube-proxy.")
+
+
+def _service_note(check: SplitCheck) -> str:
+    evidence = check.evidence
+    pods = evidence.pods if evidence else {}
+    text = (f"{check.service}{_family(check)}: its endpoints did not get even shares of the {check.connections} new "
+            f"connections counted since {check.since:%H:%M:%S}: {_counts(check, pods)}; {_numbers(check.fit)}. "
+            "That is beyond chance. Usual causes:")
+    causes = []
+    if evidence is not None and evidence.local:
+        where = ", ".join(f"{node} {n}" for node, n in evidence.local)
+        causes.append(f"a node taking all external traffic: with traffic policy Local, a node sends what it "
+                      f"receives through {evidence.svl_chain} to its own endpoints only (connections there: {where})")
+    if evidence is not None and evidence.endpoints_per_node:
+        sizes = ", ".join(f"{node} {n}" for node, n in evidence.endpoints_per_node.items())
+        causes.append(f"the nodes disagree about the endpoints: their {evidence.svc_chain} chains balance over "
+                      f"different sets (endpoints per node: {sizes})")
+    affinity_seconds = evidence.affinity_seconds if evidence else None
+    if check.affinity_connections or affinity_seconds:
+        held = f"{check.affinity_connections} of the {check.connections} connections were returning clients held to " \
+               "their endpoint" if check.affinity_connections else "returning clients are held to their endpoint"
+        seconds = f" for {affinity_seconds}s" if affinity_seconds else ""
+        causes.append(f"session affinity: {held} (sessionAffinity ClientIP{seconds}), so a few clients make a few "
+                      "independent draws")
+    causes.append("keep-alive: a connection is counted once however many requests it carries, and a client that "
+                  "reuses connections (HTTP keep-alive, HTTP/2, gRPC, pools) keeps its requests on the endpoint its "
+                  "connection drew")
+    if not (evidence and evidence.local) and len(causes) == 1:
+        svc_chain = evidence.svc_chain if evidence else "KUBE-SVC"
+        causes.insert(0, "traffic that enters at some nodes only is not a cause by itself (each node's "
+                         f"{svc_chain} splits evenly); look at where the connections came in")
+    return text + " " + "; ".join(f"({i}) {c}" for i, c in enumerate(causes, 1)) + "."
+
+
 # --- JSON Lines ---------------------------------------------------------------------------------------------------
 def _row_document(row: Row) -> dict:
     r = row.reading
@@ -216,7 +302,7 @@ def _row_document(row: Row) -> dict:
         "reset": row.reset,
         "kind": r.kind, "table": r.table, "change": row.change, "blackhole": r.kind == "blackhole",
         "ratePerSecond": None if row.rate is None else round(row.rate, 3),
-        "totalPackets": row.total_packets, "totalBytes": row.total_bytes,
+        "totalPackets": row.total_packets, "totalBytes": row.total_bytes, "family": r.family,
     }
     if r.kind == "endpoint":
         doc.update({"pod": r.pod, "endpointNode": r.endpoint_node,
@@ -239,21 +325,23 @@ def _split_document(check) -> dict:
         "statistic": None if fit is None else round(fit.statistic, 6),
         "degreesOfFreedom": None if fit is None else fit.degrees_of_freedom,
         "pValue": None if fit is None else fit.p_value,
-        "departs": check.departs, "affinityConnections": check.affinity_connections, "note": check.note,
+        "departs": check.departs, "affinityConnections": check.affinity_connections, "note": split_note(check),
+        "family": check.family,
     }
 
 
 def sample_document(frame: Frame, top: int | None = None) -> dict:
-    """One WatchSample (CONTRACT.md): the contract's fields first, then what this sample adds."""
+    """One WatchSample (docs/reference/watch.md): the fields every WatchSample has first, then what this sample
+    adds."""
     rows = frame.rows if top is None else busiest(frame.rows, top)
     return {
         "apiVersion": API_VERSION, "kind": "WatchSample", "time": _time(frame), "interval": frame.interval,
         "rows": [_row_document(r) for r in rows],
         "sample": frame.number, "service": frame.service, "counts": "connections",
         "elapsedSeconds": {n: round(s, 3) for n, s in sorted(frame.elapsed.items())},
-        "chainChanges": [{"node": c.node, "table": c.table, "chain": c.chain, "change": c.change}
-                         for c in frame.chain_changes],
+        "chainChanges": [{"node": c.node, "table": c.table, "chain": c.chain, "change": c.change,
+                          "family": c.family} for c in frame.chain_changes],
         "splits": [_split_document(s) for s in frame.splits],
-        "notes": list(frame.notes) + [s.note for s in frame.splits if s.note],
+        "notes": frame_notes(frame),
         "failedNodes": [{"node": n, "reason": r} for n, r in sorted(frame.failed.items())],
     }

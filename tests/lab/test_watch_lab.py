@@ -71,9 +71,11 @@ def sample_time(doc: dict) -> float:
     return datetime.strptime(doc["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
 
 
-def endpoint_rows(doc: dict, node: str, chain_prefix: str = "KUBE-SVC-") -> dict[str, dict]:
-    """pod name -> its endpoint row on that node's split chain."""
-    rows = [r for r in doc["rows"] if r["kind"] == "endpoint" and r["node"] == node and r["chain"].startswith(chain_prefix)]
+def endpoint_rows(doc: dict, node: str, chain_prefix: str = "KUBE-SVC-", family: str = "IPv4") -> dict[str, dict]:
+    """pod name -> its endpoint row on that node's split chain (IPv4 by default: on a dual-stack lab a pod has a
+    row in each family, under chains of the same name)."""
+    rows = [r for r in doc["rows"] if r["kind"] == "endpoint" and r["node"] == node
+            and r["chain"].startswith(chain_prefix) and r["family"] == family]
     return {r["pod"].split("/", 1)[1]: r for r in rows}
 
 
@@ -104,7 +106,7 @@ def test_per_endpoint_deltas_equal_the_requests_each_pod_served(lab, kubeconfig)
     assert all(not r["reset"] and r["service"] == SVC_CLUSTERIP for r in shown.values())
     for node in (sc.WORKER, sc.WORKER2, sc.WORKER3):  # nobody else sent anything
         assert all(r["deltaPackets"] == 0 for r in endpoint_rows(second, node).values())
-    (service_split,) = [s for s in second["splits"] if s["scope"] == "service"]
+    (service_split,) = [s for s in second["splits"] if s["scope"] == "service" and s["family"] == "IPv4"]
     assert service_split["observed"] == [served.get(f"webpod-{i}", 0) for i in (1, 2, 3)]
     assert service_split["connections"] == 24 and service_split["degreesOfFreedom"] == 2
 
@@ -126,7 +128,7 @@ def test_an_etp_local_request_to_a_podless_node_is_a_blackhole_there(lab, kubeco
     assert answers == ["ERROR"] and not served_between(pods_before, lab.pod_counts())
 
     def holes(doc):
-        return {r["node"]: r for r in doc["rows"] if r["blackhole"]}
+        return {r["node"]: r for r in doc["rows"] if r["blackhole"] and r["family"] == "IPv4"}
 
     # every node without an echo-local pod has the DROP rule; only worker3's counted
     assert set(holes(first)) == {sc.CONTROL_PLANE, sc.WORKER3}
