@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 from common import best_cli_run, single_file_tar  # noqa: E402
 
 from svcdoctor.collect import kind, node_rules  # noqa: E402
-from svcdoctor.exit_codes import UnreachableError  # noqa: E402
+from svcdoctor.errors import UnreachableError  # noqa: E402
 
 GOAL = 0.6
 

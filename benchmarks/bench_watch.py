@@ -121,8 +121,8 @@ def one_sample_seconds(repeat: int) -> tuple[float, float, int, int]:
     """(median seconds of one service sample over all nodes, median of a full-dump sample, rows, nodes): the
     command's own code path, in this process, after the same first full read the command makes."""
     from svcdoctor.collect.sampler import Sampler
-    from svcdoctor.commands.explain import build_view, resolve_service
-    from svcdoctor.commands.inputs import InputOptions, load
+    from svcdoctor.inputs import build_view, resolve_service
+    from svcdoctor.inputs import InputOptions, load
     from svcdoctor.commands.watch import _service_sample
     from svcdoctor.model.watch.plan import plan_service_watch
     from svcdoctor.model.watch.tracker import WatchTracker

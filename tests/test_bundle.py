@@ -11,7 +11,7 @@ from cli_run import run_cli
 from kube_proxy_cases import iter_cases
 from svcdoctor.collect.bundle import load_input, write_bundle
 from svcdoctor.collect.snapshot import ClusterSnapshot, NodeCapture
-from svcdoctor.exit_codes import InputError
+from svcdoctor.errors import InputError
 
 CASE03 = next(c for c in iter_cases() if c.name.startswith("03-"))
 

@@ -7,7 +7,7 @@ import pytest
 from kube_proxy_cases import iter_cases
 from netns import Namespace, require_netns
 from svcdoctor.commands.explain import explain
-from svcdoctor.commands.inputs import LoadedInput
+from svcdoctor.inputs import LoadedInput
 from svcdoctor.collect.snapshot import ClusterSnapshot, NodeCapture
 from svcdoctor.model.parse import parse_rules
 from svcdoctor.render.json_doc import explain_document

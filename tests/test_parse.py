@@ -15,7 +15,7 @@ import re
 import pytest
 from netns import BACKENDS, Namespace, require_netns
 
-from svcdoctor.exit_codes import ExitStatus, InputError
+from svcdoctor.errors import ExitStatus, InputError
 from svcdoctor.model.parse import decode_dump, parse_rules
 from svcdoctor.model.trace import trace_packet
 

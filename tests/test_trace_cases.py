@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from svcdoctor.exit_codes import InputError
+from svcdoctor.errors import InputError
+from svcdoctor.render.json_doc import trace_document
 from svcdoctor.model.parse import parse_rules
 from svcdoctor.model.trace import trace_packet
 
@@ -376,7 +377,7 @@ COMMIT
 
 
 def test_to_dict_has_the_contract_shape():
-    doc = _trace(THREE_ENDPOINTS_AS_SAVED, node="myk8s-worker").to_dict()
+    doc = trace_document(_trace(THREE_ENDPOINTS_AS_SAVED, node="myk8s-worker"))
     assert doc["apiVersion"] == "svcdoctor/v1" and doc["kind"] == "Trace" and doc["node"] == "myk8s-worker"
     assert doc["packet"] == {"src": "203.0.113.9", "dst": "10.96.0.10", "dport": 80, "protocol": "tcp"}
     assert doc["verdict"] in ("dnat", "accept", "drop", "reject", "none")

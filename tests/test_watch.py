@@ -19,9 +19,9 @@ from rich.console import Console
 from cli_run import run_cli
 from svcdoctor.collect.sampler import CHAIN_SCRIPT, chain_argv, parse_chain_listings
 from svcdoctor.commands import watch as watch_command
-from svcdoctor.commands.explain import build_view
-from svcdoctor.commands.inputs import InputOptions, load
-from svcdoctor.exit_codes import ExitStatus, UsageError
+from svcdoctor.inputs import build_view
+from svcdoctor.inputs import InputOptions, load
+from svcdoctor.errors import ExitStatus, UsageError
 from svcdoctor.model.rules import NodeRules
 from svcdoctor.model.watch.busiest import BusiestTracker, scan_dump
 from svcdoctor.model.watch.frame import observe_service

@@ -22,8 +22,8 @@ from netns import Namespace, require_netns
 from svcdoctor.collect.bundle import write_bundle
 from svcdoctor.collect.sampler import NodeReading, chain_argv
 from svcdoctor.collect.snapshot import ApiObjects, ClusterSnapshot, NodeCapture
-from svcdoctor.commands.explain import build_view
-from svcdoctor.commands.inputs import InputOptions, load
+from svcdoctor.inputs import build_view
+from svcdoctor.inputs import InputOptions, load
 from svcdoctor.commands.watch import _service_sample
 from svcdoctor.model.cluster import build_cluster_model
 from svcdoctor.model.expected import ProxySettings, expected_restore_text

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from svcdoctor.collect.snapshot import ApiObjects, ClusterSnapshot, NodeCapture
-from svcdoctor.exit_codes import InputError
+from svcdoctor.errors import InputError
 from svcdoctor.model.parse import decode_dump
 
 BUNDLE_FORMAT = "svcdoctor-bundle/v1"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svcdoctor.exit_codes import UnreachableError, UsageError
+from svcdoctor.errors import UnreachableError, UsageError
 
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 ROLE_LABEL = "io.x-k8s.kind.role"

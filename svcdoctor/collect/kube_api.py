@@ -19,7 +19,7 @@ from pathlib import Path
 
 from svcdoctor.collect.kind import KIND_CONTEXT_PREFIX, kubeconfig_paths
 from svcdoctor.collect.snapshot import ApiObjects
-from svcdoctor.exit_codes import InputError, UsageError
+from svcdoctor.errors import InputError, UsageError
 
 DEFAULT_PAGE_SIZE = 500  # kubectl's --chunk-size default
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

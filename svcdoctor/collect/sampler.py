@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from svcdoctor.collect import kind
 from svcdoctor.collect.node_rules import IP6_SAVE_COMMANDS, SAVE_COMMANDS, split_warnings
-from svcdoctor.exit_codes import UsageError
+from svcdoctor.errors import UsageError
 from svcdoctor.model.rules import rule_from_line
 from svcdoctor.model.watch.listing import FAMILIES, IPV4, IPV6, ChainListing, Listings
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from svcdoctor.commands.explain import resolve_service
-from svcdoctor.commands.inputs import LoadedInput
+from svcdoctor.inputs import resolve_service
+from svcdoctor.inputs import LoadedInput
 from svcdoctor.model.explain import build_service_view
 from svcdoctor.model.graph import build_service_graph, nat_hooks_graph, service_entry_rules
 from svcdoctor.render.graph_format import to_dot, to_json, to_mermaid

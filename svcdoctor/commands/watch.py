@@ -17,8 +17,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from svcdoctor.collect.sampler import parse_chain_listings
-from svcdoctor.commands.inputs import InputOptions, LoadedInput, load
-from svcdoctor.exit_codes import ExitStatus, SvcdoctorError, UsageError
+from svcdoctor.inputs import InputOptions, LoadedInput, load
+from svcdoctor.errors import ExitStatus, SvcdoctorError, UsageError
 from svcdoctor.model.watch.busiest import BusiestTracker, scan_dump
 from svcdoctor.model.watch.frame import Frame, observe_service
 from svcdoctor.model.watch.listing import IPV4, IPV6, Listings
@@ -51,7 +51,7 @@ def _watch(opts, service, namespace, interval, count, output, out, err, top: int
         raise SvcdoctorError("no node of the cluster could be read; nothing to watch", exit_status=ExitStatus.PARTIAL)
     plan = None
     if service:
-        from svcdoctor.commands.explain import build_view, resolve_service
+        from svcdoctor.inputs import build_view, resolve_service
 
         ns, name = resolve_service(service, namespace, loaded)
         plan = plan_service_watch(build_view(loaded, ns, name), loaded.rules, loaded.cluster, loaded.rules6)

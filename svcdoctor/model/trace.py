@@ -28,7 +28,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from svcdoctor.exit_codes import InputError
+from svcdoctor.errors import InputError
 from svcdoctor.model.rules import NodeRules, Rule
 
 # Where kube-proxy's tests enter a table whose dump has no built-in chains (proxier_test.go tracePacket).
@@ -138,12 +138,6 @@ class TraceResult:
     def destinations(self) -> set[str]:
         """The DNAT targets the packet can reach ("ip:port"), as kube-proxy's test tracer lists them."""
         return {e.address for e in self.endpoints if e.verdict == "dnat"}
-
-    def to_dict(self) -> dict:
-        # kept for tests/test_trace_cases.py until it calls svcdoctor.render.json_doc.trace_document itself
-        from svcdoctor.render.json_doc import trace_document
-
-        return trace_document(self)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 
 from svcdoctor.collect import kind, node_rules
 from svcdoctor.collect.live import collect_live
-from svcdoctor.exit_codes import ExitStatus, UnreachableError, UsageError
+from svcdoctor.errors import ExitStatus, UnreachableError, UsageError
 
 from . import harness
 from . import scenario as sc

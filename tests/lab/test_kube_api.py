@@ -7,7 +7,7 @@ import time
 import pytest
 
 from svcdoctor.collect import kube_api
-from svcdoctor.exit_codes import ExitStatus, InputError, UsageError
+from svcdoctor.errors import ExitStatus, InputError, UsageError
 
 from . import scenario as sc
 from .standin_apiserver import FORBIDDEN_TOKEN, StandinApiServer
