@@ -8,7 +8,7 @@ the expected restore dumps and the packet flows. Import it from tests:
         case.nat_text, case.filter_text, case.flows
 
 Fixtures live in tests/fixtures/kube_proxy_cases/<case>/ (written by generate.py there); `reference/` in each is a
-verbatim copy of /work/shared/reference/kube-proxy-cases/<case>/ so that the suite needs nothing outside the repo.
+verbatim copy of kube-proxy's test case <case> (docs/reference/kube-proxy-layout.md §3) so that the suite needs nothing outside the repo.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ def test_rules_are_iptables_save_output(node):
     d = Dump(text)
     assert list(d.chains) == ["mangle", "filter", "nat"]
     assert text.count("COMMIT\n") == 3
-    # iptables' normalised spellings, not kube-proxy's input ones (layout §2.9)
+    # iptables' normalised spellings, not kube-proxy's input ones (docs/reference/kube-proxy-layout.md §2.9)
     assert "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000" in text
     assert "-j MARK --set-xmark 0x4000/0x0" in text
     assert "--or-mark" not in text and "0x00004000" not in text

@@ -3,7 +3,7 @@
 One ruleset, written as kube-proxy writes its iptables-restore input (bare comments, `0x00004000` marks, options
 in kube-proxy's order), is loaded into a network namespace with each backend and dumped back as
 `iptables-save -c`, `iptables-save`, `iptables -t T -S -v` and `iptables -t T -S`. Every dump must parse into the
-same rules, once the kernel's normalisations (kube-proxy-layout.md §2.9) are taken into account.
+same rules, once the kernel's normalisations (docs/reference/kube-proxy-layout.md §2.9) are taken into account.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """kube-proxy's rules through the real kernel and back: what `iptables-save -c` and `iptables -S -v` print for them
 must parse into rules that trace exactly like the text kube-proxy wrote, with the nft and the legacy backend.
 
-The kernel normalises the text (kube-proxy-layout.md §2.9): `/32` on addresses, -s/-d/-p moved first, comments
+The kernel normalises the text (docs/reference/kube-proxy-layout.md §2.9): `/32` on addresses, -s/-d/-p moved first, comments
 always quoted, `--or-mark 0x4000` → `--set-xmark 0x4000/0x4000`, `--probability 0.5000000000` → `0.50000000000`,
 `-m recent` options reordered with `--mask`/`--rsource` added, built-in chains with policies and counters.
 """

@@ -140,7 +140,7 @@ def test_trace_packets_input_with_builtin_jumps():
         assert result.steps[0].chain in ("PREROUTING", "OUTPUT")
 
 
-# kube-proxy's jumps from the built-in chains (kube-proxy-layout.md §2.1), in the order a kind node shows them.
+# kube-proxy's jumps from the built-in chains (docs/reference/kube-proxy-layout.md §2.1), in the order a kind node shows them.
 # kube-proxy adds these with `iptables -I`, outside its restore input, so the case dumps do not have them.
 KUBE_PROXY_JUMPS = {
     "nat": [

@@ -1,6 +1,6 @@
 """Find a kind cluster's node containers through the docker daemon.
 
-kind marks every node container with two labels (kube-proxy-layout.md §6, kind's
+kind marks every node container with two labels (docs/reference/kube-proxy-layout.md §6, kind's
 `pkg/cluster/internal/providers/docker/constants.go`): `io.x-k8s.kind.cluster=<name>` and
 `io.x-k8s.kind.role=<control-plane|worker|external-load-balancer>`. The load balancer container (HA clusters)
 runs haproxy, not kube-proxy, so it is not a node for svcdoctor.

@@ -3,11 +3,11 @@
 Read-only by construction: the only commands run are `iptables-nft-save -c` and `iptables-legacy-save -c`, as
 argv lists (no shell). Without `-t`, iptables-legacy-save lists only the tables the kernel already has
 (/proc/net/ip_tables_names), so reading never instantiates an empty legacy table in the node's netns (which would
-make iptables-nft print "legacy tables present" from then on; lab RECIPE §5.4).
+make iptables-nft print "legacy tables present" from then on; docs/reference/lab.md §5.4).
 
 Why both backends: a node's kernel runs the rules of *both* iptables backends. kind's entrypoint picks one for
 the node, kube-proxy's iptables-wrapper picks one for itself, and when they disagree (or stale rules survive in
-the other one) Services break on that node only (kube-proxy-layout.md §7 row 1).
+the other one) Services break on that node only (docs/reference/kube-proxy-layout.md §7 row 1).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ IP6_SAVE_COMMANDS = {
     "nft": ["ip6tables-nft-save", "-c"],
     "legacy": ["ip6tables-legacy-save", "-c"],
 }
-# Chains kubelet creates (kube-proxy-layout.md §2.1); they say nothing about where kube-proxy writes.
+# Chains kubelet creates (docs/reference/kube-proxy-layout.md §2.1); they say nothing about where kube-proxy writes.
 KUBELET_CHAINS = frozenset({"KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT", "KUBE-MARK-DROP"})
 DEFAULT_MAX_WORKERS = 8
 
@@ -90,7 +90,7 @@ def read_backend(container, backend: str, attempts: int = 3, argv: list[str] | N
     problem = ""
     for _ in range(attempts):
         try:
-            # demux=True keeps stderr apart: iptables-nft-save prints its legacy warning there (lab RECIPE §5.4)
+            # demux=True keeps stderr apart: iptables-nft-save prints its legacy warning there (docs/reference/lab.md §5.4)
             result = container.exec_run(argv, demux=True)
         except ValueError as exc:  # the garbled-stream case above
             problem = str(exc)
@@ -141,7 +141,7 @@ def choose_backend(nft: BackendDump, legacy: BackendDump) -> tuple[str, str]:
     """(backend the node's kube-proxy rules live in, why).
 
     Where kube-proxy's chains are decides; when they are in both backends or in neither, decide as kind's node
-    entrypoint `select_iptables()` does: more rules wins, legacy wins ties (kube-proxy-layout.md §6).
+    entrypoint `select_iptables()` does: more rules wins, legacy wins ties (docs/reference/kube-proxy-layout.md §6).
     """
     if nft.error and not legacy.error:
         return "legacy", "only iptables-legacy-save could be read"

@@ -1,6 +1,6 @@
 """Kubernetes API objects (raw JSON items) turned into what kube-proxy works from: service ports and endpoints.
 
-Follows kube-proxy's reading of the objects (kube-proxy-layout.md §2.3): an endpoint with `ready` unset is ready;
+Follows kube-proxy's reading of the objects (docs/reference/kube-proxy-layout.md §2.3): an endpoint with `ready` unset is ready;
 `serving` unset is serving (endpointslicecache.go: `Serving == nil || *Serving`), and only an endpoint's first
 address is used (kube-proxy reads `Addresses[0]`); an EndpointSlice belongs to a Service by label `kubernetes.io/service-name`,
 and its port is matched to the Service port by name (and protocol).

@@ -3,7 +3,7 @@ masquerading happens, and every endpoint with its effective share and counters.
 
 The walk follows the probability split the way the kernel does: rules are tried in order with a remaining
 mass (1.0 at the entry); `--probability p` takes p of what is left, an unconditional jump takes the rest
-(kube-proxy-layout.md §2.6). Entries from outside (nodePort, externalIP, loadBalancer) are walked for a client
+(docs/reference/kube-proxy-layout.md §2.6). Entries from outside (nodePort, externalIP, loadBalancer) are walked for a client
 outside the cluster; clusterIP entries for any client, with source-dependent masquerading reported as conditional.
 """
 
@@ -463,7 +463,7 @@ def build_service_view(
 def merge_family(view: ServiceView, other: ServiceView, family: str) -> ServiceView:
     """Add another address family's view of the same service (ip6tables beside iptables) into ``view``.
 
-    kube-proxy gives both families' chains the same names (the IP family is not hashed, layout §1.1), so a port
+    kube-proxy gives both families' chains the same names (the IP family is not hashed, docs/reference/kube-proxy-layout.md §1.1), so a port
     and a node are the same in both; only the entries (destinations, endpoints) differ."""
     ports = {(p.svc_port_name, p.protocol): p for p in view.ports}
     for pv in other.ports:

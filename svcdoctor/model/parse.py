@@ -1,4 +1,4 @@
-"""Read every spelling of iptables rules that real nodes and users produce (CONTRACT.md, Bundle).
+"""Read every spelling of iptables rules that real nodes and users produce (docs/reference/contract.md, Bundle).
 
 - `iptables-save [-c]`: `*table`, `:CHAIN POLICY [p:b]`, `[p:b] -A CHAIN …`, `COMMIT`;
 - `iptables [-t T] -S [-v]`: `-P CHAIN POLICY [-c p b]`, `-N CHAIN`, `-A CHAIN … [-c p b] -j T` (no table header:

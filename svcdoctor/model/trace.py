@@ -8,12 +8,12 @@ Hook order for the first packet of a new connection (the only packet that meets 
 
 A DNAT in PREROUTING/OUTPUT changes the destination before the routing decision. Every branch of
 `-m statistic --mode random` is followed, each with its share of the traffic, so the result lists every endpoint
-a new connection can reach (the Go test tracer in kube-proxy does the same: kube-proxy-layout.md §2.12).
+a new connection can reach (the Go test tracer in kube-proxy does the same: docs/reference/kube-proxy-layout.md §2.12).
 
 kube-proxy's own iptables-restore input has no jumps from the built-in chains (kube-proxy adds them separately
 with `iptables -I`), so when a table has no built-in chain in the dump the trace enters where kube-proxy's tests
 enter: nat KUBE-SERVICES (KUBE-POSTROUTING on the way out), then filter KUBE-SERVICES, KUBE-EXTERNAL-SERVICES,
-KUBE-NODEPORTS, KUBE-PROXY-FIREWALL (CONTRACT.md, Trace).
+KUBE-NODEPORTS, KUBE-PROXY-FIREWALL (docs/reference/contract.md, Trace).
 
 A match the tracer cannot decide from the dump (`-m set`: the set's members are not in it; `-i`: the packet's
 interface is unknown; …) is never taken as "matches": the rule is treated as not matching and is listed in

@@ -1,6 +1,6 @@
 """The docker lab: a kind-shaped `myk8s` cluster built from local parts, with real netfilter rules and real traffic.
 
-Follows /work/shared/lab/RECIPE.md (read it for the why of each step): a light node image imported from the host's
+Follows docs/reference/lab.md (read it for the why of each step): a light node image imported from the host's
 own binaries (no registry), network `kind` 172.18.0.0/16, node containers with kind's labels, pods as network
 namespaces with busybox httpd servers that count the requests they serve, kindnet-style routes, a client `mypc`
 at 172.18.0.100, and every node programmed with the rules kube-proxy 1.28 writes for the scenario's objects
@@ -39,7 +39,7 @@ ROLE_LABEL = "io.x-k8s.kind.role"
 LOAD_BALANCER = f"{sc.CLUSTER}-external-load-balancer"
 IMAGE_RECIPE_VERSION = "3"  # bump when the image contents below change
 
-# Host binaries for the light image (RECIPE §1 b); their libraries come along through ldd.
+# Host binaries for the light image (docs/reference/lab.md §1 b); their libraries come along through ldd.
 IMAGE_BINARIES = [
     "/usr/bin/dash",
     "/usr/sbin/xtables-nft-multi",
@@ -50,7 +50,7 @@ IMAGE_BINARIES = [
 ]
 XTABLES_DIR = "/usr/lib/x86_64-linux-gnu/xtables"  # iptables extensions, dlopen()ed (ldd does not see them)
 
-# Linux capability names by number, to turn the host's bounding set into --cap-drop names (RECIPE §1, §5.1).
+# Linux capability names by number, to turn the host's bounding set into --cap-drop names (docs/reference/lab.md §1, §5.1).
 CAPABILITIES = [
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
     "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
@@ -107,7 +107,7 @@ class DockerDaemon:
     def ensure(self, wait_seconds: float = 60.0):
         """A client of a running daemon; starts `dockerd` (logging to log_path) when none answers.
 
-        overlay2 first (fast container creation, RECIPE §5.2); vfs where overlay2 cannot work, e.g. a docker root
+        overlay2 first (fast container creation, docs/reference/lab.md §5.2); vfs where overlay2 cannot work, e.g. a docker root
         that is itself on overlayfs (nested docker). The light image is 10 MB, so vfs costs little.
         """
         if self.answers():
@@ -201,7 +201,7 @@ def _libraries(binary: str) -> list[str]:
 
 
 def build_light_image(client, tag: str = IMAGE) -> str:
-    """The light node image (RECIPE §1 b, ~10 MB, ~3 s), imported with `docker import`; rebuilt only when the
+    """The light node image (docs/reference/lab.md §1 b, ~10 MB, ~3 s), imported with `docker import`; rebuilt only when the
     host binaries it is made of change."""
     recipe = _image_recipe_hash()
     try:
@@ -290,7 +290,7 @@ def privilege_options(client, image: str) -> dict:
 
     `--privileged` fails where the host's capability bounding set lacks some capability (runc: "unable to apply
     caps"; this VM lacks CAP_SYS_RESOURCE), and docker ignores --cap-drop with --privileged. The fallback is
-    "privileged minus what the host does not have" (RECIPE §1).
+    "privileged minus what the host does not have" (docs/reference/lab.md §1).
     """
     try:
         client.containers.run(image, ["true"], privileged=True, remove=True, labels={LAB_LABEL: "probe"})
@@ -409,7 +409,7 @@ class Lab:
     def _create_node(self, node: sc.NodeSpec):
         if self._privileges is None:
             self._privileges = privilege_options(self.client, self.image)
-        # --tmpfs /run keeps `ip netns` bind mounts inside the container, as kind does (RECIPE §5.5)
+        # --tmpfs /run keeps `ip netns` bind mounts inside the container, as kind does (docs/reference/lab.md §5.5)
         return self._run(
             node.name, node.ip, {CLUSTER_LABEL: sc.CLUSTER, ROLE_LABEL: node.role},
             environment={"container": "docker"}, tmpfs={"/run": "", "/tmp": ""}, **self._privileges,
@@ -427,7 +427,7 @@ class Lab:
         files: dict[str, bytes] = {f"lab/{p.name}": p.read_bytes() for p in NODE_SCRIPTS.glob("*.sh")}
         setup = ["set -eu",
                  "echo 1 > /proc/sys/net/ipv4/ip_forward",
-                 # rp_filter 0 as on kind nodes (RECIPE §5.7)
+                 # rp_filter 0 as on kind nodes (docs/reference/lab.md §5.7)
                  "for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 > $f; done"]
         for pod in self.scenario.pods_on(node.name):
             veth = "veth" + hashlib.sha1(pod.name.encode()).hexdigest()[:8]  # kindnet-like, <= 15 characters
@@ -543,7 +543,7 @@ class Lab:
         return self._exec(node_name, argv)
 
     def conntrack_flush(self, node_name: str) -> None:
-        """Forget a node's connections, so a test's first packets are NEW again (RECIPE §5.10)."""
+        """Forget a node's connections, so a test's first packets are NEW again (docs/reference/lab.md §5.10)."""
         self._exec(node_name, ["conntrack", "-F"], check=False)
 
 
