@@ -63,7 +63,7 @@ def _shared_parameters(output_help: str) -> list[inspect.Parameter]:
     return [
         option("bundle", Annotated[Optional[str], typer.Option(
             "--bundle", metavar="PATH",
-            help="Offline input: a bundle directory or .tar.gz, or a single iptables-save / iptables -S file.")], None),
+            help="Offline input: a bundle directory or .tar.gz, a single iptables-save / iptables -S file (a paste is fine), or - for standard input.")], None),
         option("demo", Annotated[bool, typer.Option(
             "--demo", help="Use the demo bundle shipped with svcdoctor (the seed's myk8s).")], False),
         option("cluster", Annotated[Optional[str], typer.Option(
