@@ -31,11 +31,12 @@ def test_view_matches_golden(name, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.delenv("FORCE_COLOR", raising=False)
     result = run_cli(*VIEWS[name])
-    assert result.exit_code in (0, 1), result.stderr
     assert "\x1b[" not in result.stdout
-    path = GOLDEN / f"{name}.txt"
-    if UPDATE or not path.exists():
+    path, exit_path = GOLDEN / f"{name}.txt", GOLDEN / f"{name}.exit"  # the view and the exit code it comes with
+    if UPDATE or not path.exists() or not exit_path.exists():
         path.write_text(result.stdout)
+        exit_path.write_text(f"{result.exit_code}\n")
         if not UPDATE:
             pytest.fail(f"golden file {path.name} was missing and has been written; check it and commit it")
     assert result.stdout == path.read_text()
+    assert result.exit_code == int(exit_path.read_text()), result.stderr
