@@ -22,7 +22,8 @@ CASES = [c for c in iter_cases() if c.api_objects().services]
 
 
 def _case_bundle(case, path: Path) -> str:
-    node = NodeCapture(name="node-a", iptables_save=case.restore_text, internal_ip=case.node_ip, backend="nft",
+    node = NodeCapture(name=case.settings.node_name, iptables_save=case.restore_text, internal_ip=case.node_ip,
+                       backend="nft",
                        proxy_mode="iptables")
     write_bundle(ClusterSnapshot(cluster="cases", nodes=[node], api=case.api_objects(),
                                  collected_at="2026-11-26T00:00:00Z"), path)
