@@ -138,3 +138,19 @@ def test_a_dump_piped_in_without_bundle_dash_is_named_not_sent_to_docker():
         r = _svcdoctor("explain", "svc-clusterip", stdin=dump)
     assert r.returncode == 2
     assert "--bundle -" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_chain_listed_again_from_its_n_line_is_read_from_the_later_listing(tmp_path):
+    ext = next(ln.split()[2] for ln in CLEAN.splitlines() if "-A KUBE-EXT-" in ln and "svc-local" in ln)
+    later = [ln.split("] ", 1)[1] for ln in CLEAN.splitlines() if ln.split("] ", 1)[-1].startswith(f"-A {ext} ")]
+    svc = ext.replace("KUBE-EXT-", "KUBE-SVC-")
+    earlier = [f'-A {ext} -m comment --comment "masquerade traffic for default/svc-local:http external destinations"'
+               " -j KUBE-MARK-MASQ", f"-A {ext} -j {svc}"]
+    path = tmp_path / "ext.txt"
+    path.write_text("\n".join([f"# policy Cluster\n$ iptables -t nat -S {ext}", f"-N {ext}", *earlier,
+                               f"# policy Local\n$ iptables -t nat -S {ext}", f"-N {ext}", *later]) + "\n")
+    r = run_cli("graph", "svc-local", "--bundle", str(path), "-o", "json")
+    assert "listed twice with different rules, the later listing read: " + ext in r.stderr
+    from svcdoctor.model.parse import parse_pasted_rules
+    rules = parse_pasted_rules(path.read_text(), "ext")
+    assert [r.text for r in rules.chain("nat", ext).rules] == later

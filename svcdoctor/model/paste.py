@@ -6,9 +6,9 @@ Before the parser reads a single-file input (a file or standard input, not a col
   banner) and names them once; a line that looks like a rule (`-A`, `-N`, `-P`, `[p:b] -A`, `:CHAIN …`, `*table`)
   is left to the parser, so a malformed rule is still an error with its line number;
 - drops CR line ends and leading indentation (copies from a chat or a web page);
-- counts identical repeated rule lines once (a grep pasted twice, a command run twice): a chain listed twice
-  (`iptables -S CHAIN -v` run twice) is not concatenated, its rules keep their first place and take the later
-  counters;
+- counts identical repeated rule lines once (a grep pasted twice, a command run twice), their first place kept
+  and the later counters read; a chain listed again from its `-N CHAIN` line (`iptables -S CHAIN` run twice) is
+  read from its later listing only, never concatenated, and a listing that changed is named;
 - reads `:CHAIN - [0:0]` declarations of an `iptables-save | grep` paste that has no `*table` header as
   `iptables -S`'s `-N CHAIN`, so the table is inferred as for any headerless listing.
 
@@ -43,6 +43,8 @@ def clean_paste(text: str, source: str) -> Paste:
     part = 0  # a table header, or `-P` lines after rules (another `iptables -S` listing), starts a new part
     after_rule = False
     out: list[str] = []
+    rules_of: dict[tuple[int, str], list[int]] = {}  # (part, chain) -> where its rules are in `out`
+    listed_again: dict[tuple[int, str], list[str]] = {}  # (part, chain) -> the rules of its earlier listing
     for index, raw in enumerate(lines):
         line = raw.strip()
         if not line:
@@ -57,6 +59,13 @@ def clean_paste(text: str, source: str) -> Paste:
         if line.startswith("*") or (line.startswith("-P ") and after_rule):
             part += 1
             after_rule = False
+        if line.startswith("-N ") and (part, line[3:]) in rules_of:
+            # `iptables -S CHAIN` run again: its listing starts over; the earlier one is kept aside to compare
+            name = line[3:]
+            earlier = [rule_text.strip_counters(out[i]) for i in rules_of.pop((part, name))]
+            for key in [(part, text) for text in earlier]:
+                out[first_at.pop(key)] = ""
+            listed_again[(part, name)] = earlier
         chain = _rule_chain(line)
         if chain is None:
             out.append(line)
@@ -66,6 +75,7 @@ def clean_paste(text: str, source: str) -> Paste:
         at = first_at.get(key)
         if at is None:
             first_at[key] = len(out)
+            rules_of.setdefault((part, chain), []).append(len(out))
             out.append(line)
             continue
         # the same rule again: a grep pasted twice, or a chain listed again; its place stays the first one's,
@@ -75,7 +85,14 @@ def clean_paste(text: str, source: str) -> Paste:
             out[at] = line
             relisted.add(chain)
         out.append("")
-    return Paste("\n".join(out), _notes(source, skipped, repeated, sorted(relisted)))
+    changed = []
+    for (part, name), earlier in sorted(listed_again.items()):
+        later = [rule_text.strip_counters(out[i]) for i in rules_of.get((part, name), [])]
+        if later == earlier:
+            repeated += len(earlier)
+        else:
+            changed.append(name)
+    return Paste("\n".join(out), _notes(source, skipped, repeated, sorted(relisted), changed))
 
 
 def _rule_chain(line: str) -> str | None:
@@ -89,7 +106,8 @@ def _rule_chain(line: str) -> str | None:
     return line[3:] if end < 0 else line[3:end]
 
 
-def _notes(source: str, skipped: list[tuple[int, str]], repeated: int, relisted: list[str]) -> list[str]:
+def _notes(source: str, skipped: list[tuple[int, str]], repeated: int, relisted: list[str],
+           changed: list[str]) -> list[str]:
     notes = []
     if skipped:
         shown = ", ".join(f"line {n} `{_short(text)}`" for n, text in skipped[:_SHOWN])
@@ -98,6 +116,8 @@ def _notes(source: str, skipped: list[tuple[int, str]], repeated: int, relisted:
         notes.append(f"{source}: skipped {len(skipped)} {what}: {shown}{more}")
     if repeated:
         notes.append(f"{source}: {repeated} repeated rule line{'s' if repeated != 1 else ''} counted once")
+    if changed:
+        notes.append(f"{source}: listed twice with different rules, the later listing read: {', '.join(changed)}")
     if relisted:
         notes.append(f"{source}: listed more than once, the last counters read: {', '.join(relisted)}")
     return notes
