@@ -1,8 +1,8 @@
 """`svcdoctor check`: every service port on every node; findings grouped by severity.
 
 With the API objects, each node's rules are compared with what kube-proxy would program there
-(`checks/desired.py`); without them, the nodes are compared with each other. Node-wide trouble (no kube-proxy
-rules, rules in the wrong iptables backend) comes from `checks/findings.py`.
+(`checks/compare_api.py`); without them, the nodes are compared with each other (`checks/drift.py`). Node-wide
+trouble (no kube-proxy rules, rules in the wrong iptables backend) comes from `checks/findings.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from svcdoctor.checks.desired import NodeInput, compare_nodes, diff_nodes, node_settings
+from svcdoctor.checks.compare_api import diff_nodes
+from svcdoctor.checks.drift import NodeInput, compare_nodes
 from svcdoctor.checks.findings import (
     SEVERITY_RANK,
     Finding,
@@ -24,7 +25,7 @@ from svcdoctor.checks.findings import (
 )
 from svcdoctor.commands.inputs import LoadedInput
 from svcdoctor.exit_codes import UsageError
-from svcdoctor.model.expected import ProxySettings
+from svcdoctor.model.proxy_settings import ProxySettings, node_settings
 
 
 @dataclass(slots=True)
