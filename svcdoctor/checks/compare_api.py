@@ -491,23 +491,25 @@ def diff_nodes(
     cluster: ClusterModel,
     ports: list[ServicePort] | None = None,
     report_orphans: Callable[[str | None], bool] = lambda service: True,
-    scoped: bool = False,
+    service: str | None = None,
 ) -> list[Finding]:
     """Desired against programmed for `ports` (default: every service port) on every node given.
 
     Nodes without kube-proxy rules are skipped: that one node-wide finding says it all.
     `report_orphans(service or None)` decides which left-over chains are reported (namespace filters).
-    `scoped` (explain of one service): only `ports` are planned and only their chains are read, so left-over
-    chains are those of these ports' hashes alone.
+    `service` ("ns/name", explain of one service; `ports` are its ports): only those ports are planned and only
+    the rules of that service are read, so left-over chains are those of its ports' hashes and of the entry
+    rules that name it.
     """
+    scoped = service is not None
     chosen = None
     if ports is not None:
         selected = set(map(id, ports))
         chosen = {i for i, sp in enumerate(cluster.service_ports) if id(sp) in selected}
     only = named = None
-    if scoped and ports is not None:
-        only = frozenset(service_hash(sp.svc_port_name, sp.protocol) for sp in ports)
-        named = frozenset(sp.service_key for sp in ports)
+    if service is not None:
+        only = frozenset(service_hash(sp.svc_port_name, sp.protocol) for sp in ports or ())
+        named = frozenset([service])
     planner = Planner(cluster)
     out: list[Finding] = []
     all_suffixes = {service_hash(sp.svc_port_name, sp.protocol): sp for sp in cluster.service_ports}
@@ -531,7 +533,8 @@ def diff_nodes(
         renamed = _renamed_entries(program, expected_suffixes, {p.suffix: p for _, p in plans})
         for sp, exp in plans:
             out.extend(_check_port(program, node, sp, exp, renamed.get(exp.suffix, ()), accounted, no_endpoints))
-        candidates = None if only is None else [p + s for s in sorted(only) for p in HASHED_PREFIXES]
+        candidates = None if only is None else [p + s for s in sorted(only | set(program.entries))
+                                                for p in HASHED_PREFIXES]
         out.extend(_orphans(program, accounted, all_suffixes, report_orphans, candidates))
     out.extend(_no_endpoints(no_endpoints))
     return out

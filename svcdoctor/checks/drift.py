@@ -44,22 +44,25 @@ class _NodeReading:
 def compare_nodes(
     nodes: list[NodeInput],
     wanted: Callable[[str], bool] = lambda service: True,
-    only: frozenset[str] | None = None,
+    service: str | None = None,
 ) -> tuple[list[Finding], set[str]]:
     """No API objects: nothing to expect, so each node is checked on its own (split, blackholes, names, left-over
     chains) and against the others (`node-drift`). Returns the findings and the services seen ("ns/name").
 
-    `only` (hash suffixes) limits the work to those service ports (explain of one service)."""
+    `service` ("ns/name", explain of one service) limits the work to the ports whose rules name it, and to their
+    chains: the same findings `check` has for it, without reading the other services' rules."""
     out: list[Finding] = []
     reading = _NodeReading()
     for node in nodes:
-        program = NodeProgram(node.name, node.rules, only)
+        program = (NodeProgram(node.name, node.rules) if service is None else
+                   NodeProgram(node.name, node.rules, frozenset(), frozenset([service])))
         if not program.has_rules:
             continue
         accounted: set[str] = set()
-        for suffix in sorted(set(program.entries) | set(program.filters)):
+        suffixes = set(program.entries) | set(program.filters)
+        for suffix in sorted(suffixes):
             out.extend(_check_port_on_node(program, suffix, wanted, reading, accounted))
-        out.extend(_orphans_without_api(program, accounted, wanted, only))
+        out.extend(_orphans_without_api(program, accounted, wanted, None if service is None else frozenset(suffixes)))
     read = [n.name for n in nodes if n.rules.has_kube_proxy_rules()]
     out.extend(_no_endpoints(reading, read))
     for suffix, per_node in sorted(reading.signatures.items()):

@@ -71,14 +71,12 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         findings.extend(check_node_health(node, rules, capture.proxy_mode, loaded.other_backend.get(node),
                                           capture.backend))
     names = sorted(loaded.rules)
-    # ipvs and nftables modes keep (some of) their rules elsewhere: their iptables rules say nothing per service
-    skipped = {n: f"kube-proxy runs in {captures[n].proxy_mode} mode there" for n in names
-               if (captures[n].proxy_mode or "iptables") != "iptables"}
+    skipped = _skipped_nodes(loaded)
     checked = [n for n in names if n not in skipped]
     cluster = loaded.cluster
     if cluster is None:
-        inputs = [NodeInput(n, loaded.rules[n], None, "") for n in checked]  # no settings needed: nothing planned
-        diff, services = compare_nodes(inputs, lambda service: _in_namespace(service, namespace))
+        diff, services = compare_nodes(_nodes_without_api(loaded, checked),
+                                       lambda service: _in_namespace(service, namespace))
         findings.extend(diff)
         return CheckResult(dedupe_findings(sort_findings(findings)), len(services), names, dict(loaded.failed),
                            service_ports=0, api=False, skipped=skipped)
@@ -89,17 +87,8 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
              if _in_namespace(sp.service_key, namespace)
              and (requirements is None or _matches(requirements, labels.get(sp.service_key, {})))]
     chosen = {sp.service_key for sp in ports}
-    pod_cidrs = {_name(item): list((item.get("spec") or {}).get("podCIDRs") or []) for item in api.nodes or []}
-    inputs: list[NodeInput] = []
-    sources: dict[str, str] = {}
-    for node in checked:
-        if node in overrides:
-            inputs.append(NodeInput(node, loaded.rules[node], overrides[node], "given"))
-        else:
-            s, source = node_settings(node, loaded.rules[node], _addresses(loaded.node_ips.get(node, [])),
-                                      api.kube_proxy_config, pod_cidrs.get(node))
-            inputs.append(NodeInput(node, loaded.rules[node], s, source))
-        sources[node] = inputs[-1].settings_source
+    inputs = _nodes_with_api(loaded, checked, overrides)
+    sources = {n.name: n.settings_source for n in inputs}
     filtered = namespace is not None or requirements is not None
 
     def report_orphan(service: str | None) -> bool:
@@ -113,6 +102,48 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
     findings.extend(diff_nodes(inputs, cluster, ports if filtered else None, report_orphan))
     return CheckResult(dedupe_findings(sort_findings(findings)), len(chosen), names, dict(loaded.failed),
                        service_ports=len(ports), settings=sources, api=True, skipped=skipped)
+
+
+def check_service(loaded: LoadedInput, service: str) -> list[Finding]:
+    """`check`'s per-service findings for one service ("ns/name"), on the same engine and with the same answers,
+    reading only that service's rules: what `explain` shows. Node-wide findings are not included."""
+    checked = [n for n in sorted(loaded.rules) if n not in _skipped_nodes(loaded)]
+    cluster = loaded.cluster
+    if cluster is None:
+        found, _ = compare_nodes(_nodes_without_api(loaded, checked), service=service)
+    else:
+        ports = [sp for sp in cluster.service_ports if sp.service_key == service]
+        found = diff_nodes(_nodes_with_api(loaded, checked, {}), cluster, ports,
+                           lambda orphan_of: orphan_of == service, service=service)
+    return dedupe_findings(sort_findings([f for f in found if f.service == service]))
+
+
+def _skipped_nodes(loaded: LoadedInput) -> dict[str, str]:
+    """Nodes whose services are not checked: ipvs and nftables modes keep (some of) their rules elsewhere, so
+    their iptables rules say nothing per service."""
+    captures = {n.name: n for n in loaded.snapshot.nodes}
+    return {n: f"kube-proxy runs in {captures[n].proxy_mode} mode there" for n in sorted(loaded.rules)
+            if (captures[n].proxy_mode or "iptables") != "iptables"}
+
+
+def _nodes_without_api(loaded: LoadedInput, checked: list[str]) -> list[NodeInput]:
+    return [NodeInput(n, loaded.rules[n], None, "") for n in checked]  # no settings needed: nothing planned
+
+
+def _nodes_with_api(loaded: LoadedInput, checked: list[str], overrides: dict[str, ProxySettings]
+                    ) -> list[NodeInput]:
+    """Each node with its proxy settings: given, else from kube-proxy's ConfigMap, else read from its rules."""
+    api = loaded.snapshot.api
+    pod_cidrs = {_name(item): list((item.get("spec") or {}).get("podCIDRs") or []) for item in api.nodes or []}
+    inputs: list[NodeInput] = []
+    for node in checked:
+        if node in overrides:
+            inputs.append(NodeInput(node, loaded.rules[node], overrides[node], "given"))
+        else:
+            s, source = node_settings(node, loaded.rules[node], _addresses(loaded.node_ips.get(node, [])),
+                                      api.kube_proxy_config, pod_cidrs.get(node))
+            inputs.append(NodeInput(node, loaded.rules[node], s, source))
+    return inputs
 
 
 def failing(result: CheckResult, fail_on: str) -> bool:

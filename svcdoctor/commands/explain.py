@@ -5,13 +5,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from svcdoctor.checks.findings import (
-    Finding,
-    chain_hash_findings,
-    check_node_health,
-    check_service_view,
-    sort_findings,
-)
+from svcdoctor.checks.findings import Finding, check_node_health, sort_findings
+from svcdoctor.commands.check import check_service
 from svcdoctor.commands.inputs import LoadedInput
 from svcdoctor.exit_codes import UnknownServiceError
 from svcdoctor.model.explain import ServiceView, build_service_view, known_services, merge_family
@@ -84,19 +79,16 @@ def explain(loaded: LoadedInput, service: str, namespace: str | None = None, por
     view = build_view(loaded, ns, name, port)
     if port and not view.ports:
         raise UnknownServiceError(f"service {ns}/{name} has no port named or numbered {port}")
-    findings = check_service_view(view, loaded.cluster)
+    # the service's findings are `check`'s, from the same engine run on this one service (commands/check.py)
+    findings = check_service(loaded, f"{ns}/{name}")
+    if port:
+        # per-port findings start with the port's name ("ns/name:port: …", "ns/name:port has …")
+        names = tuple(pv.svc_port_name for pv in view.ports)
+        findings = [f for f in findings if f.message.startswith(tuple(n + c for n in names for c in (":", " ")))]
     for node, rules in loaded.rules.items():
         # node-wide problems matter to every service on that node; keep those that explain a broken path
         findings.extend(check_node_health(node, rules, _proxy_mode(loaded, node), loaded.other_backend.get(node),
                                           _backend(loaded, node)))
-        nat = rules.table("nat")
-        names = {c for pv in view.ports for nv in pv.nodes if nv.node == node for c in nv.chains.values() if c}
-        names |= {ep.chain for pv in view.ports for nv in pv.nodes if nv.node == node
-                  for e in nv.entries for ep in e.endpoints}
-        for name in sorted(names):
-            chain = nat.chain(name) if nat else None
-            if chain is not None:
-                findings.extend(chain_hash_findings(node, chain))
     return ExplainResult(view, sort_findings(findings), loaded)
 
 

@@ -326,7 +326,7 @@ class NodeProgram:
                 if spn is None:
                     continue
                 suffix = service_hash(spn, (rule_text.option(line, "-p") or "tcp").lower())
-                if only is None or suffix in only:
+                if only is None or suffix in only or spn.split(":", 1)[0] in named:
                     self.filters.setdefault(suffix, []).append((name, line))
 
     def lines(self, chain: str) -> list[str] | None:
