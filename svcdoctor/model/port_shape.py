@@ -309,8 +309,12 @@ class NodeProgram:
         self.chains: dict[str, Chain] = nat.chains if nat is not None else {}
         self.has_rules = rules.has_kube_proxy_rules()
         self.entries: dict[str, list[tuple[str, str]]] = {}  # suffix -> [(entry chain, line)]
+        # a scoped program first looks for its hashes and names as plain text: one search per rule, not a parse
+        needles = None if only is None else tuple(only) + tuple(named)
         for name in NAT_ENTRY_CHAINS:
             for line in chain_lines(self.chains.get(name)):
+                if needles is not None and not _mentions_any(line, needles):
+                    continue
                 target = rule_text.target_name(line)
                 if target and chain_kind(target) in ENTRY_TARGET_KINDS:
                     suffix = chain_suffix(target)
@@ -352,6 +356,13 @@ class NodeProgram:
     def hashed_chains(self, besides: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """kube-proxy's hashed chains on the node (KUBE-SVC/SVL/EXT/FW/SEP/XLB), except those in `besides`."""
         return [name for name in self.chains.keys() - besides if chain_kind(name) is not None]
+
+
+def _mentions_any(line: str, needles: tuple[str, ...]) -> bool:
+    for needle in needles:
+        if rule_text.mentions(line, needle):
+            return True
+    return False
 
 
 def _names_one_of(line: str, services: frozenset[str]) -> bool:
