@@ -62,7 +62,7 @@ def stages(bundle: str) -> tuple[float, float, int]:
     """In this process: CPU seconds to read the bundle (parse, API objects) and to check it, and the findings.
     Attributes the child's wall time: what `check` adds on top of what every command pays to load the input."""
     from svcdoctor.commands.check import run_check
-    from svcdoctor.commands.inputs import InputOptions, load
+    from svcdoctor.inputs import InputOptions, load
 
     t0 = time.process_time()
     loaded = load(InputOptions(bundle=bundle))

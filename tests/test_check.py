@@ -21,8 +21,8 @@ from rich.console import Console
 from svcdoctor.collect.bundle import write_bundle
 from svcdoctor.collect.snapshot import ApiObjects, ClusterSnapshot, NodeCapture
 from svcdoctor.commands.check import parse_selector, run_check
-from svcdoctor.commands.inputs import InputOptions, load
-from svcdoctor.exit_codes import UsageError
+from svcdoctor.inputs import InputOptions, load
+from svcdoctor.errors import UsageError
 from svcdoctor.model.hashes import endpoint_chain, service_chain
 from svcdoctor.render.check_view import render_check
 

@@ -14,18 +14,16 @@ from dataclasses import replace
 import pytest
 from kube_proxy_cases import FIXTURES, iter_cases
 
-from svcdoctor.exit_codes import InputError
+from svcdoctor.errors import InputError
 from svcdoctor.model.cluster import build_cluster_model
 from svcdoctor.model.expected import (
-    ProxySettings,
     expected_chains,
     expected_restore_text,
     expected_service_ports,
-    infer_settings_from_rules,
     restore_input,
-    settings_from_kube_proxy_config,
 )
 from svcdoctor.model.hashes import endpoint_chain, service_chain
+from svcdoctor.model.proxy_settings import ProxySettings, infer_settings_from_rules, settings_from_kube_proxy_config
 
 CASES = list(iter_cases())
 BY_NAME = {case.name: case for case in CASES}

@@ -1,20 +1,20 @@
 """`svcdoctor check`: every service port on every node; findings grouped by severity.
 
 With the API objects, each node's rules are compared with what kube-proxy would program there
-(`checks/desired.py`); without them, the nodes are compared with each other. Node-wide trouble (no kube-proxy
-rules, rules in the wrong iptables backend) comes from `checks/findings.py`.
+(`checks/compare_api.py`); without them, the nodes are compared with each other (`checks/drift.py`). Node-wide
+trouble (no kube-proxy rules, rules in the wrong iptables backend) comes from `checks/findings.py`.
 """
 
 from __future__ import annotations
 
 import gc
-import ipaddress
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
-from svcdoctor.checks.desired import NodeInput, compare_nodes, diff_nodes, node_settings
+from svcdoctor.checks.compare_api import diff_nodes
+from svcdoctor.checks.engine import nodes_with_api, nodes_without_api, skipped_nodes
+from svcdoctor.checks.drift import compare_nodes
 from svcdoctor.checks.findings import (
     SEVERITY_RANK,
     Finding,
@@ -22,28 +22,10 @@ from svcdoctor.checks.findings import (
     dedupe_findings,
     sort_findings,
 )
-from svcdoctor.commands.inputs import LoadedInput
-from svcdoctor.exit_codes import UsageError
-from svcdoctor.model.expected import ProxySettings
-
-
-@dataclass(slots=True)
-class CheckResult:
-    findings: list[Finding]
-    services: int
-    nodes: list[str]
-    failed: dict[str, str] = field(default_factory=dict)
-    service_ports: int = 0
-    settings: dict[str, str] = field(default_factory=dict)  # node -> where its proxy settings came from
-    api: bool = False  # compared with the API objects (else: nodes with each other)
-    skipped: dict[str, str] = field(default_factory=dict)  # node -> why its services were not checked
-
-    @property
-    def summary(self) -> dict[str, int]:
-        out = {"error": 0, "warning": 0, "info": 0}
-        for f in self.findings:
-            out[f.severity] = out.get(f.severity, 0) + 1
-        return out
+from svcdoctor.inputs import LoadedInput
+from svcdoctor.results import CheckResult
+from svcdoctor.errors import UsageError
+from svcdoctor.model.proxy_settings import ProxySettings
 
 
 def run_check(
@@ -70,14 +52,12 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         findings.extend(check_node_health(node, rules, capture.proxy_mode, loaded.other_backend.get(node),
                                           capture.backend))
     names = sorted(loaded.rules)
-    # ipvs and nftables modes keep (some of) their rules elsewhere: their iptables rules say nothing per service
-    skipped = {n: f"kube-proxy runs in {captures[n].proxy_mode} mode there" for n in names
-               if (captures[n].proxy_mode or "iptables") != "iptables"}
+    skipped = skipped_nodes(loaded)
     checked = [n for n in names if n not in skipped]
     cluster = loaded.cluster
     if cluster is None:
-        inputs = [NodeInput(n, loaded.rules[n], None, "") for n in checked]  # no settings needed: nothing planned
-        diff, services = compare_nodes(inputs, lambda service: _in_namespace(service, namespace))
+        diff, services = compare_nodes(nodes_without_api(loaded, checked),
+                                       lambda service: _in_namespace(service, namespace))
         findings.extend(diff)
         return CheckResult(dedupe_findings(sort_findings(findings)), len(services), names, dict(loaded.failed),
                            service_ports=0, api=False, skipped=skipped)
@@ -88,17 +68,8 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
              if _in_namespace(sp.service_key, namespace)
              and (requirements is None or _matches(requirements, labels.get(sp.service_key, {})))]
     chosen = {sp.service_key for sp in ports}
-    pod_cidrs = {_name(item): list((item.get("spec") or {}).get("podCIDRs") or []) for item in api.nodes or []}
-    inputs: list[NodeInput] = []
-    sources: dict[str, str] = {}
-    for node in checked:
-        if node in overrides:
-            inputs.append(NodeInput(node, loaded.rules[node], overrides[node], "given"))
-        else:
-            s, source = node_settings(node, loaded.rules[node], _addresses(loaded.node_ips.get(node, [])),
-                                      api.kube_proxy_config, pod_cidrs.get(node))
-            inputs.append(NodeInput(node, loaded.rules[node], s, source))
-        sources[node] = inputs[-1].settings_source
+    inputs = nodes_with_api(loaded, checked, overrides)
+    sources = {n.name: n.settings_source for n in inputs}
     filtered = namespace is not None or requirements is not None
 
     def report_orphan(service: str | None) -> bool:
@@ -132,25 +103,9 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _addresses(ips: list[str]) -> list[str]:
-    # node.json and the Node objects are untrusted input: an address that is not one is left out, not fatal
-    out = []
-    for ip in ips:
-        try:
-            ipaddress.ip_address(ip)
-        except (ValueError, TypeError):
-            continue
-        out.append(ip)
-    return out
-
-
 def _key(item: dict) -> str:
     meta = item.get("metadata") or {}
     return f"{meta.get('namespace') or 'default'}/{meta.get('name') or ''}"
-
-
-def _name(item: dict) -> str:
-    return (item.get("metadata") or {}).get("name") or ""
 
 
 def _in_namespace(service: str | None, namespace: str | None) -> bool:

@@ -1,4 +1,4 @@
-"""kube-proxy's chain-name hashes (kube-proxy-layout.md §1; pkg/proxy/iptables/proxier.go portProtoHash).
+"""kube-proxy's chain-name hashes (docs/reference/kube-proxy-layout.md §1; pkg/proxy/iptables/proxier.go portProtoHash).
 
 suffix = base32(sha256(servicePortName + protocol))[:16]; the SEP suffix also appends the endpoint "ip:port".
 servicePortName is "ns/name" + (":" + portName only when the port has a name); protocol is lower case.
@@ -11,9 +11,23 @@ import hashlib
 from functools import lru_cache
 
 SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-")
+# the same four by role: all endpoints (cluster policy), local endpoints, external traffic, LB source ranges
+CLUSTER_CHAIN_PREFIX, LOCAL_CHAIN_PREFIX, EXTERNAL_CHAIN_PREFIX, FIREWALL_CHAIN_PREFIX = SERVICE_CHAIN_PREFIXES
 ENDPOINT_CHAIN_PREFIX = "KUBE-SEP-"
 LEGACY_XLB_PREFIX = "KUBE-XLB-"  # replaced by KUBE-EXT/KUBE-SVL in kubernetes PR #109060 (1.24)
 HASHED_PREFIXES = SERVICE_CHAIN_PREFIXES + (ENDPOINT_CHAIN_PREFIX, LEGACY_XLB_PREFIX)
+
+
+# kube-proxy's fixed chains (pkg/proxy/iptables/proxier.go: kubeServicesChain, kubeNodePortsChain, …)
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
+KUBE_POSTROUTING = "KUBE-POSTROUTING"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+KUBE_MARK_DROP = "KUBE-MARK-DROP"  # before 1.25: marked packets are dropped by kubelet's KUBE-FIREWALL
+KUBE_FORWARD = "KUBE-FORWARD"
+KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
+KUBE_FIREWALL = "KUBE-FIREWALL"  # kubelet's chain; kube-proxy writes a copy of its one rule
 
 
 def service_port_name(namespace: str, name: str, port_name: str | None) -> str:
@@ -62,4 +76,10 @@ def chain_kind(chain: str) -> str | None:
 
 
 def chain_suffix(chain: str) -> str:
-    return chain.rsplit("-", 1)[1]
+    """The hash of a hashed chain's name: "KUBE-SVC-ABC…" -> "ABC…" (base32 has no "-")."""
+    return chain[chain.rfind("-") + 1 :]
+
+
+def chain_prefix(chain: str) -> str:
+    """The kind part of a hashed chain's name, dash included: "KUBE-SVC-ABC…" -> "KUBE-SVC-"."""
+    return chain[: len(chain) - len(chain_suffix(chain))]

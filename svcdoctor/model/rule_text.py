@@ -55,16 +55,24 @@ def tokenize(spec: str) -> list[str]:
 def target(spec: str) -> tuple[str | None, bool]:
     """(target, is_goto) of `-j T` / `-g T`, found from the end without tokenizing the whole rule; a target is
     never inside a quoted comment, so a `-j` inside quotes sends us to the tokenizer."""
-    padded = " " + spec
-    jump = padded.rfind(" -j ")
-    go = padded.rfind(" -g ")
-    idx, goto = (jump, False) if jump >= go else (go, True)
+    jump = spec.rfind(" -j ")
+    # a goto after the jump would win; only the tail after the jump needs searching (`check` reads every rule)
+    go = spec.find(" -g ", jump + 4) if jump >= 0 else spec.rfind(" -g ")
+    idx, goto = (go, True) if go >= 0 else (jump, False)
     if idx < 0:
+        if not spec.startswith(("-j ", "-g ")):
+            return _target_from_words(spec)
+        idx, goto = -1, spec[1] == "g"
+    elif spec.find('"', idx) >= 0 and spec.count('"', 0, idx) % 2 == 1:
         return _target_from_words(spec)
-    if '"' in padded and padded.count('"', 0, idx) % 2 == 1:
-        return _target_from_words(spec)
-    end = padded.find(" ", idx + 4)
-    return (padded[idx + 4 :] if end < 0 else padded[idx + 4 : end]), goto
+    end = spec.find(" ", idx + 4)
+    return (spec[idx + 4 :] if end < 0 else spec[idx + 4 : end]), goto
+
+
+def _inside_quotes(line: str, at: int) -> bool:
+    """Whether position `at` is inside a quoted comment. Only a quote after `at` can close one, and kube-proxy's
+    comments come before the options read here, so the count is rarely needed (`check` reads every rule)."""
+    return line.find('"', at) >= 0 and line.count('"', 0, at) % 2 == 1
 
 
 def _target_from_words(spec: str) -> tuple[str | None, bool]:
@@ -77,7 +85,11 @@ def _target_from_words(spec: str) -> tuple[str | None, bool]:
 
 def target_name(line: str) -> str | None:
     """Just the target of a line (None when the rule has none)."""
-    return target(line)[0]
+    at = line.rfind(" -j ")
+    if at < 0 or line.find(" -g ", at + 4) >= 0 or line.find('"', at) >= 0:
+        return target(line)[0]  # a goto, no jump, or a quote after it: the careful way
+    end = line.find(" ", at + 4)
+    return line[at + 4 :] if end < 0 else line[at + 4 : end]
 
 
 def option(line: str, name: str) -> str | None:
@@ -85,13 +97,53 @@ def option(line: str, name: str) -> str | None:
     never hold an option, and a quoted comment that did is skipped."""
     needle = f" {name} "
     at = line.find(needle)
-    while at >= 0 and '"' in line and line.count('"', 0, at) % 2 == 1:
+    while at >= 0 and line.find('"', at) >= 0 and line.count('"', 0, at) % 2 == 1:  # inside a quoted comment
         at = line.find(needle, at + 1)
     if at < 0:
         return None
     start = at + len(needle)
     end = line.find(" ", start)
     return line[start:] if end < 0 else line[start:end]
+
+
+def jump_to(line: str, prefix: str) -> tuple[str, float | None, bool] | None:
+    """(target, `--probability` or None, whether it is a `--rcheck` affinity check) of a rule that jumps to a chain
+    named `prefix…` (a balancing chain's jump to an endpoint chain, kube-proxy's KUBE-SEP-); None for any other
+    rule. One call and plain string searches: this is the hot loop of `check`, every endpoint of every port on
+    every node. A comment cannot hold ` -j CHAIN` and come after the real jump, so the last one is the target."""
+    at = line.rfind(" -j " + prefix)
+    if at < 0:
+        return None
+    end = line.find(" ", at + 4)
+    name = line[at + 4 :] if end < 0 else line[at + 4 : end]
+    if " --rcheck" in line:
+        return name, None, True
+    at = line.find(" --probability ")
+    if at < 0:
+        return name, None, False
+    end = line.find(" ", at + 15)
+    try:
+        return name, float(line[at + 15 :] if end < 0 else line[at + 15 : end]), False
+    except ValueError:
+        return name, None, False
+
+
+def has_option(line: str, name: str) -> bool:
+    """Whether the rule has the flag ` NAME` (e.g. "--rcheck", "--random-fully"), outside a quoted comment."""
+    needle = f" {name}"
+    at = line.find(needle)
+    while at >= 0:
+        end = at + len(needle)
+        if (end == len(line) or line[end] == " ") and not _inside_quotes(line, at):
+            return True
+        at = line.find(needle, at + 1)
+    return False
+
+
+def mentions(line: str, text: str) -> bool:
+    """Whether `text` (a service's "ns/name") occurs anywhere in the rule: a cheap test before its comment is
+    read, when one service's rules are looked for among a big node's."""
+    return text in line
 
 
 def option_of_words(words: list[str], *names: str) -> tuple[str | None, bool]:
@@ -133,6 +185,8 @@ def counters(line: str) -> tuple[int, int] | None:
 
 def packets(line: str) -> int:
     """The packet counter of a dump line; 0 when the dump has none."""
+    if line.startswith("[0:0]"):
+        return 0  # most rules of a dump never matched a packet: the common case, answered at once
     found = counters(line)
     return found[0] if found is not None else 0
 

@@ -1,8 +1,8 @@
 """Tie one node's rules to Service ports: which rules belong to which "ns/name[:port]".
 
-Two sources of truth, cross-checked (kube-proxy-layout.md §1.2): the rule comments kube-proxy writes
+Two sources of truth, cross-checked (docs/reference/kube-proxy-layout.md §1.2): the rule comments kube-proxy writes
 ("ns/name:port cluster IP", "ns/name:port -> ip:port", …) and the chain names, which are hashes of the same
-service port name. Comments vanish in large-cluster mode (§2.8); hashes never do.
+service port name. Comments vanish in large-cluster mode (docs/reference/kube-proxy-layout.md §2.8); hashes never do.
 """
 
 from __future__ import annotations

@@ -1,0 +1,127 @@
+"""`PortShape`: small hand-written rule lines -> the shape of one service port -> what `compare_port` finds.
+
+The lines are written the way `iptables-save -c` prints them (counters, `/32` masks, iptables' option order),
+against kube-proxy's plan (its restore input order), so the tests also show that spelling never matters."""
+
+from __future__ import annotations
+
+from svcdoctor.checks.compare_api import PortContext, compare_port
+from svcdoctor.checks.port_findings import UNEVEN_TOLERANCE, blackholes, check_split
+from svcdoctor.model.cluster import Endpoint, ServicePort
+from svcdoctor.model.expected import plan_service_port
+from svcdoctor.model.hashes import chain_suffix, endpoint_chain, service_chain
+from svcdoctor.model.port_shape import Addresses, expect_port, read_shape
+from svcdoctor.model.proxy_settings import ProxySettings
+
+SPN = "ns1/web:http"
+SUFFIX = chain_suffix(service_chain("KUBE-SVC-", SPN, "tcp"))
+SVC = "KUBE-SVC-" + SUFFIX
+SEP1 = endpoint_chain(SPN, "tcp", "10.244.1.5:8080")
+SEP2 = endpoint_chain(SPN, "tcp", "10.244.2.5:8080")
+SETTINGS = ProxySettings(node_name="node-1", node_ips=("172.18.0.2",), cluster_cidr="10.244.0.0/16")
+
+
+def _port(**kw) -> ServicePort:
+    base = dict(namespace="ns1", name="web", port_name="http", protocol="TCP", port=80, target_port=8080,
+                cluster_ips=["10.96.0.10"],
+                endpoints=[Endpoint("10.244.1.5", 8080, node="node-1"), Endpoint("10.244.2.5", 8080, node="node-2")])
+    base.update(kw)
+    return ServicePort(**base)
+
+
+def _node_chains(first_probability: str = "0.50000000000", second_sep: str = SEP2) -> dict[str, list[str]]:
+    return {
+        SVC: [
+            f'[0:0] -A {SVC} ! -s 10.244.0.0/16 -d 10.96.0.10/32 -p tcp -m comment --comment "{SPN} cluster IP" '
+            f"-m tcp --dport 80 -j KUBE-MARK-MASQ",
+            f'[0:0] -A {SVC} -m comment --comment "{SPN} -> 10.244.1.5:8080" -m statistic --mode random '
+            f"--probability {first_probability} -j {SEP1}",
+            f'[0:0] -A {SVC} -m comment --comment "{SPN} -> 10.244.2.5:8080" -j {second_sep}',
+        ],
+        SEP1: [f'[0:0] -A {SEP1} -p tcp -m comment --comment "{SPN}" -m tcp -j DNAT --to-destination 10.244.1.5:8080'],
+        SEP2: [f'[0:0] -A {SEP2} -p tcp -m comment --comment "{SPN}" -m tcp -j DNAT --to-destination 10.244.2.5:8080'],
+        "KUBE-SEP-OLDOLDOLDOLDOLDO": ['[0:0] -A KUBE-SEP-OLDOLDOLDOLDOLDO -p tcp -m tcp -j DNAT '
+                                      '--to-destination 10.244.9.9:8080'],
+    }
+
+
+ENTRY = (f'[5:300] -A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "{SPN} cluster IP" -m tcp '
+         f"--dport 80 -j {SVC}")
+
+
+def _shape(chains: dict[str, list[str]], entries=(("KUBE-SERVICES", ENTRY),), filters=(), addrs=None):
+    return read_shape(SUFFIX, list(entries), list(filters), chains.get, addrs or Addresses("10.96.0.10"))
+
+
+def test_read_shape_of_a_cluster_ip_port():
+    shape = _shape(_node_chains())
+    hop = shape.nat[("clusterIP", "10.96.0.10", "80")]
+    assert (hop.target, hop.packets) == (SVC, 5)
+    assert [(j.sep, j.probability) for j in shape.balancers["svc"]] == [(SEP1, 0.5), (SEP2, None)]
+    assert {sep: dest for sep, (dest, _) in shape.seps.items()} == {SEP1: "10.244.1.5:8080", SEP2: "10.244.2.5:8080"}
+    assert shape.balancer_chains == {"svc": SVC} and shape.affinity == {"svc": False}
+    assert shape.ext is None and shape.fw is None and not shape.filter
+
+
+def test_read_shape_without_the_api_takes_kinds_from_comments():
+    shape = _shape(_node_chains(), addrs=Addresses())
+    assert ("clusterIP", "10.96.0.10", "80") in shape.nat
+
+
+def test_the_plan_reads_into_the_same_shape_as_the_node():
+    exp = expect_port(plan_service_port(_port(), SETTINGS))
+    node = _shape(_node_chains())
+    assert exp.shape.nat.keys() == node.nat.keys()
+    assert [j.sep for j in exp.shape.balancers["svc"]] == [j.sep for j in node.balancers["svc"]]
+    assert compare_port(PortContext("node-1", SPN, "ns1/web", "tcp"), exp, node) == []
+
+
+def test_uneven_split_is_found_by_both_paths():
+    exp = expect_port(plan_service_port(_port(), SETTINGS))
+    node = _shape(_node_chains(first_probability="0.90000000000"))
+    found = compare_port(PortContext("node-1", SPN, "ns1/web", "tcp"), exp, node)
+    assert [f.id for f in found] == ["uneven-split"]
+    assert check_split("node-1", "ns1/web", SPN, SVC, node.balancers["svc"], node.seps).id == "uneven-split"
+    # the kernel's rounding of 1/2 is not a finding
+    nearly = _shape(_node_chains(first_probability=str(0.5 + UNEVEN_TOLERANCE / 2)))
+    assert check_split("node-1", "ns1/web", SPN, SVC, nearly.balancers["svc"], nearly.seps) is None
+
+
+def test_stale_and_missing_endpoints():
+    exp = expect_port(plan_service_port(_port(), SETTINGS))
+    node = _shape(_node_chains(second_sep="KUBE-SEP-OLDOLDOLDOLDOLDO"))
+    found = compare_port(PortContext("node-1", SPN, "ns1/web", "tcp"), exp, node)
+    assert sorted(f.id for f in found) == ["missing-endpoint", "stale-endpoint"]
+    stale = next(f for f in found if f.id == "stale-endpoint")
+    assert "10.244.9.9:8080" in stale.message and stale.node == "node-1" and stale.service == "ns1/web"
+
+
+def test_no_rules_at_all_for_a_port_with_endpoints():
+    exp = expect_port(plan_service_port(_port(), SETTINGS))
+    found = compare_port(PortContext("node-1", SPN, "ns1/web", "tcp"), exp, _shape({}, entries=()))
+    assert [f.id for f in found] == ["missing-service-rules"]
+
+
+def test_itp_local_drop_on_a_node_without_a_local_pod():
+    sp = _port(internal_traffic_policy="Local", endpoints=[Endpoint("10.244.2.5", 8080, node="node-2")])
+    exp = expect_port(plan_service_port(sp, SETTINGS))
+    drop = (f'[3:180] -A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "{SPN} has no local endpoints" '
+            f"-m tcp --dport 80 -j DROP")
+    node = _shape({}, entries=(), filters=(("KUBE-SERVICES", drop),))
+    assert node.filter[("clusterIP", "10.96.0.10", "80")].target == "DROP"
+    found = compare_port(PortContext("node-1", SPN, "ns1/web", "tcp"), exp, node)
+    assert [(f.id, f.severity) for f in found] == [("itp-local-no-local-endpoints", "error")]  # 3 packets dropped
+
+
+def test_pre_1_24_xlb_drop_is_an_etp_local_drop():
+    xlb = "KUBE-XLB-" + SUFFIX
+    entry = f'-A KUBE-NODEPORTS -p tcp -m comment --comment "{SPN}" -m tcp --dport 30080 -j {xlb}'
+    chains = {xlb: [
+        f'-A {xlb} -m comment --comment "masquerade LOCAL traffic for {SPN} LB IP" -m addrtype --src-type LOCAL '
+        f"-j KUBE-MARK-MASQ",
+        f'-A {xlb} -m comment --comment "{SPN} has no local endpoints" -j KUBE-MARK-DROP',
+    ]}
+    shape = _shape(chains, entries=(("KUBE-NODEPORTS", entry),), addrs=Addresses())
+    assert shape.xlb == xlb and len(shape.xlb_drops) == 1
+    rejects, drops = blackholes(shape)
+    assert rejects == [] and [d for d, _ in drops] == [("nodePort", "", "30080")]
