@@ -492,6 +492,7 @@ def diff_nodes(
     ports: list[ServicePort] | None = None,
     report_orphans: Callable[[str | None], bool] = lambda service: True,
     service: str | None = None,
+    planner: Planner | None = None,
 ) -> list[Finding]:
     """Desired against programmed for `ports` (default: every service port) on every node given.
 
@@ -510,7 +511,7 @@ def diff_nodes(
     if service is not None:
         only = frozenset(service_hash(sp.svc_port_name, sp.protocol) for sp in ports or ())
         named = frozenset([service])
-    planner = Planner(cluster)
+    planner = planner or Planner(cluster)
     out: list[Finding] = []
     all_suffixes = {service_hash(sp.svc_port_name, sp.protocol): sp for sp in cluster.service_ports}
     no_endpoints: dict[str, tuple[ExpectedPort, list[str]]] = {}

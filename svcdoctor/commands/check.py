@@ -12,8 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from svcdoctor.checks.compare_api import diff_nodes
-from svcdoctor.checks.engine import nodes_with_api, nodes_without_api, skipped_nodes
+from svcdoctor.checks.engine import diff_nodes_in_parallel, nodes_with_api, nodes_without_api, skipped_nodes
 from svcdoctor.checks.drift import compare_nodes
 from svcdoctor.checks.findings import (
     SEVERITY_RANK,
@@ -80,7 +79,7 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
             return service in chosen
         return service is not None and _in_namespace(service, namespace)
 
-    findings.extend(diff_nodes(inputs, cluster, ports if filtered else None, report_orphan))
+    findings.extend(diff_nodes_in_parallel(inputs, cluster, ports if filtered else None, report_orphan))
     return CheckResult(dedupe_findings(sort_findings(findings)), len(chosen), names, dict(loaded.failed),
                        service_ports=len(ports), settings=sources, api=True, skipped=skipped)
 
