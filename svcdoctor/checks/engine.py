@@ -24,12 +24,14 @@ def check_service(loaded: LoadedInput, service: str) -> list[Finding]:
     reading only that service's rules: what `explain` shows. Node-wide findings are not included."""
     checked = [n for n in sorted(loaded.rules) if n not in skipped_nodes(loaded)]
     cluster = loaded.cluster
-    if cluster is None:
-        found, _ = compare_nodes(nodes_without_api(loaded, checked), service=service)
-    else:
-        ports = [sp for sp in cluster.service_ports if sp.service_key == service]
-        found = diff_nodes(nodes_with_api(loaded, checked, {}), cluster, ports,
-                           lambda orphan_of: orphan_of == service, service=service)
+    found: list[Finding] = []
+    for family in FAMILIES:
+        if cluster is None:
+            found += compare_nodes(nodes_without_api(loaded, checked, family), service=service)[0]
+        else:
+            ports = [sp for sp in cluster.service_ports if sp.service_key == service]
+            found += diff_nodes(nodes_with_api(loaded, checked, {}, family), cluster, ports,
+                                lambda orphan_of: orphan_of == service, service=service)
     return dedupe_findings(sort_findings([f for f in found if f.service == service]))
 
 
@@ -41,23 +43,38 @@ def skipped_nodes(loaded: LoadedInput) -> dict[str, str]:
             if (captures[n].proxy_mode or "iptables") != "iptables"}
 
 
-def nodes_without_api(loaded: LoadedInput, checked: list[str]) -> list[NodeInput]:
-    return [NodeInput(n, loaded.rules[n], None, "") for n in checked]  # no settings needed: nothing planned
+FAMILIES = ("IPv4", "IPv6")
 
 
-def nodes_with_api(loaded: LoadedInput, checked: list[str], overrides: dict[str, ProxySettings]
-                    ) -> list[NodeInput]:
-    """Each node with its proxy settings: given, else from kube-proxy's ConfigMap, else read from its rules."""
+def family_rules(loaded: LoadedInput, family: str) -> dict:
+    """Each node's rules for one address family: iptables for IPv4, ip6tables (dual-stack nodes) for IPv6."""
+    return loaded.rules if family == "IPv4" else loaded.rules6
+
+
+def nodes_without_api(loaded: LoadedInput, checked: list[str], family: str = "IPv4") -> list[NodeInput]:
+    rules = family_rules(loaded, family)
+    return [NodeInput(n, rules[n], None, "") for n in checked if n in rules]  # no settings needed: nothing planned
+
+
+def nodes_with_api(loaded: LoadedInput, checked: list[str], overrides: dict[str, ProxySettings],
+                   family: str = "IPv4") -> list[NodeInput]:
+    """Each node with its proxy settings: given, else from kube-proxy's ConfigMap, else read from its rules.
+    kube-proxy runs one proxier per family; the IPv6 one is told apart by an IPv6 node address first."""
     api = loaded.snapshot.api
+    rules = family_rules(loaded, family)
     pod_cidrs = {_name(item): list((item.get("spec") or {}).get("podCIDRs") or []) for item in api.nodes or []}
     inputs: list[NodeInput] = []
     for node in checked:
-        if node in overrides:
-            inputs.append(NodeInput(node, loaded.rules[node], overrides[node], "given"))
-        else:
-            s, source = node_settings(node, loaded.rules[node], _addresses(loaded.node_ips.get(node, [])),
-                                      api.kube_proxy_config, pod_cidrs.get(node))
-            inputs.append(NodeInput(node, loaded.rules[node], s, source))
+        if node not in rules:
+            continue
+        if node in overrides and family == "IPv4":
+            inputs.append(NodeInput(node, rules[node], overrides[node], "given"))
+            continue
+        ips = _addresses(loaded.node_ips.get(node, []) + (loaded.cluster.node_ips.get(node, []) if loaded.cluster
+                                                              else []))
+        ips = sorted(dict.fromkeys(ips), key=lambda ip: (":" in ip) != (family == "IPv6"))
+        s, source = node_settings(node, rules[node], ips, api.kube_proxy_config, pod_cidrs.get(node))
+        inputs.append(NodeInput(node, rules[node], s, source))
     return inputs
 
 

@@ -12,7 +12,13 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from svcdoctor.checks.engine import diff_nodes_in_parallel, nodes_with_api, nodes_without_api, skipped_nodes
+from svcdoctor.checks.engine import (
+    FAMILIES,
+    diff_nodes_in_parallel,
+    nodes_with_api,
+    nodes_without_api,
+    skipped_nodes,
+)
 from svcdoctor.checks.drift import compare_nodes
 from svcdoctor.checks.findings import (
     SEVERITY_RANK,
@@ -55,9 +61,12 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
     checked = [n for n in names if n not in skipped]
     cluster = loaded.cluster
     if cluster is None:
-        diff, services = compare_nodes(nodes_without_api(loaded, checked),
+        services: set[str] = set()
+        for family in FAMILIES:  # kube-proxy keeps the two families apart: so are their nodes compared
+            diff, seen = compare_nodes(nodes_without_api(loaded, checked, family),
                                        lambda service: _in_namespace(service, namespace))
-        findings.extend(diff)
+            findings.extend(diff)
+            services.update(seen)
         return CheckResult(dedupe_findings(sort_findings(findings)), len(services), names, dict(loaded.failed),
                            service_ports=0, api=False, skipped=skipped)
 
@@ -69,6 +78,7 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
     chosen = {sp.service_key for sp in ports}
     inputs = nodes_with_api(loaded, checked, overrides)
     sources = {n.name: n.settings_source for n in inputs}
+    inputs6 = nodes_with_api(loaded, checked, overrides, "IPv6")
     filtered = namespace is not None or requirements is not None
 
     def report_orphan(service: str | None) -> bool:
@@ -80,6 +90,8 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         return service is not None and _in_namespace(service, namespace)
 
     findings.extend(diff_nodes_in_parallel(inputs, cluster, ports if filtered else None, report_orphan))
+    if inputs6:
+        findings.extend(diff_nodes_in_parallel(inputs6, cluster, ports if filtered else None, report_orphan))
     return CheckResult(dedupe_findings(sort_findings(findings)), len(chosen), names, dict(loaded.failed),
                        service_ports=len(ports), settings=sources, api=True, skipped=skipped)
 
