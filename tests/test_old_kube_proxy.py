@@ -69,3 +69,57 @@ def test_old_xlb_chains_explain(tmp_path, local_pod):
         assert "KUBE-MARK-DROP" in node_port["blackholeRule"]
         assert [f["id"] for f in doc["findings"]] == ["etp-local-no-local-endpoints"]
     assert not [f for f in doc["findings"] if f["id"] == "hash-mismatch"]
+
+
+def older_rules() -> str:
+    """Before 1.24 the ClusterIP masquerade rule sat in KUBE-SERVICES, just ahead of the jump to KUBE-SVC (and the
+    localhost NodePort one in KUBE-NODEPORTS), not inside KUBE-SVC."""
+    text = old_rules(local_pod=False)
+    inside = next(ln for ln in text.splitlines() if ln.startswith(f"-A {SVC} ! -s"))
+    ahead = inside.replace(f"-A {SVC} ", "-A KUBE-SERVICES ", 1)
+    jump = next(ln for ln in text.splitlines() if ln.startswith("-A KUBE-SERVICES -d 10.96.0.20/32"))
+    local_masq = (f'-A KUBE-NODEPORTS -s 127.0.0.0/8 -p tcp -m comment --comment "{SPN}" -m tcp --dport 30080 '
+                  "-j KUBE-MARK-MASQ")
+    node_port = next(ln for ln in text.splitlines() if ln.startswith("-A KUBE-NODEPORTS"))
+    text = text.replace(inside + "\n", "").replace(jump, ahead + "\n" + jump)
+    return text.replace(node_port, local_masq + "\n" + node_port)
+
+
+@pytest.mark.netns
+def test_the_same_situation_explains_the_same_in_the_older_layout(tmp_path):
+    require_netns()
+    answers = {}
+    for name, text in (("1.23", old_rules(local_pod=False)), ("older", older_rules())):
+        with Namespace() as ns:
+            ns.restore(text)
+            dump = ns.save(counters=True)
+        path = tmp_path / f"{name}.txt"
+        path.write_text(dump)
+        r = run_cli("explain", "web", "--bundle", str(path), "-o", "json")
+        assert r.exit_code == 0, r.stderr
+        entries = {e["kind"]: e for n in r.json()["ports"][0]["nodes"] for e in n["entries"]}
+        answers[name] = entries
+        checked = run_cli("check", "--bundle", str(path), "-o", "json")
+        assert [f["id"] for f in checked.json()["findings"]] == ["etp-local-no-local-endpoints"]
+    for entries in answers.values():
+        assert entries["clusterIP"]["masquerade"] == "conditional"  # for clients outside the pod CIDR
+        node_port = entries["nodePort"]
+        assert node_port["verdict"] == "drop"  # outside clients of a pod-less Local node
+        by_class = {c["clients"]: c for c in node_port["clients"]}
+        assert by_class["the node itself"]["target"] == SVC and by_class["the node itself"]["masquerade"]
+        assert by_class["pods (10.244.0.0/16)"]["target"] == SVC
+    assert {c["clients"] for c in answers["older"]["nodePort"]["clients"]} >= {"localhost (127.0.0.0/8)"}
+
+
+@pytest.mark.netns
+def test_the_drop_is_shown_in_the_table_that_holds_it(tmp_path, monkeypatch):
+    require_netns()
+    with Namespace() as ns:
+        ns.restore(old_rules(local_pod=False))
+        dump = ns.save(counters=True)
+    path = tmp_path / "old.txt"
+    path.write_text(dump)
+    monkeypatch.setenv("COLUMNS", "200")
+    out = run_cli("explain", "web", "--bundle", str(path)).stdout
+    assert f"nat {XLB}: {SPN} has no local endpoints → KUBE-MARK-DROP" in out
+    assert "the node itself → " + SVC + ", masqueraded" in out

@@ -49,6 +49,18 @@ class EndpointShare:
 
 
 @dataclass(slots=True)
+class ClientPath:
+    """Where one class of clients goes when the entry treats it apart from outside clients: pods, the node itself,
+    localhost (a Local-policy nodePort sends them to every endpoint, masqueraded or not)."""
+
+    clients: str  # "pods (10.244.0.0/16)", "the node itself", "localhost (127.0.0.0/8)", or the rule's condition
+    condition: str  # the rule's source condition, as written
+    target: str  # the chain they go to
+    masquerade: bool  # marked for SNAT on the way
+    rule: Rule | None = None
+
+
+@dataclass(slots=True)
 class Entry:
     kind: str  # clusterIP | nodePort | externalIP | loadBalancer
     destination: str  # "IP:PORT" or ":NODEPORT"
@@ -65,6 +77,7 @@ class Entry:
     session_affinity_seconds: int | None = None
     unmatched_share: float = 0.0  # share that no DNAT rule took
     family: str = "IPv4"  # IPv6 entries come from ip6tables
+    clients: list[ClientPath] = field(default_factory=list)  # client classes with a path of their own
 
 
 @dataclass(slots=True)
@@ -122,6 +135,25 @@ def _source_matches_outside_client(rule: Rule) -> bool | None:
     return True
 
 
+def _source_condition(rule: Rule) -> str:
+    return " ".join(m.text() for m in rule.matches if m.option in SOURCE_OPTIONS)
+
+
+def _client_class(rule: Rule) -> str:
+    """Who a source condition picks, in words: kube-proxy uses the pod CIDR, the node's own addresses and
+    localhost (docs/reference/kube-proxy-layout.md §2.9)."""
+    for m in rule.matches:
+        if m.option == "--src-type" and (m.value or "").upper() == "LOCAL" and not m.negated:
+            return "the node itself"
+        if m.option == "-s" and not m.negated:
+            if (m.value or "").startswith("127."):
+                return f"localhost ({m.value})"
+            return f"pods ({m.value})"
+        if m.option == "-i" and not m.negated:
+            return f"pods (interface {m.value})"
+    return _source_condition(rule)
+
+
 def _describe_conditions(rule: Rule) -> str:
     parts = [m.text() for m in rule.matches if m.option not in DESTINATION_OPTIONS and m.module != "statistic"]
     return " ".join(parts) or "always"
@@ -139,6 +171,8 @@ class _Walker:
         self.verdicts: dict[str, float] = {}
         self.fw_followed = False
         self.drop_rule: Rule | None = None  # a DROP/REJECT in nat itself (old kube-proxy's KUBE-MARK-DROP)
+        self.clients: list[ClientPath] = []
+        self._marked: set[str] = set()  # source conditions already marked for masquerade in this walk
 
     def walk(self, chain_name: str, mass: float, masq: str, depth: int = 0) -> float:
         """Walk a chain with ``mass`` of the traffic; returns the mass that falls through (not taken)."""
@@ -168,6 +202,7 @@ class _Walker:
             if source_cond and self.outside_client:
                 matched = _source_matches_outside_client(rule)
                 if matched is False:
+                    self._note_client_class(rule, target, masq)
                     if chain_kind(chain_name) == "fw" and target and chain_kind(target) == "ext":
                         # loadBalancerSourceRanges: follow the path of the clients that are allowed
                         self.notes.append(f"{chain_name}: only clients from {rule.value('-s')} go on to {target}")
@@ -215,6 +250,16 @@ class _Walker:
             left = self.walk(target, share, masq, depth + 1)
             remaining -= share - left
         return remaining
+
+    def _note_client_class(self, rule: Rule, target: str | None, masq: str) -> None:
+        """A rule for clients other than outside ones (pods, the node itself): a path of their own. kube-proxy
+        marks such a class for masquerade in the rule just before the one that routes it."""
+        condition = _source_condition(rule)
+        if target == "KUBE-MARK-MASQ":
+            self._marked.add(condition)
+        elif target and chain_kind(target) in ("svc", "svl", "ext"):
+            self.clients.append(ClientPath(_client_class(rule), condition, target,
+                                           condition in self._marked or masq == "always", rule))
 
     def walk_sep(self, sep: str, share: float, masq: str, rule_probability: float | None) -> float:
         chain = self.nat.chain(sep) if self.nat else None
@@ -271,6 +316,33 @@ def _entry_kind_and_destination(rule: Rule, chain: str) -> tuple[str, str]:
     return ("clusterIP" if kind in ("svc", "svl") else "externalIP"), dest
 
 
+def _masquerade_ahead(rules: NodeRules, entry_rule: Rule, walker: _Walker) -> str:
+    """Masquerading decided before the jump to the service's chains, in the entry chain itself: kube-proxy before
+    1.24 wrote the ClusterIP masquerade rule into KUBE-SERVICES (`! -s POD_CIDR -d IP --dport P -j KUBE-MARK-MASQ`)
+    and the localhost NodePort one into KUBE-NODEPORTS (`-s 127.0.0.0/8 … -j KUBE-MARK-MASQ`), each just ahead of
+    the jump (docs/reference/kube-proxy-layout.md §2.12). Returns the masquerade the walk starts with."""
+    chain = rules.chain("nat", entry_rule.chain)
+    if chain is None:
+        return "never"
+    wanted = {m.option: m.value for m in entry_rule.matches if m.option in ("-d", "--dport", "-p")}
+    masq = "never"
+    for rule in chain.rules[: max(0, entry_rule.position - 1)]:
+        if rule.target != "KUBE-MARK-MASQ":
+            continue
+        if {m.option: m.value for m in rule.matches if m.option in ("-d", "--dport", "-p")} != wanted:
+            continue
+        if not _is_source_conditional(rule):
+            return "always"
+        if walker.outside_client:
+            walker._marked.add(_source_condition(rule))
+            walker.clients.append(ClientPath(_client_class(rule), _source_condition(rule), entry_rule.target or "",
+                                             True, rule))
+            continue
+        masq = "conditional"
+        walker.masq_when.append(f"{entry_rule.chain}: {_describe_conditions(rule)}")
+    return masq
+
+
 def _blackhole_kind_and_destination(rule: Rule) -> tuple[str, str]:
     dport = rule.value("--dport") or ""
     dst_type = rule.value("--dst-type")
@@ -308,7 +380,8 @@ def explain_entries(
         outside = kind != "clusterIP"
         walker = _Walker(rules, outside_client=outside)
         walker.path = ["KUBE-SERVICES"] + (["KUBE-NODEPORTS"] if rule.chain == "KUBE-NODEPORTS" else [])
-        left = walker.walk(rule.target, 1.0, "never")
+        masq = _masquerade_ahead(rules, rule, walker)
+        left = walker.walk(rule.target, 1.0, masq)
         entry = Entry(
             kind=kind,
             destination=destination,
@@ -323,6 +396,7 @@ def explain_entries(
             notes=walker.notes,
             session_affinity_seconds=walker.affinity,
             unmatched_share=max(0.0, left),
+            clients=walker.clients,
         )
         if walker.verdicts and not walker.endpoints:
             entry.verdict = max(walker.verdicts, key=walker.verdicts.get)

@@ -104,6 +104,11 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: 
         tree = Tree(head)
         path = Text(" → ".join(e.path), style="dim")
         tree.add(path)
+        for client in e.clients:
+            # clients the entry treats apart from outside ones (a Local policy still serves pods and the node)
+            line = Text(f"{client.clients} → {client.target}", style="blue")
+            line.append(", masqueraded" if client.masquerade else ", not masqueraded", style="dim")
+            tree.add(line)
         if e.masquerade_when and e.verdict == "dnat":
             tree.add(Text("SNAT when " + "; or when ".join(_humane_condition(w) for w in e.masquerade_when),
                           style="magenta"))
@@ -142,7 +147,7 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: 
         if e.blackhole_rule is not None:
             bh = e.blackhole_rule
             bh_packets = _sum(p.blackhole_rule.packets for p in peers if p.blackhole_rule is not None)
-            t = Text(f"filter {bh.chain}: ", style="red")
+            t = Text(f"{bh.table} {bh.chain}: ", style="red")
             t.append(f"{bh.comment or ''} → {bh.target}")
             if bh_packets is not None:
                 t.append(f"  [{bh_packets} pkts]", style="bold red" if bh_packets else "dim")
@@ -150,6 +155,8 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: 
         for note in e.notes:
             if e.blackhole_rule is not None and note.startswith(("traffic not DNATed", "filter ")):
                 continue
+            if e.clients and ": traffic matching '" in note:
+                continue  # said above, per client class
             tree.add(Text(note, style="italic dim"))
         if wide and e.entry_rule is not None:
             tree.add(Text(e.entry_rule.text, style="dim"))

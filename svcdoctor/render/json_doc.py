@@ -155,6 +155,10 @@ def _entry(e) -> dict:
         "rule": e.entry_rule.text if e.entry_rule is not None else None,
         "blackholeRule": e.blackhole_rule.text if e.blackhole_rule is not None else None,
         "notes": list(e.notes),
+        "clients": [
+            {"clients": c.clients, "condition": c.condition, "target": c.target, "masquerade": c.masquerade}
+            for c in e.clients
+        ],
         "endpoints": [
             {
                 "ip": ep.ip,
