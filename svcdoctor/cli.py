@@ -88,7 +88,9 @@ def trace(
 def check(
     env: Environment, source: InputOptions,
     fail_on: Annotated[Severity, typer.Option("--fail-on", metavar="SEVERITY", help="error | warning | info")] = Severity.error,
-    namespace: NamespaceOpt = None,
+    namespace: Annotated[Optional[str], typer.Option(
+        "-n", "--namespace", metavar="NAMESPACE",
+        help="Only this namespace's services (without -n: every namespace; an unknown one exits 2).")] = None,
     selector: Annotated[Optional[str], typer.Option("-l", "--selector", metavar="SELECTOR",
                                                     help="Only Services with these labels (kubectl's syntax).")] = None,
 ) -> int:

@@ -12,6 +12,7 @@ from svcdoctor.errors import SvcdoctorError, UnknownServiceError, UsageError
 from svcdoctor.model.cluster import ClusterModel, build_cluster_model
 from svcdoctor.model.explain import ServiceView, build_service_view, known_services, merge_family
 from svcdoctor.model.hashes import service_hash
+from svcdoctor.model.partial import missing_pieces
 from svcdoctor.model.parse import parse_pasted_rules, parse_rules, parse_service_rules
 from svcdoctor.model.rules import NodeRules
 from svcdoctor.model.service_rules import NodeServiceIndex, index_node_services
@@ -144,6 +145,10 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
             continue
         parsed.backend_warnings.extend(w for w in node.warnings if w not in parsed.backend_warnings)
         warnings.extend(parsed.warnings)
+        missing = missing_pieces(parsed)
+        if missing:
+            warnings.append(f"{node.source or node.name}: a partial dump, without {'; '.join(missing)}: what is in it "
+                            "is explained, and nothing missing is taken to be absent from the node")
         rules[node.name] = parsed
         if node.other_backend_save:
             try:
@@ -194,7 +199,25 @@ def resolve_service(service: str, namespace: str | None, loaded: LoadedInput) ->
                   if n not in close]
         if close:
             hint = "; did you mean " + ", ".join(close) + "?"
-    raise UnknownServiceError(f"no service {key} on any node{' or in the API' if loaded.cluster else ''}{hint}")
+    raise UnknownServiceError(f"no service {key} on any node{' or in the API' if loaded.cluster else ''}{hint}"
+                              + _replaced_nodes(loaded))
+
+
+def _replaced_nodes(loaded: LoadedInput) -> str:
+    """Why a service is in no node's iptables when another component routes Services there (not that the service
+    does not exist)."""
+    from svcdoctor.checks.findings import kube_proxy_replacement
+
+    replaced = {}
+    for node, rules in loaded.rules.items():
+        if not rules.has_kube_proxy_rules():
+            found = kube_proxy_replacement(rules)
+            if found is not None:
+                replaced[node] = found[0]
+    if not replaced:
+        return ""
+    where = ", ".join(f"{name} on {node}" for node, name in sorted(replaced.items()))
+    return f"; Services are not programmed in iptables where kube-proxy is replaced ({where})"
 
 
 def service_indexes(loaded: LoadedInput, ns: str, name: str) -> dict[str, NodeServiceIndex] | None:

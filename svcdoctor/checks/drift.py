@@ -12,6 +12,7 @@ from svcdoctor.checks.findings import Finding, finding
 from svcdoctor.checks.port_findings import blackholes, check_split, comment_port, local_drops
 from svcdoctor.model import rule_text
 from svcdoctor.model.hashes import HASHED_PREFIXES, chain_kind, chain_suffix, endpoint_hash, service_hash
+from svcdoctor.model.partial import is_partial
 from svcdoctor.model.port_shape import BALANCER_PREFIX, Addresses, NodeProgram, PortShape, describe, evidence
 from svcdoctor.model.proxy_settings import ProxySettings
 from svcdoctor.model.rules import NodeRules
@@ -228,11 +229,23 @@ def _orphans_without_api(program: NodeProgram, accounted: set[str], wanted: Call
             target = rule_text.target_name(line)
             if target and chain_kind(target) is not None:
                 referenced.add(target)
+    if is_partial(program.rules):
+        return []  # a grep or a few chains: a chain nothing in the input jumps to may well be jumped to on the node
     candidates = (program.hashed_chains() if only is None else
                   [p + s for s in sorted(only) for p in HASHED_PREFIXES if p + s in program.chains])
+    suspects = [name for name in candidates if name not in referenced and name not in accounted]
+    if suspects:
+        # a chain another chain jumps to is never left over (a left-over KUBE-EXT still jumps to its KUBE-SVC):
+        # every hashed chain's rules are read, but only when there is a suspect at all
+        suspected = set(suspects)
+        for name in program.hashed_chains():
+            for line in program.lines(name) or ():
+                target = rule_text.target_name(line)
+                if target in suspected:
+                    referenced.add(target)
     out = []
-    for name in candidates:
-        if name in referenced or name in accounted:
+    for name in suspects:
+        if name in referenced:
             continue
         lines = program.lines(name) or []
         spn = comment_port([("", ln) for ln in lines])

@@ -33,6 +33,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "node-drift": ("warning", "nodes disagree about the same service port"),
     "backend-mismatch": ("error", "kube-proxy's rules are in the iptables backend the node does not use, or in both"),
     "no-kube-proxy-rules": ("error", "the node has no kube-proxy rules at all"),
+    "kube-proxy-replaced": ("info", "another component (Cilium, kube-router, Antrea, Calico eBPF) routes Services on "
+                                    "the node instead of kube-proxy: they are not in iptables there"),
     "hash-mismatch": ("warning", "a chain name is not the hash of the service port its comment names"),
     "uneven-split": ("warning", "the probabilities do not split new connections evenly between endpoints"),
     "proxy-mode-not-read": ("info", "kube-proxy runs in ipvs or nftables mode on the node: svcdoctor reads iptables mode"),
@@ -66,8 +68,18 @@ class Finding:
         }
 
 
+# Services whose loss breaks the whole cluster, not one application: without endpoints for the cluster's DNS
+# (CoreDNS keeps kube-dns's Service name) every name lookup of every pod is rejected.
+CLUSTER_CRITICAL = {"no-endpoints": frozenset({"kube-system/kube-dns"})}
+
+
 def finding(fid: str, node: str | None, service: str | None, message: str, evidence=(), severity=None) -> Finding:
+    """A finding of id `fid`: its severity is the catalogue's unless given, and an error whatever the catalogue
+    says for a cluster-critical service (severity follows impact)."""
     sev = severity or CATALOGUE[fid][0]
+    if service in CLUSTER_CRITICAL.get(fid, ()):
+        sev = "error"
+        message += " (the cluster's DNS: every lookup fails)"
     return Finding(fid, sev, node, service, message, [str(e) for e in evidence])
 
 
@@ -118,12 +130,40 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
             f"kube-proxy runs in {proxy_mode} mode on {node}; svcdoctor reads the iptables mode's rules, so this "
             f"node's Service routing is not shown",
             [f"kube-proxy ConfigMap: mode: {proxy_mode}"]))
-    if not has_rules and proxy_mode in (None, "", "iptables") and not other_has:
+    replacement = kube_proxy_replacement(rules) if not has_rules and not other_has else None
+    if replacement is not None:
+        name, chains = replacement
+        out.append(finding(
+            "kube-proxy-replaced", node, None,
+            f"{node} has no kube-proxy rules and {name}'s chains: {name} routes Services there instead of kube-proxy, "
+            f"so no Service is programmed in iptables on {node}",
+            [f"nat chains: {', '.join(chains)}"]))
+    elif not has_rules and proxy_mode in (None, "", "iptables") and not other_has:
         out.append(finding(
             "no-kube-proxy-rules", node, None,
             f"{node} has no kube-proxy rules (no KUBE-SERVICES rules): is kube-proxy running there?",
             [f"nat chains: {', '.join(sorted(nat.chains)) if nat else 'no nat table'}"]))
     return out
+
+
+# Chains that name the component routing Services when kube-proxy does not (its own chains, as their code writes
+# them: cilium pkg/datapath/iptables, kube-router pkg/controllers/proxy, antrea pkg/agent/route, calico felix).
+REPLACEMENT_CHAIN_PREFIXES = (
+    ("CILIUM_", "Cilium"),
+    ("KUBE-ROUTER-", "kube-router"),
+    ("ANTREA-", "Antrea"),
+    ("cali-", "Calico (eBPF dataplane)"),
+)
+
+
+def kube_proxy_replacement(rules: NodeRules) -> tuple[str, list[str]] | None:
+    """(name, its chains) when a node without kube-proxy rules has another Service router's chains."""
+    names = [c for t in rules.tables.values() for c in t.chains]
+    for prefix, name in REPLACEMENT_CHAIN_PREFIXES:
+        chains = sorted(c for c in names if c.startswith(prefix))
+        if chains:
+            return name, chains[:5] + (["…"] if len(chains) > 5 else [])
+    return None
 
 
 KUBELET_MARK_CHAINS = ("KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")

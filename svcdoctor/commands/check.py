@@ -45,7 +45,24 @@ def run_check(
     if requirements is not None and loaded.cluster is None:
         raise UsageError("-l/--selector needs the Services from the API (the input has none, or --no-api was given)")
     with _no_cyclic_gc():
-        return _run(loaded, namespace, requirements, settings or {})
+        result = _run(loaded, namespace, requirements, settings or {})
+    if namespace is not None and result.services == 0:
+        _refuse_unknown_namespace(loaded, namespace)
+    return result
+
+
+def _refuse_unknown_namespace(loaded: LoadedInput, namespace: str) -> None:
+    """`-n NS` with no service of NS in the input is most often a typo (or `-n all`): say which namespaces there
+    are instead of reporting that nothing is wrong."""
+    from svcdoctor.model.explain import known_services
+
+    if loaded.cluster is not None:
+        seen = {sp.namespace for sp in loaded.cluster.service_ports}
+    else:
+        seen = {s.split("/", 1)[0] for s in known_services(loaded.rules, None, loaded.rules6)}
+    if namespace not in seen:
+        raise UsageError(f"no service in namespace {namespace!r}; namespaces with services: "
+                         f"{', '.join(sorted(seen)) or 'none'} (without -n every namespace is checked)")
 
 
 def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: dict[str, ProxySettings]

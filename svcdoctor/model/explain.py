@@ -178,7 +178,7 @@ class _Walker:
         """Walk a chain with ``mass`` of the traffic; returns the mass that falls through (not taken)."""
         chain = self.nat.chain(chain_name) if self.nat else None
         if chain is None:
-            self.notes.append(f"chain {chain_name} is referenced but does not exist on this node")
+            self.notes.append(f"chain {chain_name} is referenced but is not in this input")
             return mass
         if depth > 16:
             self.notes.append(f"stopped following at {chain_name}: jumps nest too deep (a loop?)")
@@ -241,7 +241,7 @@ class _Walker:
                 continue
             if chain_kind(target) == "sep":
                 before = len(self.endpoints)
-                left = self.walk_sep(target, share, masq, p)
+                left = self.walk_sep(target, share, masq, p, rule)
                 for ep in self.endpoints[before:]:
                     ep.jump_rules.append(rule)
                     ep.jump_rules.extend(affinity_rules.get(target, ()))
@@ -261,10 +261,20 @@ class _Walker:
             self.clients.append(ClientPath(_client_class(rule), condition, target,
                                            condition in self._marked or masq == "always", rule))
 
-    def walk_sep(self, sep: str, share: float, masq: str, rule_probability: float | None) -> float:
+    def walk_sep(self, sep: str, share: float, masq: str, rule_probability: float | None,
+                 jump: Rule | None = None) -> float:
         chain = self.nat.chain(sep) if self.nat else None
         if chain is None:
-            self.notes.append(f"chain {sep} is referenced but does not exist on this node")
+            # iptables refuses a jump to a chain that does not exist: the input is partial (a grep, a few chains
+            # listed); the jump's comment still names the endpoint ("ns/name:port -> 10.0.0.5:8080")
+            spn, what = service_port_of_comment(jump.comment if jump is not None else None)
+            if what == "endpoint":
+                address = jump.comment.split(" -> ", 1)[1].strip()
+                self._endpoint(sep, None, share, masq, rule_probability, address)
+                self.notes.append(f"{sep} is not in this input: its endpoint {address} is read from the jump's "
+                                  "comment")
+                return 0.0
+            self.notes.append(f"chain {sep} is referenced but is not in this input")
             return share
         for rule in chain.rules:
             if rule.target == "KUBE-MARK-MASQ":
@@ -277,8 +287,9 @@ class _Walker:
         self.notes.append(f"{sep} has no DNAT rule")
         return share
 
-    def _endpoint(self, chain: str, rule: Rule, share: float, masq: str, rule_probability: float | None = None):
-        dest = rule.dnat_destination or ""
+    def _endpoint(self, chain: str, rule: Rule | None, share: float, masq: str,
+                  rule_probability: float | None = None, address: str | None = None):
+        dest = address if rule is None else (rule.dnat_destination or "")
         ip, _, port = dest.rpartition(":")
         if not ip:
             ip, port = dest, ""
@@ -314,6 +325,68 @@ def _entry_kind_and_destination(rule: Rule, chain: str) -> tuple[str, str]:
         return what, dest
     kind = chain_kind(rule.target or "")
     return ("clusterIP" if kind in ("svc", "svl") else "externalIP"), dest
+
+
+def _walk_entry(rules: NodeRules, kind: str, destination: str, start: str | None, rule: Rule | None,
+                path: list[str]) -> Entry:
+    """One entry walked from its first kube-proxy chain: clusterIP for any client, the others for a client
+    outside the cluster."""
+    walker = _Walker(rules, outside_client=kind != "clusterIP")
+    walker.path = list(path)
+    masq = _masquerade_ahead(rules, rule, walker) if rule is not None else "never"
+    left = walker.walk(start, 1.0, masq)
+    entry = Entry(
+        kind=kind,
+        destination=destination,
+        verdict="dnat" if walker.endpoints else "none",
+        path=walker.path,
+        masquerade="never",
+        packets=rule.packets if rule is not None else None,
+        bytes=rule.bytes if rule is not None else None,
+        endpoints=walker.endpoints,
+        entry_rule=rule,
+        masquerade_when=walker.masq_when,
+        notes=walker.notes,
+        session_affinity_seconds=walker.affinity,
+        unmatched_share=max(0.0, left),
+        clients=walker.clients,
+    )
+    if walker.verdicts and not walker.endpoints:
+        entry.verdict = max(walker.verdicts, key=walker.verdicts.get)
+        entry.blackhole_rule = walker.drop_rule
+    masqs = {ep.masquerade for ep in walker.endpoints}
+    entry.masquerade = masqs.pop() if len(masqs) == 1 else ("conditional" if masqs else "never")
+    return entry
+
+
+def _entries_without_their_rule(rules: NodeRules, chains: list[str]) -> list[Entry]:
+    """A partial input's service chains that no entry rule in it jumps to (model/partial.py): explained from the
+    chain on, each marked as such. The ClusterIP path starts at KUBE-SVC (or KUBE-SVL under a Local internal
+    policy), the external one at KUBE-FW, KUBE-EXT or the old KUBE-XLB; which node port or address leads there
+    is in the entry rule, which the input does not have."""
+    by_kind = {chain_kind(name): name for name in chains}
+    out = []
+    cluster = by_kind.get("svc") or (by_kind.get("svl") if "ext" not in by_kind else None)
+    if cluster is not None:
+        entry = _walk_entry(rules, "clusterIP", _cluster_destination(rules, cluster), cluster, None, [])
+        entry.notes.insert(0, f"the entry rule (KUBE-SERVICES → {cluster}) is not in this input")
+        out.append(entry)
+    external = by_kind.get("fw") or by_kind.get("ext") or by_kind.get("xlb")
+    if external is not None:
+        entry = _walk_entry(rules, "external", "?", external, None, [])
+        entry.notes.insert(0, f"the entry rule to {external} (a node port, external or load-balancer IP) is not in "
+                              "this input")
+        out.append(entry)
+    return out
+
+
+def _cluster_destination(rules: NodeRules, chain: str) -> str:
+    """The cluster IP and port, from the masquerade rule kube-proxy writes first in KUBE-SVC (since 1.24)."""
+    found = rules.chain("nat", chain)
+    for rule in found.rules if found is not None else ():
+        if rule.value("-d") and rule.value("--dport"):
+            return _host_port(rule.value("-d"), rule.value("--dport"))
+    return "?"
 
 
 def _masquerade_ahead(rules: NodeRules, entry_rule: Rule, walker: _Walker) -> str:
@@ -377,34 +450,12 @@ def explain_entries(
         kind, destination = _entry_kind_and_destination(rule, rule.chain)
         if kind == "externalIP" and _host_of(destination) in lb_ips:
             kind = "loadBalancer"
-        outside = kind != "clusterIP"
-        walker = _Walker(rules, outside_client=outside)
-        walker.path = ["KUBE-SERVICES"] + (["KUBE-NODEPORTS"] if rule.chain == "KUBE-NODEPORTS" else [])
-        masq = _masquerade_ahead(rules, rule, walker)
-        left = walker.walk(rule.target, 1.0, masq)
-        entry = Entry(
-            kind=kind,
-            destination=destination,
-            verdict="dnat" if walker.endpoints else "none",
-            path=walker.path,
-            masquerade="never",
-            packets=rule.packets,
-            bytes=rule.bytes,
-            endpoints=walker.endpoints,
-            entry_rule=rule,
-            masquerade_when=walker.masq_when,
-            notes=walker.notes,
-            session_affinity_seconds=walker.affinity,
-            unmatched_share=max(0.0, left),
-            clients=walker.clients,
-        )
-        if walker.verdicts and not walker.endpoints:
-            entry.verdict = max(walker.verdicts, key=walker.verdicts.get)
-            entry.blackhole_rule = walker.drop_rule
-        masqs = {ep.masquerade for ep in walker.endpoints}
-        entry.masquerade = masqs.pop() if len(masqs) == 1 else ("conditional" if masqs else "never")
+        entry = _walk_entry(rules, kind, destination, rule.target, rule,
+                            ["KUBE-SERVICES"] + (["KUBE-NODEPORTS"] if rule.chain == "KUBE-NODEPORTS" else []))
         entries.append(entry)
         by_destination[(kind, destination)] = entry
+    if not port_rules.nat_entries:
+        entries.extend(_entries_without_their_rule(rules, port_rules.chains_without_entry))
     for rule in port_rules.filter_rules:
         if rule.target == "ACCEPT":
             continue  # health check node port

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from svcdoctor.model.hashes import chain_kind, chain_suffix, service_hash
+from svcdoctor.model.partial import is_partial
 from svcdoctor.model.rules import NodeRules, Rule
 
 # comment suffixes kube-proxy writes after the service port name, and what they say about the rule
@@ -69,6 +70,8 @@ class ServicePortRules:
     suffix: str | None  # the 16-character hash of its KUBE-SVC/SVL/EXT/FW chains
     nat_entries: list[Rule] = field(default_factory=list)  # KUBE-SERVICES / KUBE-NODEPORTS rules
     filter_rules: list[Rule] = field(default_factory=list)  # REJECT / DROP / health check / firewall rules
+    # a partial input (model/partial.py): the port's chains that are there although no entry rule to them is
+    chains_without_entry: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -88,6 +91,28 @@ class NodeServiceIndex:
 def _protocol(rule: Rule) -> str | None:
     p = rule.value("-p")
     return p.lower() if p else None
+
+
+def _index_chains_without_entry(nat, index: NodeServiceIndex, entry_for, interesting) -> None:
+    """In a partial input, a service's chains can be there without the KUBE-SERVICES rules that jump to them
+    (`iptables -t nat -S KUBE-SVC-… -v` for a few chains): they are tied to their port by their comments, checked
+    against the chain's hash, so that `explain` shows what they do."""
+    for name, chain in nat.chains.items():
+        if chain_kind(name) not in ("svc", "svl", "ext", "fw", "xlb"):
+            continue
+        suffix = chain_suffix(name)
+        if suffix in index.by_suffix and index.by_suffix[suffix].nat_entries:
+            continue
+        rules = chain.rules
+        if interesting is not None and not any(interesting(rule) for rule in rules):
+            continue
+        spn = next((found for rule in rules if (found := service_port_of_comment(rule.comment)[0])), None)
+        if spn is None:
+            continue
+        protocol = next((p for p in ("tcp", "udp", "sctp") if service_hash(spn, p) == suffix), None)
+        if protocol is None:
+            continue  # the comment names another port than the hash: not ours to guess
+        entry_for(suffix, spn, protocol).chains_without_entry.append(name)
 
 
 def index_node_services(
@@ -140,6 +165,8 @@ def index_node_services(
                     continue
                 spn, _ = service_port_of_comment(rule.comment)
                 entry_for(chain_suffix(target), spn, _protocol(rule)).nat_entries.append(rule)
+    if nat is not None and is_partial(rules):
+        _index_chains_without_entry(nat, index, entry_for, interesting if only is not None else None)
     flt = rules.table("filter")
     if flt is not None:
         for chain_name in FILTER_ENTRY_CHAINS:

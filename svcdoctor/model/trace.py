@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from svcdoctor.errors import InputError
+from svcdoctor.model.partial import missing_pieces
 from svcdoctor.model.rules import NodeRules, Rule
 
 # Where kube-proxy's tests enter a table whose dump has no built-in chains (proxier_test.go tracePacket).
@@ -53,6 +54,12 @@ _NON_TERMINATING = frozenset(
 )
 
 _LOOPBACK_NETS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+# kube-proxy's marking chains: what a jump to them does when a partial input lacks them (value, meaning)
+KUBE_PROXY_MARKS = {
+    "KUBE-MARK-MASQ": (0x4000, "masquerade in KUBE-POSTROUTING"),
+    "KUBE-MARK-DROP": (0x8000, "drop in kubelet's KUBE-FIREWALL; kube-proxy before 1.25"),
+}
+MASQUERADE_MARK = 0x4000
 _MAX_DEPTH = 64  # iptables refuses loops; a deeper nesting means a broken dump, not a real ruleset
 
 
@@ -133,6 +140,8 @@ class TraceResult:
     paths: list[TracePath] = field(default_factory=list)
     # tables entered the way kube-proxy's tests enter them, because the dump has no built-in chains for them
     entered_without_jumps: list[str] = field(default_factory=list)
+    # a partial input (model/partial.py): what it lacks that this packet's way went through, and what was assumed
+    partial: list[str] = field(default_factory=list)
 
     @property
     def destinations(self) -> set[str]:
@@ -179,6 +188,7 @@ class _Tracer:
         self.local = local  # ip_address objects of the node, plus loopback networks
         self.steps: list[Step] = []
         self.uncertain: list[UncertainRule] = []
+        self.partial: list[str] = []
         self._uncertain_seen: set[tuple[str, str, int]] = set()
         self.entered_without_jumps: list[str] = []
 
@@ -186,6 +196,10 @@ class _Tracer:
     def _step(self, flow: _Flow, table: str, chain: str, rule: str, action: str) -> None:
         flow.steps.append(len(self.steps))
         self.steps.append(Step(table, chain, rule, action, flow.share))
+
+    def _missing(self, note: str) -> None:
+        if note not in self.partial:
+            self.partial.append(note)
 
     def _doubt(self, flow: _Flow, rule: Rule, reason: str) -> None:
         self._step(flow, rule.table, rule.chain, rule.text, f"uncertain: {reason}; treated as not matching")
@@ -305,6 +319,18 @@ class _Tracer:
         if target == "MARK":
             flow.mark, action = _apply_mark(rule, flow.mark)
             self._step(flow, table, chain_name, text, action)
+            return [], [flow]
+        if self.rules.chain(table, target) is None and target in KUBE_PROXY_MARKS:
+            # a grep or a few chains listed: kube-proxy's marking chains are not in the input, but what they do is
+            # fixed (docs/reference/kube-proxy-layout.md §2.2); assumed, and said so
+            value, what = KUBE_PROXY_MARKS[target]
+            flow.mark |= value
+            self._step(flow, table, chain_name, text, f"jump {target} (not in this input: kube-proxy's sets mark "
+                                                      f"{value:#x}, {what})")
+            self._missing(f"{target} is not in this input: its mark {value:#x} was assumed, as kube-proxy sets it")
+            if target == "KUBE-MARK-DROP":
+                self._step(flow, table, chain_name, text, "drop (kubelet's KUBE-FIREWALL drops mark 0x8000)")
+                return [_Outcome(flow, "drop")], []
             return [], [flow]
         if self.rules.chain(table, target) is None:
             if target in _NON_TERMINATING:
@@ -672,9 +698,34 @@ def _after_nat(tracer: _Tracer, flow: _Flow, locally_generated: bool, finished: 
                 else:
                     survivors.append(o.flow)
         flows = survivors
+        if not _has_rules(tracer.rules, "KUBE-POSTROUTING"):
+            for f in flows:
+                if f.mark & MASQUERADE_MARK and not f.masquerade:
+                    # the mark is there, the chain that acts on it is not in the input: never read as "no SNAT"
+                    f.masquerade = True
+                    tracer._missing("KUBE-POSTROUTING is not in this input: traffic marked 0x4000 is taken to be "
+                                    "masqueraded there, as kube-proxy's rules do")
     if locally_generated and dst_local and filter_hooked:
         flows = _filter(tracer, "INPUT", flows, finished)  # looped back to this host
     finished.extend(flows)
+
+
+def _has_rules(rules: NodeRules, chain: str) -> bool:
+    found = rules.chain("nat", chain)
+    return found is not None and found.rule_count > 0
+
+
+def _unmatched_on_partial_input(rules: NodeRules) -> list[str]:
+    """What a partial input lacks that a packet finding no rule may have needed: the jump to KUBE-NODEPORTS (the
+    last rule of KUBE-SERVICES, which a grep for one service drops) and the jumps into KUBE-SERVICES."""
+    notes = []
+    services = rules.chain("nat", "KUBE-SERVICES")
+    if rules.chain("nat", "KUBE-NODEPORTS") is not None and services is not None and not any(
+            r.target == "KUBE-NODEPORTS" for r in services.rules):
+        notes.append("the jump from KUBE-SERVICES to KUBE-NODEPORTS is not in this input")
+    notes += [f"not in this input: {piece}" for piece in missing_pieces(rules)
+              if "KUBE-MARK-MASQ" not in piece and "KUBE-POSTROUTING" not in piece]
+    return notes
 
 
 def _filter(tracer: _Tracer, hook: str, flows: list[_Flow], finished: list[_Flow]) -> list[_Flow]:
@@ -727,4 +778,5 @@ def _result(tracer: _Tracer, packet: Packet, node: str | None, flows: list[_Flow
         uncertain=tracer.uncertain,
         paths=paths,
         entered_without_jumps=tracer.entered_without_jumps,
+        partial=tracer.partial + (_unmatched_on_partial_input(tracer.rules) if verdict == "none" else []),
     )

@@ -184,7 +184,7 @@ def render_explain(result: ExplainResult, console: Console, wide: bool = False) 
     if not view.ports:
         console.print("  no rules for this service on any node")
     for pv in view.ports:
-        head = Text(f"port {pv.name or '(unnamed)'} {pv.port}/{pv.protocol}")
+        head = Text(f"port {pv.name or '(unnamed)'} {pv.port if pv.port is not None else '?'}/{pv.protocol}")
         if pv.target_port is not None:
             head.append(f" → {pv.target_port}")
         if pv.node_port:

@@ -78,6 +78,7 @@ def trace_document(result: TraceResult) -> dict:
         paths=[{"share": _share(t.share), "verdict": t.verdict, "endpoint": t.endpoint, "masquerade": t.masquerade,
                 "steps": list(t.steps)} for t in result.paths],
         enteredWithoutJumps=list(result.entered_without_jumps),
+        partial=list(result.partial),
     )
 
 

@@ -49,6 +49,8 @@ def render_trace(result: TraceResult, console: Console, wide: bool = False) -> N
         share = f"{min(share_total, 1.0) * 100:5.1f}% "
         console.print(Text(f"    {share}{table}/{chain}: {action}" + (f"   {rule}" if rule and wide else "")),
                       overflow="fold")
+    for note in result.partial:
+        console.print(Text(f"  partial input: {note}", style="yellow"), overflow="fold")
     for u in result.uncertain:
         console.print(Text(f"  ? {u.table}/{u.chain}: {u.rule} ({u.reason})", style="yellow"), overflow="fold")
     console.print()
