@@ -1,5 +1,5 @@
-"""The human view of `check`: findings grouped by severity, one line each (greppable; the terminal wraps them),
-then a summary. `wide` adds each finding's evidence: the rule lines, and what kube-proxy would have written."""
+"""The human view of `check`: findings grouped by severity, one line each (whole in a pipe, for grep; wrapped at word
+boundaries with a hanging indent on a terminal, render/wrap.py), then a summary. `wide` adds each finding's evidence: the rule lines, and what kube-proxy would have written."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 from svcdoctor.render.findings_view import SEVERITY_STYLE
+from svcdoctor.render.wrap import print_line
 
 if TYPE_CHECKING:
     from svcdoctor.results import CheckResult
@@ -17,7 +18,7 @@ GROUPS = (("error", "Errors"), ("warning", "Warnings"), ("info", "Info"))
 
 
 def render_check(result: CheckResult, console: Console, wide: bool = False) -> None:
-    console.print(Text(_header(result), style="bold"), soft_wrap=True)
+    print_line(console, Text(_header(result), style="bold"), indent=2)
     for node, why in sorted(result.failed.items()):
         console.print(Text(f"node {node} could not be read: {why}", style="bold red"), soft_wrap=True)
     for node, why in sorted(result.skipped.items()):
@@ -37,7 +38,7 @@ def render_check(result: CheckResult, console: Console, wide: bool = False) -> N
             line.append(f"{f.id:<{id_width}}", style="bold")
             line.append(f"  {f.node or '-':<{node_width}}  ")
             line.append(f.message)
-            console.print(line, soft_wrap=True)
+            print_line(console, line, indent=6)
             if wide:
                 for ev in f.evidence:
                     console.print(Text(f"      {ev}", style="dim"), soft_wrap=True)

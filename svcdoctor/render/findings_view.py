@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
+from svcdoctor.render.wrap import Hanging
+
 SEVERITY_STYLE = {"error": ("✖", "bold red"), "warning": ("!", "yellow"), "info": ("i", "blue")}
 
 
@@ -20,8 +22,8 @@ def render_findings(findings, console: Console, evidence: bool = True) -> None:
         line.append(f" {f.id}", style="bold")
         if f.node:
             line.append(f"  {f.node}")
-        line.append(f"\n      {f.message}")
         console.print(line)
+        console.print(Hanging(Text(f"      {f.message}"), indent=6))
         if evidence:
             for ev in f.evidence[:4]:
                 console.print(Text(f"      {ev}", style="dim"), overflow="fold")
