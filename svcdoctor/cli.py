@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from svcdoctor import __version__
-from svcdoctor.errors import ExitStatus, SvcdoctorError
-from svcdoctor.options import GraphFormat, NamespaceOpt, Protocol, Severity, shared_options
+from svcdoctor.errors import ExitStatus, SvcdoctorError, UsageError
+from svcdoctor.options import AllNamespacesOpt, GraphFormat, NamespaceOpt, Protocol, Severity, shared_options
 
 if TYPE_CHECKING:
     from svcdoctor.environment import Environment
@@ -45,19 +45,31 @@ def _root(
 @shared_options
 def explain(
     env: Environment, source: InputOptions,
-    service: Annotated[str, typer.Argument(metavar="SERVICE", help="Service name (or NAMESPACE/NAME).")],
+    service: Annotated[Optional[str], typer.Argument(
+        metavar="SERVICE",
+        help="NAME, NAMESPACE/NAME, svc/NAME, an address it is reached at (ClusterIP[:PORT], external or "
+             "load-balancer IP) or :NODEPORT.")] = None,
     namespace: NamespaceOpt = None,
-    port: Annotated[Optional[str], typer.Option("--port", metavar="NAME|NUMBER", help="Only this port (name or number).")] = None,
+    all_namespaces: AllNamespacesOpt = False,
+    port: Annotated[Optional[str], typer.Option("--port", metavar="NAME|NUMBER",
+                                                help="Only this port (name, number or node port).")] = None,
 ) -> int:
     """Show, node by node, how a Service's traffic is routed: paths, verdicts, SNAT, endpoint shares, counters."""
     from svcdoctor.commands.explain import explain as run_explain
+    from svcdoctor.inputs import resolve_target
+    from svcdoctor.model.service_ref import parse_service_ref
     from svcdoctor.render.explain_view import render_explain
     from svcdoctor.render.json_doc import explain_document
 
-    # a live read then fetches only this service's API objects
-    source.service = service if "/" in service else f"{namespace or 'default'}/{service}"
+    if not service:
+        raise UsageError("explain needs a SERVICE: NAME (-n NAMESPACE), NAMESPACE/NAME, svc/NAME, a ClusterIP[:PORT] "
+                         "or :NODEPORT; `svcdoctor services` lists the services the rules hold")
+    ref = parse_service_ref(service)
+    if not ref.is_address and not all_namespaces:  # a live read then fetches only this service's API objects
+        source.service = f"{ref.namespace or namespace or 'default'}/{ref.name}"
     loaded = _load(env, source)
-    env.show(run_explain(loaded, service, namespace, port), explain_document, render_explain)
+    ns, name, address_port = resolve_target(loaded, service, namespace, all_namespaces)
+    env.show(run_explain(loaded, f"{ns}/{name}", None, port or address_port), explain_document, render_explain)
     return _status(loaded)
 
 
@@ -88,11 +100,16 @@ def trace(
 def check(
     env: Environment, source: InputOptions,
     fail_on: Annotated[Severity, typer.Option("--fail-on", metavar="SEVERITY", help="error | warning | info")] = Severity.error,
-    namespace: NamespaceOpt = None,
+    namespace: Annotated[Optional[str], typer.Option(
+        "-n", "--namespace", metavar="NAMESPACE", help="Only this namespace (default: every namespace).")] = None,
+    all_namespaces: AllNamespacesOpt = False,
     selector: Annotated[Optional[str], typer.Option("-l", "--selector", metavar="SELECTOR",
                                                     help="Only Services with these labels (kubectl's syntax).")] = None,
 ) -> int:
-    """Check every service on every node; exit 1 when a finding is at or above --fail-on."""
+    """Check every service on every node; exit 1 when a finding is at or above --fail-on.
+
+    Without -n it checks every namespace, as -A does (its first line says which namespaces it checked).
+    """
     from functools import partial
 
     from svcdoctor.commands.check import failing, run_check
@@ -100,8 +117,11 @@ def check(
     from svcdoctor.render.json_doc import check_document
 
     loaded = _load(env, source)
+    if all_namespaces and namespace:
+        raise UsageError("-n and -A exclude each other")
     result = run_check(loaded, namespace=namespace, selector=selector)
-    env.show(result, partial(check_document, loaded=loaded), render_check)
+    scope = f"namespace {namespace}" if namespace else "every namespace"
+    env.show(result, partial(check_document, loaded=loaded, namespace=namespace), partial(render_check, scope=scope))
     if failing(result, fail_on.value):
         return ExitStatus.FINDINGS
     return _status(loaded)
@@ -118,6 +138,30 @@ def nodes(env: Environment, source: InputOptions) -> int:
     loaded = _load(env, source)
     env.show(node_rows(loaded), nodes_document, render_nodes)
     return _status(loaded)
+
+
+@shared_options
+def services(
+    env: Environment, source: InputOptions,
+    namespace: NamespaceOpt = None,
+    all_namespaces: AllNamespacesOpt = False,
+) -> int:
+    """List the services the rules hold (alias: svc): namespace, name, ports, entries, endpoints, nodes."""
+    from svcdoctor.commands.services import run_services
+    from svcdoctor.render.json_doc import services_document
+    from svcdoctor.render.services_view import render_services
+
+    loaded = _load(env, source)
+    # kubectl's meaning: -n NAMESPACE, -A every namespace, neither the default namespace
+    result = run_services(loaded, None if all_namespaces else (namespace or "default"))
+    env.show(result, services_document, render_services)
+    if result.elsewhere and not env.json:
+        env.note(f"{result.elsewhere} more service(s) in other namespaces: -A lists every namespace")
+    return _status(loaded)
+
+
+app.command("services")(services)
+app.command("svc", hidden=True)(services)
 
 
 @app.command()

@@ -60,6 +60,9 @@ class Protocol(str, Enum):
 NamespaceOpt = Annotated[Optional[str], typer.Option("-n", "--namespace", metavar="NAMESPACE",
                                                      help="Namespace (default: default).")]
 
+AllNamespacesOpt = Annotated[bool, typer.Option("-A", "--all-namespaces",
+                                                help="Every namespace (kubectl's -A).")]
+
 OUTPUT_HELP = "table | wide | json"
 
 

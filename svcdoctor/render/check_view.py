@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 GROUPS = (("error", "Errors"), ("warning", "Warnings"), ("info", "Info"))
 
 
-def render_check(result: CheckResult, console: Console, wide: bool = False) -> None:
-    print_line(console, Text(_header(result), style="bold"), indent=2)
+def render_check(result: CheckResult, console: Console, wide: bool = False, scope: str | None = None) -> None:
+    """`scope`: the namespaces checked, in words ("every namespace", "namespace shop"), for the first line."""
+    print_line(console, Text(_header(result, scope), style="bold"), indent=2)
     for node, why in sorted(result.failed.items()):
         console.print(Text(f"node {node} could not be read: {why}", style="bold red"), soft_wrap=True)
     for node, why in sorted(result.skipped.items()):
@@ -46,10 +47,12 @@ def render_check(result: CheckResult, console: Console, wide: bool = False) -> N
     console.print(Text(f"{s['error']} error(s), {s['warning']} warning(s), {s['info']} info", style="bold"))
 
 
-def _header(result: CheckResult) -> str:
+def _header(result: CheckResult, scope: str | None = None) -> str:
     text = f"Checked {result.services} service(s)"
     if result.service_ports:
         text += f" ({result.service_ports} port(s))"
+    if scope:
+        text += f" in {scope}"
     text += f" on {len(result.nodes)} node(s): {', '.join(result.nodes)}"
     if result.api:
         sources = sorted(set(result.settings.values()))
