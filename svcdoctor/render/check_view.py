@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.text import Text
 
+from svcdoctor.finding_docs import doc_of, fix_of
 from svcdoctor.render.findings_view import SEVERITY_STYLE
 from svcdoctor.render.wrap import print_line
 
@@ -39,12 +40,22 @@ def render_check(result: CheckResult, console: Console, wide: bool = False, scop
             line.append(f"{f.id:<{id_width}}", style="bold")
             line.append(f"  {f.node or '-':<{node_width}}  ")
             line.append(f.message)
+            _append_fix(line, f.id)
             print_line(console, line, indent=6)
             if wide:
                 for ev in f.evidence:
                     console.print(Text(f"      {ev}", style="dim"), soft_wrap=True)
     s = result.summary
     console.print(Text(f"{s['error']} error(s), {s['warning']} warning(s), {s['info']} info", style="bold"))
+
+
+def _append_fix(line: Text, finding_id: str) -> None:
+    """What to do, on the finding's own line (one line per finding, for grep): `→ fix: …  (docs/…#anchor)`."""
+    fix = fix_of(finding_id)
+    if fix:
+        line.append("  → fix: ", style="bold")
+        line.append(fix)
+    line.append(f"  ({doc_of(finding_id)})", style="dim")
 
 
 def _header(result: CheckResult, scope: str | None = None) -> str:

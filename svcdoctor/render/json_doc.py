@@ -35,11 +35,18 @@ def check_document(result: CheckResult, loaded: LoadedInput, namespace: str | No
         "Check",
         nodes=[{"name": n.name, "readable": n.name not in loaded.failed, "reason": loaded.failed.get(n.name)}
                for n in loaded.snapshot.nodes],
-        findings=[f.to_dict() for f in result.findings],
+        findings=[_finding(f) for f in result.findings],
         summary=result.summary,
         services=result.services,
         namespace=namespace,
     )
+
+
+def _finding(f) -> dict:
+    """A finding as checks/findings.py writes it, plus what to do about it (svcdoctor/finding_docs.py)."""
+    from svcdoctor.finding_docs import finding_fields
+
+    return {**f.to_dict(), **finding_fields(f.id)}
 
 
 # --- nodes -----------------------------------------------------------------------------------------------------
@@ -150,7 +157,7 @@ def explain_document(result: ExplainResult) -> dict:
         "Explain",
         service=service,
         ports=ports,
-        findings=[f.to_dict() for f in result.findings],
+        findings=[_finding(f) for f in result.findings],
         failedNodes=[{"node": n, "reason": r} for n, r in sorted(result.loaded.failed.items())],
         source=result.loaded.snapshot.source,
     )
