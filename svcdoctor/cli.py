@@ -7,22 +7,39 @@ so that `svcdoctor --help` starts fast (`benchmarks/bench_help.py`).
 
 from __future__ import annotations
 
+import os
 import sys
+from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from svcdoctor import __version__
-from svcdoctor.errors import ExitStatus, SvcdoctorError
-from svcdoctor.options import GraphFormat, NamespaceOpt, Protocol, Severity, shared_options
+from svcdoctor.errors import ExitStatus, SvcdoctorError, UsageError
+from svcdoctor.help_examples import epilog
+from svcdoctor.options import AllNamespacesOpt, GraphFormat, NamespaceOpt, Protocol, Severity, shared_options
 
 if TYPE_CHECKING:
     from svcdoctor.environment import Environment
     from svcdoctor.inputs import InputOptions, LoadedInput
 
+ROOT_EPILOG = """\b
+Examples:
+  # try it now on the demo bundle shipped with svcdoctor
+  svcdoctor --demo services
+  svcdoctor --demo explain svc-clusterip
+  svcdoctor --demo check
+  # the live kind cluster (kind get clusters); as a kubectl plugin too
+  svcdoctor explain web -n shop
+  kubectl svcdoctor explain web -n shop
+
+The input options (--demo, --bundle, --cluster, --node, -o and the others) go before or after the command.
+svcdoctor COMMAND --help shows a command's options and examples."""
+
 app = typer.Typer(
     name="svcdoctor",
     help="Read-only diagnostics for kube-proxy's Service routing (iptables mode), on kind clusters and bundles.",
+    epilog=ROOT_EPILOG,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -41,27 +58,39 @@ def _root(
         raise typer.Exit(0)
 
 
-@app.command()
+@app.command(epilog=epilog("explain"))
 @shared_options
 def explain(
     env: Environment, source: InputOptions,
-    service: Annotated[str, typer.Argument(metavar="SERVICE", help="Service name (or NAMESPACE/NAME).")],
+    service: Annotated[Optional[str], typer.Argument(
+        metavar="SERVICE",
+        help="NAME, NAMESPACE/NAME, svc/NAME, an address it is reached at (ClusterIP[:PORT], external or "
+             "load-balancer IP) or :NODEPORT.")] = None,
     namespace: NamespaceOpt = None,
-    port: Annotated[Optional[str], typer.Option("--port", metavar="NAME|NUMBER", help="Only this port (name or number).")] = None,
+    all_namespaces: AllNamespacesOpt = False,
+    port: Annotated[Optional[str], typer.Option("--port", metavar="NAME|NUMBER",
+                                                help="Only this port (name, number or node port).")] = None,
 ) -> int:
     """Show, node by node, how a Service's traffic is routed: paths, verdicts, SNAT, endpoint shares, counters."""
     from svcdoctor.commands.explain import explain as run_explain
+    from svcdoctor.inputs import resolve_target
+    from svcdoctor.model.service_ref import parse_service_ref
     from svcdoctor.render.explain_view import render_explain
     from svcdoctor.render.json_doc import explain_document
 
-    # a live read then fetches only this service's API objects
-    source.service = service if "/" in service else f"{namespace or 'default'}/{service}"
+    if not service:
+        raise UsageError("explain needs a SERVICE: NAME (-n NAMESPACE), NAMESPACE/NAME, svc/NAME, a ClusterIP[:PORT] "
+                         "or :NODEPORT; `svcdoctor services` lists the services the rules hold")
+    ref = parse_service_ref(service)
+    if not ref.is_address and not all_namespaces:  # a live read then fetches only this service's API objects
+        source.service = f"{ref.namespace or namespace or 'default'}/{ref.name}"
     loaded = _load(env, source)
-    env.show(run_explain(loaded, service, namespace, port), explain_document, render_explain)
+    ns, name, address_port = resolve_target(loaded, service, namespace, all_namespaces)
+    env.show(run_explain(loaded, f"{ns}/{name}", None, port or address_port), explain_document, render_explain)
     return _status(loaded)
 
 
-@app.command()
+@app.command(epilog=epilog("trace"))
 @shared_options
 def trace(
     env: Environment, source: InputOptions,
@@ -83,7 +112,7 @@ def trace(
     return _status(loaded)
 
 
-@app.command()
+@app.command(epilog=epilog("check"))
 @shared_options
 def check(
     env: Environment, source: InputOptions,
@@ -91,10 +120,14 @@ def check(
     namespace: Annotated[Optional[str], typer.Option(
         "-n", "--namespace", metavar="NAMESPACE",
         help="Only this namespace's services (without -n: every namespace; an unknown one exits 2).")] = None,
+    all_namespaces: AllNamespacesOpt = False,
     selector: Annotated[Optional[str], typer.Option("-l", "--selector", metavar="SELECTOR",
                                                     help="Only Services with these labels (kubectl's syntax).")] = None,
 ) -> int:
-    """Check every service on every node; exit 1 when a finding is at or above --fail-on."""
+    """Check every service on every node; exit 1 when a finding is at or above --fail-on.
+
+    Without -n it checks every namespace, as -A does (its first line says which namespaces it checked).
+    """
     from functools import partial
 
     from svcdoctor.commands.check import failing, run_check
@@ -102,14 +135,17 @@ def check(
     from svcdoctor.render.json_doc import check_document
 
     loaded = _load(env, source)
+    if all_namespaces and namespace:
+        raise UsageError("-n and -A exclude each other")
     result = run_check(loaded, namespace=namespace, selector=selector)
-    env.show(result, partial(check_document, loaded=loaded), render_check)
+    scope = f"namespace {namespace}" if namespace else "every namespace"
+    env.show(result, partial(check_document, loaded=loaded, namespace=namespace), partial(render_check, scope=scope))
     if failing(result, fail_on.value):
         return ExitStatus.FINDINGS
     return _status(loaded)
 
 
-@app.command()
+@app.command(epilog=epilog("nodes"))
 @shared_options
 def nodes(env: Environment, source: InputOptions) -> int:
     """One row per node: role, IP, iptables backend, proxy mode, rule and KUBE chain counts, problems."""
@@ -122,7 +158,31 @@ def nodes(env: Environment, source: InputOptions) -> int:
     return _status(loaded)
 
 
-@app.command()
+@shared_options
+def services(
+    env: Environment, source: InputOptions,
+    namespace: NamespaceOpt = None,
+    all_namespaces: AllNamespacesOpt = False,
+) -> int:
+    """List the services the rules hold (alias: svc): namespace, name, ports, entries, endpoints, nodes."""
+    from svcdoctor.commands.services import run_services
+    from svcdoctor.render.json_doc import services_document
+    from svcdoctor.render.services_view import render_services
+
+    loaded = _load(env, source)
+    # kubectl's meaning: -n NAMESPACE, -A every namespace, neither the default namespace
+    result = run_services(loaded, None if all_namespaces else (namespace or "default"))
+    env.show(result, services_document, render_services)
+    if result.elsewhere and not env.json:
+        env.note(f"{result.elsewhere} more service(s) in other namespaces: -A lists every namespace")
+    return _status(loaded)
+
+
+app.command("services", epilog=epilog("services"))(services)
+app.command("svc", hidden=True, epilog=epilog("services"))(services)
+
+
+@app.command(epilog=epilog("collect"))
 @shared_options
 def collect(
     env: Environment, source: InputOptions,
@@ -142,7 +202,7 @@ def collect(
     return ExitStatus.PARTIAL if result.failed else ExitStatus.OK
 
 
-@app.command()
+@app.command(epilog=epilog("graph"))
 @shared_options(output_help="table | wide (the --format picture) | json (same as --format json)")
 def graph(
     env: Environment, source: InputOptions,
@@ -158,7 +218,7 @@ def graph(
     return _status(loaded)
 
 
-@app.command()
+@app.command(epilog=epilog("watch"))
 @shared_options
 def watch(
     env: Environment, source: InputOptions,
@@ -186,6 +246,37 @@ def watch(
     return run_watch(source, service, namespace, interval, count, env.output, env.stdout, env.stderr, top=top)
 
 
+class Shell(str, Enum):
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+@app.command(epilog=epilog("completion"))
+def completion(
+    shell: Annotated[Shell, typer.Argument(metavar="SHELL", help="bash | zsh | fish")],
+) -> int:
+    """Print the shell completion script for bash, zsh or fish (commands, options, choices)."""
+    from typer.completion import completion_init, get_completion_script
+
+    completion_init()
+    sys.stdout.write(get_completion_script(prog_name="svcdoctor", complete_var=COMPLETE_VAR,
+                                           shell=shell.value).rstrip("\n") + "\n")
+    return ExitStatus.OK
+
+
+def _full_summaries() -> None:
+    """The command list of `svcdoctor --help` shows each command's whole first line (click cuts it at ~45
+    characters, "paths,..."); the first line is the summary, written to fit."""
+    for info in app.registered_commands:
+        doc = (info.callback.__doc__ or "").strip()
+        if info.short_help is None and doc:
+            info.short_help = doc.splitlines()[0]
+
+
+_full_summaries()
+
+
 # --- the steps the commands share ------------------------------------------------------------------------------
 def _load(env: Environment, source: InputOptions) -> LoadedInput:
     """Read and parse the input; then say on stderr what every command says: warnings, and unreadable nodes."""
@@ -207,9 +298,50 @@ def _status(loaded: LoadedInput) -> ExitStatus:
 
 
 # --- the entry point -------------------------------------------------------------------------------------------
+COMPLETE_VAR = "_SVCDOCTOR_COMPLETE"  # what the completion scripts set when they ask for completions
+
+# the options every command takes (svcdoctor/options.py), which may also come before the command: flags, and
+# options that take a value
+LEADING_FLAGS = {"--demo", "--no-api", "--no-color", "--debug", "-A", "--all-namespaces"}
+LEADING_VALUES = {"--bundle", "--cluster", "--kubeconfig", "--context", "--node", "-o", "--output", "--color",
+                  "-n", "--namespace"}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app; every error becomes one line on stderr and its exit status."""
+    if os.environ.get(COMPLETE_VAR):  # the shell asks for completions (scripts from `svcdoctor completion`)
+        from typer.completion import completion_init
+
+        completion_init()
     sys.exit(int(run(sys.argv[1:] if argv is None else argv)))
+
+
+def kubectl_main() -> None:
+    """`kubectl svcdoctor …`: kubectl runs the kubectl-svcdoctor program found on PATH with the rest of the line."""
+    main()
+
+
+def options_after_command(args: list[str]) -> list[str]:
+    """`svcdoctor --demo nodes` → `svcdoctor nodes --demo`: the input options may come before the command, as
+    kubectl's (`kubectl -n shop get svc`) do."""
+    leading: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = arg.split("=", 1)[0]
+        if name in LEADING_FLAGS:
+            leading.append(arg)
+        elif name in LEADING_VALUES and ("=" in arg or i + 1 < len(args)):
+            leading.append(arg)
+            if "=" not in arg:
+                i += 1
+                leading.append(args[i])
+        else:
+            break
+        i += 1
+    if not leading or i >= len(args) or args[i].startswith("-"):
+        return args  # no command after them (`svcdoctor --demo`, `svcdoctor --demo --help`): click says what is wrong
+    return [args[i], *leading, *args[i + 1:]]
 
 
 def run(args: list[str], env: Environment | None = None) -> int:
@@ -219,6 +351,7 @@ def run(args: list[str], env: Environment | None = None) -> int:
 
     # errors can come before a command has parsed its own --debug (a bad flag, a bad value): look for it here
     debug = "--debug" in args
+    args = options_after_command(list(args))
     try:
         rv = app(args=args, prog_name="svcdoctor", standalone_mode=False, obj=env)
     except SvcdoctorError as e:
@@ -231,9 +364,9 @@ def run(args: list[str], env: Environment | None = None) -> int:
     except (Abort, KeyboardInterrupt):
         return ExitStatus.INTERRUPTED
     except TyperException as e:
-        if type(e).__name__ == "NoArgsIsHelpError":
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `svcdoctor`: the help is the answer
             app(args=["--help"], prog_name="svcdoctor", standalone_mode=False)
-            return ExitStatus.USAGE
+            return ExitStatus.OK
         _error(e.format_message().replace("\n", " "))
         return ExitStatus.USAGE
     except BrokenPipeError:

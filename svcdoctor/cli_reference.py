@@ -10,7 +10,8 @@ import io
 import os
 from contextlib import redirect_stdout
 
-COMMANDS = ("explain", "trace", "check", "watch", "nodes", "collect", "graph")
+COMMANDS = ("explain", "trace", "check", "watch", "nodes", "services", "collect", "graph")  # the input options
+OTHER_COMMANDS = ("completion",)  # reads no input
 
 INTRO = """# Command reference
 
@@ -19,7 +20,10 @@ Generated from `svcdoctor COMMAND --help`; do not edit by hand (see `svcdoctor/c
 Every command reads its input from one of: `--bundle PATH` (a bundle directory, a `.tar.gz`, or one rules file),
 `--demo` (the bundle shipped with svcdoctor), or the live kind cluster (`--cluster`, `--kubeconfig`, `--context`).
 `-o json` prints exactly one JSON document on stdout (JSON Lines for `watch`); progress, warnings and errors go to
-stderr. `NO_COLOR` and `FORCE_COLOR` are honoured.
+stderr. `--color auto|always|never`, `NO_COLOR` and `FORCE_COLOR` are honoured. On a terminal long lines wrap at
+word boundaries; into a pipe or a file every line is whole and unpadded (grep, awk and cut see every name, IP and
+chain). The input options may also come before the command (`svcdoctor --demo nodes`); bare `svcdoctor` prints the
+help. `kubectl svcdoctor …` runs the same program (the `kubectl-svcdoctor` plugin that pip installs).
 
 ## Exit codes
 
@@ -53,7 +57,7 @@ def command_help(command: str) -> str:
 
 def reference() -> str:
     parts = [INTRO]
-    for command in COMMANDS:
+    for command in COMMANDS + OTHER_COMMANDS:
         parts.append(f"\n## `svcdoctor {command}`\n\n```\n{command_help(command)}```\n")
     return "".join(parts)
 

@@ -25,12 +25,14 @@ class Environment:
     debug: bool = False  # --debug: errors show their traceback
 
     @classmethod
-    def create(cls, output: str = "table", no_color: bool = False, debug: bool = False) -> Environment:
-        """The real terminal: sys.stdout and sys.stderr, NO_COLOR / FORCE_COLOR honoured (`render/console.py`)."""
+    def create(cls, output: str = "table", no_color: bool = False, debug: bool = False,
+               color: str = "auto") -> Environment:
+        """The real terminal: sys.stdout and sys.stderr, --color, NO_COLOR and FORCE_COLOR honoured
+        (`render/console.py`); a pipe or a file gets whole lines."""
         from svcdoctor.render.console import colour_wanted, make_consoles
 
-        out, err = make_consoles(no_color=no_color, json_output=output == "json")
-        return cls(out, err, output, colour_wanted(no_color) and output != "json", debug)
+        out, err = make_consoles(no_color=no_color, json_output=output == "json", color=color)
+        return cls(out, err, output, colour_wanted(no_color, color) and output != "json", debug)
 
     @property
     def wide(self) -> bool:
@@ -53,8 +55,18 @@ class Environment:
         self.write(dumps(doc) + "\n")
 
     def write(self, text: str) -> None:
-        """Text as it is, no markup or wrapping (JSON, DOT, Mermaid)."""
-        self.stdout.file.write(text)
+        """Text as it is, no markup or wrapping (JSON, DOT, Mermaid). A reader that went away (`| head -1`) ends
+        the output quietly; the command still returns the status of its work."""
+        from svcdoctor.render.console import silence_stdout
+
+        if self.stdout.quiet:
+            return
+        try:
+            self.stdout.file.write(text)
+            self.stdout.file.flush()
+        except BrokenPipeError:
+            self.stdout.quiet = True
+            silence_stdout()
 
     def note(self, message: str) -> None:
         """One plain line on stderr (progress, warnings, the node that could not be read)."""

@@ -180,7 +180,14 @@ def _rules_reader(service: str | None, cluster: ClusterModel | None, pasted: boo
 
 
 def resolve_service(service: str, namespace: str | None, loaded: LoadedInput) -> tuple[str, str]:
-    """Accepts NAME with -n, or NAMESPACE/NAME. Unknown names exit 2 with the closest matches."""
+    """Accepts NAME with -n, NAMESPACE/NAME, or svc/NAME (kubectl's TYPE/NAME). Unknown names exit 2 with the closest
+    matches, each named once."""
+    from svcdoctor.model.service_ref import TYPE_PREFIXES
+
+    for prefix in TYPE_PREFIXES:
+        if service.lower().startswith(prefix):
+            service = service[len(prefix):]
+            break
     if "/" in service and namespace is None:
         namespace, service = service.split("/", 1)
     ns = namespace or "default"
@@ -189,18 +196,70 @@ def resolve_service(service: str, namespace: str | None, loaded: LoadedInput) ->
         return ns, service
     # every service on every node: only to suggest names
     names = known_services(loaded.rules, loaded.cluster, loaded.rules6)
-    elsewhere = sorted(n for n in names if n.split("/", 1)[1] == service)
-    hint = ""
+    raise UnknownServiceError(f"no service {key} on any node{' or in the API' if loaded.cluster else ''}"
+                              f"{_suggestions(ns, service, names)}" + _replaced_nodes(loaded))
+
+
+def _suggestions(namespace: str, name: str, names: set[str]) -> str:
+    """"; it exists in -n other" or "; did you mean default/web, shop/web?": each service once, by its full name."""
+    elsewhere = sorted(n for n in names if n.split("/", 1)[1] == name)
     if elsewhere:
-        hint = "; it exists in " + ", ".join(f"-n {n.split('/')[0]}" for n in elsewhere)
-    else:
-        close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.5)
-        close += [n for n in difflib.get_close_matches(service, sorted(n.split("/", 1)[1] for n in names), n=3)
-                  if n not in close]
-        if close:
-            hint = "; did you mean " + ", ".join(close) + "?"
-    raise UnknownServiceError(f"no service {key} on any node{' or in the API' if loaded.cluster else ''}{hint}"
-                              + _replaced_nodes(loaded))
+        return "; it exists in " + ", ".join(f"-n {n.split('/')[0]}" for n in elsewhere)
+    by_name: dict[str, list[str]] = {}
+    for n in sorted(names):
+        by_name.setdefault(n.split("/", 1)[1], []).append(n)
+    close = difflib.get_close_matches(f"{namespace}/{name}", sorted(names), n=3, cutoff=0.5)
+    for near in difflib.get_close_matches(name, sorted(by_name), n=3):
+        close += [n for n in by_name[near] if n not in close]
+    if not close:
+        return "; `svcdoctor services` lists them" if names else ""
+    return "; did you mean " + ", ".join(close[:5]) + "?"
+
+
+def resolve_target(loaded: LoadedInput, text: str, namespace: str | None, all_namespaces: bool = False
+                   ) -> tuple[str, str, str | None]:
+    """(namespace, name, port) for what a user typed: a name (-n, -A), NAMESPACE/NAME, svc/NAME, an address the
+    service is reached at (ClusterIP[:port], external or LB IP) or a node port (:32624). The port is the service
+    port the address names (its name, or number when unnamed), None for all of them."""
+    from svcdoctor.model.service_ref import parse_service_ref
+
+    ref = parse_service_ref(text)
+    if ref.is_address:
+        return _resolve_address(loaded, ref.host, ref.port)
+    if all_namespaces and ref.namespace is None and namespace is None:
+        names = sorted(n for n in known_services(loaded.rules, loaded.cluster, loaded.rules6)
+                       if n.split("/", 1)[1] == ref.name)
+        if len(names) > 1:
+            raise UsageError(f"{ref.name} is a service in {len(names)} namespaces ({', '.join(names)}): "
+                             "name one with -n NAMESPACE or NAMESPACE/NAME")
+        if names:
+            ns, name = names[0].split("/", 1)
+            return ns, name, None
+    ns, name = resolve_service(ref.name if ref.namespace is None else f"{ref.namespace}/{ref.name}",
+                               namespace if ref.namespace is None else None, loaded)
+    return ns, name, None
+
+
+def _resolve_address(loaded: LoadedInput, host: str | None, port: int | None) -> tuple[str, str, str | None]:
+    from svcdoctor.model.service_list import find_by_address, list_services
+
+    wanted = f":{port}" if host is None else (f"{host}:{port}" if port is not None else host)
+    hits = find_by_address(list_services(loaded.rules, loaded.cluster, loaded.rules6), host, port)
+    services = sorted({s.key for s, _ in hits})
+    what = "node port" if host is None else "address"
+    if not services:
+        raise UnknownServiceError(f"no service has the {what} {wanted} on any node; `svcdoctor services -o wide` "
+                                  "lists every service's addresses and node ports")
+    if len(services) > 1:
+        raise UsageError(f"the {what} {wanted} belongs to several services ({', '.join(services)}): name one")
+    summary = hits[0][0]
+    ports = {(e.port_name, e.protocol) for _, e in hits}
+    port_filter = None
+    if port is not None and len(ports) == 1:  # the address names one service port: explain only that one
+        port_name, protocol = next(iter(ports))
+        number = summary.ports.get((port_name, protocol), {}).get("port")
+        port_filter = port_name or (str(number) if number is not None else None)
+    return summary.namespace, summary.name, port_filter
 
 
 def _replaced_nodes(loaded: LoadedInput) -> str:

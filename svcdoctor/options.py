@@ -42,6 +42,14 @@ class GraphFormat(str, Enum):
     json = "json"
 
 
+class ColorMode(str, Enum):
+    """--color: auto (on a terminal, unless NO_COLOR), always (pipes too), never."""
+
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
 class Protocol(str, Enum):
     tcp = "tcp"
     udp = "udp"
@@ -51,6 +59,9 @@ class Protocol(str, Enum):
 # --- options more than one command takes, each command choosing where in its own list ---------------------------
 NamespaceOpt = Annotated[Optional[str], typer.Option("-n", "--namespace", metavar="NAMESPACE",
                                                      help="Namespace (default: default).")]
+
+AllNamespacesOpt = Annotated[bool, typer.Option("-A", "--all-namespaces",
+                                                help="Every namespace (kubectl's -A).")]
 
 OUTPUT_HELP = "table | wide | json"
 
@@ -78,8 +89,11 @@ def _shared_parameters(output_help: str) -> list[inspect.Parameter]:
             "--node", metavar="NODE", help="Only these nodes (repeatable).")], None),
         option("output", Annotated[OutputFormat, typer.Option(
             "-o", "--output", metavar="FORMAT", help=output_help)], OutputFormat.table),
+        option("color", Annotated[ColorMode, typer.Option(
+            "--color", metavar="WHEN", help="auto | always | never (auto: on a terminal, unless NO_COLOR is set).")],
+            ColorMode.auto),
         option("no_color", Annotated[bool, typer.Option(
-            "--no-color", help="No colours (NO_COLOR is honoured too).")], False),
+            "--no-color", help="No colours: --color never.")], False),
         option("debug", Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.")], False),
     ]
 
@@ -108,7 +122,7 @@ def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP
         from svcdoctor.inputs import InputOptions
 
         values = {name: kwargs.pop(name) for name in names}
-        env = _environment(ctx, values["output"].value, values["no_color"], values["debug"])
+        env = _environment(ctx, values["output"].value, values["no_color"], values["debug"], values["color"].value)
         source = InputOptions(bundle=values["bundle"], demo=values["demo"], cluster=values["cluster"],
                               kubeconfig=values["kubeconfig"], context=values["context"], no_api=values["no_api"],
                               nodes=list(values["node"] or []))
@@ -122,14 +136,14 @@ def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP
     return command
 
 
-def _environment(ctx: typer.Context, output: str, no_color: bool, debug: bool) -> Environment:
+def _environment(ctx: typer.Context, output: str, no_color: bool, debug: bool, color: str = "auto") -> Environment:
     """The terminal's, unless the caller of `svcdoctor.cli.run` passed its own (tests do, as httpie's do)."""
     from svcdoctor.environment import Environment
 
     given = ctx.find_root().obj
     if isinstance(given, Environment):
         return replace(given, output=output, debug=given.debug or debug)
-    return Environment.create(output=output, no_color=no_color, debug=debug)
+    return Environment.create(output=output, no_color=no_color, debug=debug, color=color)
 
 
 def _resolve(annotation, fn: Callable):

@@ -9,6 +9,7 @@ from svcdoctor.checks.findings import Finding
 from svcdoctor.collect.snapshot import ClusterSnapshot, NodeCapture
 from svcdoctor.inputs import LoadedInput
 from svcdoctor.model.explain import ServiceView
+from svcdoctor.model.service_list import ServiceSummary
 
 
 @dataclass(slots=True)
@@ -46,3 +47,11 @@ class CollectResult:
     def failed(self) -> list[NodeCapture]:
         """The nodes that could not be read: in the bundle with their reason, and named on stderr."""
         return [n for n in self.snapshot.nodes if n.error]
+
+
+@dataclass(slots=True)
+class ServicesResult:
+    services: list[ServiceSummary]
+    nodes: list[str]  # the nodes read
+    namespace: str | None  # None: every namespace
+    elsewhere: int = 0  # services in other namespaces, left out by -n

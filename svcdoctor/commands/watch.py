@@ -78,13 +78,20 @@ def _watch(opts, service, namespace, interval, count, output, out, err, top: int
             # FORCE_COLOR makes rich treat a pipe as a terminal for colours; redrawing in place needs a real one
             partial |= live(take, out, plan, wide, interval, count)
         else:
+            # a pipe has no width (render/console.py): the frame's tables stretch their POD column to the width
+            # given, so give them the width of a wide terminal
+            width = min(out.width, PIPE_FRAME_WIDTH)
+
             def show(frame: Frame) -> None:
-                out.print(render_frame(frame, plan, wide))
+                out.print(render_frame(frame, plan, wide), width=width)
                 out.print()
             partial |= paced(take, show, interval, count)
     finally:
         sampler.close()
     return ExitStatus.PARTIAL if partial else ExitStatus.OK
+
+
+PIPE_FRAME_WIDTH = 200
 
 
 def _isatty(file) -> bool:

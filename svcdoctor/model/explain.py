@@ -565,7 +565,8 @@ def build_service_view(
             )
     views = list(ports.values())
     if port_filter:
-        views = [p for p in views if p.name == port_filter or str(p.port) == port_filter]
+        # a port name, its number, or its node port (`explain web --port 32624`)
+        views = [p for p in views if port_filter in (p.name, str(p.port), str(p.node_port))]
     for pv in views:
         suffix = service_hash(pv.svc_port_name, pv.protocol)
         for node, rules in node_rules.items():

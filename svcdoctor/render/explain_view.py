@@ -10,6 +10,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from svcdoctor.render.findings_view import render_findings
+from svcdoctor.render.wrap import Hanging, print_line
 
 if TYPE_CHECKING:
     from svcdoctor.results import ExplainResult
@@ -101,17 +102,16 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: 
         head.append(e.verdict.upper(), style=VERDICT_STYLE.get(e.verdict, ""))
         if e.verdict == "dnat":
             head.append(f"   masquerade: {e.masquerade}", style="magenta" if e.masquerade == "always" else "")
-        tree = Tree(head)
-        path = Text(" → ".join(e.path), style="dim")
-        tree.add(path)
+        tree = Tree(Hanging(head, 2))
+        tree.add(Hanging(Text(" → ".join(e.path), style="dim"), 2))
         for client in e.clients:
             # clients the entry treats apart from outside ones (a Local policy still serves pods and the node)
             line = Text(f"{client.clients} → {client.target}", style="blue")
             line.append(", masqueraded" if client.masquerade else ", not masqueraded", style="dim")
-            tree.add(line)
+            tree.add(Hanging(line, 2))
         if e.masquerade_when and e.verdict == "dnat":
-            tree.add(Text("SNAT when " + "; or when ".join(_humane_condition(w) for w in e.masquerade_when),
-                          style="magenta"))
+            tree.add(Hanging(Text("SNAT when " + "; or when ".join(_humane_condition(w) for w in e.masquerade_when),
+                          style="magenta"), 2))
         if e.session_affinity_seconds:
             tree.add(Text(f"session affinity: ClientIP, {e.session_affinity_seconds}s "
                           "(a returning client skips the split)", style="blue"))
@@ -137,7 +137,7 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: 
                 line.append(f"  [{ep_packets} pkts{_by_node(per_node, names)}]", style="yellow")
             if wide:
                 line.append(f"  {ep.chain}", style="dim")
-            tree.add(line)
+            tree.add(Hanging(line, 8))
         ep_total = _sum(ep.packets for p in peers for ep in p.endpoints)
         if packets is not None and ep_total is not None and ep_total > packets:
             # the per-endpoint jumps live in KUBE-SVC/SVL, which every entry of the port shares
@@ -180,7 +180,7 @@ def render_explain(result: ExplainResult, console: Console, wide: bool = False) 
             title.append(f"  sessionAffinity={api.session_affinity}")
     else:
         title.append("  (no API objects: from the rules alone)", style="dim")
-    console.print(title)
+    print_line(console, title, indent=2)
     if not view.ports:
         console.print("  no rules for this service on any node")
     for pv in view.ports:
@@ -192,7 +192,7 @@ def render_explain(result: ExplainResult, console: Console, wide: bool = False) 
         chains = [c for c in pv.chains.values() if c]
         if chains:
             head.append("   " + " ".join(chains), style="dim")
-        console.print(head)
+        print_line(console, head, indent=2)
         for group in fold_nodes(pv.nodes):
             names = ", ".join(nv.node for nv in group)
             label = Text("  ")
@@ -200,7 +200,7 @@ def render_explain(result: ExplainResult, console: Console, wide: bool = False) 
             if len(group) > 1:
                 label.append(": same rules", style="dim")
                 label.append(" (counters summed)", style="dim")
-            console.print(label)
+            print_line(console, label, indent=4)
             if not group[0].entries:
                 console.print(Text("    no rules for this port on this node", style="yellow"))
                 continue

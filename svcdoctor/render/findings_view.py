@@ -5,6 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
+from svcdoctor.finding_docs import doc_of, fix_of
+from svcdoctor.render.wrap import Hanging
+
 SEVERITY_STYLE = {"error": ("✖", "bold red"), "warning": ("!", "yellow"), "info": ("i", "blue")}
 
 
@@ -20,8 +23,15 @@ def render_findings(findings, console: Console, evidence: bool = True) -> None:
         line.append(f" {f.id}", style="bold")
         if f.node:
             line.append(f"  {f.node}")
-        line.append(f"\n      {f.message}")
         console.print(line)
+        console.print(Hanging(Text(f"      {f.message}"), indent=6))
+        fix = fix_of(f.id)
+        what = Text("      fix: ", style="bold")
+        if fix:
+            what.append(fix)
+            what.append("  ")
+        what.append(f"({doc_of(f.id)})", style="dim")
+        console.print(Hanging(what, indent=6))
         if evidence:
             for ev in f.evidence[:4]:
                 console.print(Text(f"      {ev}", style="dim"), overflow="fold")

@@ -28,21 +28,54 @@ def _round(p: float | None) -> float | None:
 
 
 # --- check -----------------------------------------------------------------------------------------------------
-def check_document(result: CheckResult, loaded: LoadedInput) -> dict:
+def check_document(result: CheckResult, loaded: LoadedInput, namespace: str | None = None) -> dict:
+    """`namespace`: the one namespace checked (-n); null: every namespace."""
     # every node of the input is listed, the unreadable ones with their reason (CheckResult.nodes has the read ones)
     return document(
         "Check",
         nodes=[{"name": n.name, "readable": n.name not in loaded.failed, "reason": loaded.failed.get(n.name)}
                for n in loaded.snapshot.nodes],
-        findings=[f.to_dict() for f in result.findings],
+        findings=[_finding(f) for f in result.findings],
         summary=result.summary,
         services=result.services,
+        namespace=namespace,
     )
+
+
+def _finding(f) -> dict:
+    """A finding as checks/findings.py writes it, plus what to do about it (svcdoctor/finding_docs.py)."""
+    from svcdoctor.finding_docs import finding_fields
+
+    return {**f.to_dict(), **finding_fields(f.id)}
 
 
 # --- nodes -----------------------------------------------------------------------------------------------------
 def nodes_document(rows: list[dict]) -> dict:
     return document("Nodes", nodes=rows)
+
+
+# --- services --------------------------------------------------------------------------------------------------
+def services_document(result) -> dict:
+    """`services -o json`: kind ServiceList, one item per service (docs/reference/json.md)."""
+    from svcdoctor.render.services_view import ports_text
+
+    return document(
+        "ServiceList",
+        namespace=result.namespace,
+        nodes=list(result.nodes),
+        items=[{
+            "namespace": s.namespace,
+            "name": s.name,
+            "type": s.type,
+            "ports": [{"name": name or None, "protocol": protocol, "port": p["port"], "nodePort": p["nodePort"]}
+                      for (name, protocol), p in s.ports.items()],
+            "portsText": ports_text(s),
+            "entries": [{"kind": e.kind, "destination": e.destination, "port": e.port_name or None,
+                         "protocol": e.protocol} for e in s.entries],
+            "endpoints": sorted(s.endpoints),
+            "nodes": sorted(s.nodes),
+        } for s in result.services],
+    )
 
 
 # --- collect ---------------------------------------------------------------------------------------------------
@@ -125,7 +158,7 @@ def explain_document(result: ExplainResult) -> dict:
         "Explain",
         service=service,
         ports=ports,
-        findings=[f.to_dict() for f in result.findings],
+        findings=[_finding(f) for f in result.findings],
         failedNodes=[{"node": n, "reason": r} for n, r in sorted(result.loaded.failed.items())],
         source=result.loaded.snapshot.source,
     )
