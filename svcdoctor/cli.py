@@ -141,18 +141,25 @@ def collect(
 
 
 @app.command()
-@shared_options(output_help="table | wide (the --format picture) | json (same as --format json)")
+@shared_options(output_help="dot | mermaid | svg | json", output_type=GraphFormat, output_default=GraphFormat.dot)
 def graph(
     env: Environment, source: InputOptions,
     service: Annotated[Optional[str], typer.Argument(metavar="[SERVICE]", help="Service name (or NAMESPACE/NAME); all if omitted.")] = None,
     namespace: NamespaceOpt = None,
-    fmt: Annotated[GraphFormat, typer.Option("--format", metavar="FORMAT", help="dot | mermaid | json")] = GraphFormat.dot,
+    fmt: Annotated[Optional[GraphFormat], typer.Option("--format", metavar="FORMAT", help="The same as -o.")] = None,
 ) -> int:
-    """The chain graph of a service (or of all of kube-proxy's chains) for pictures in tickets and docs."""
+    """The chain graph of a service (or of all of kube-proxy's chains) for pictures in tickets and docs.
+
+    A picture shows one node: the one with the most traffic for it (named on stderr) unless --node says which;
+    several --node draw several. -o json holds every node.
+    """
     from svcdoctor.commands.graph import run_graph
 
     loaded = _load(env, source)
-    env.write(run_graph(loaded, service, namespace, "json" if env.json else fmt.value))
+    result = run_graph(loaded, service, namespace, fmt.value if fmt else env.output, nodes_given=bool(source.nodes))
+    if result.chosen:
+        env.note(f"drawing {result.chosen}, the node with the most traffic for it (--node NODE for another)")
+    env.write(result.text)
     return _status(loaded)
 
 
