@@ -164,6 +164,27 @@ def graph(
 
 
 @app.command()
+@shared_options(output_help="table (a line on stderr) | json (what was written, on stdout)")
+def report(
+    env: Environment, source: InputOptions,
+    out_path: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="The HTML file to write (- for standard output; default svcdoctor-report-CLUSTER-TIME.html).")] = None,
+    docs_url: Annotated[Optional[str], typer.Option("--docs-url", metavar="URL", help="Where svcdoctor's docs/ folder is served, for the findings' links.")] = None,
+) -> int:
+    """One self-contained HTML file to attach to a ticket: the cluster at a glance, the findings, every service's
+    per-node paths and pictures. Opens offline in any browser."""
+    from svcdoctor.commands.report import write_report
+
+    loaded = _load(env, source)
+    written = write_report(loaded, out_path, docs_url, env.stdout.file if out_path == "-" else None)
+    if env.json:
+        env.write_json({"apiVersion": "svcdoctor/v1", "kind": "Report", **written})
+    elif out_path != "-":
+        env.note(f"wrote {written['path']} ({written['bytes'] // 1024} KB): {written['services']} service(s), "
+                 f"{written['findings']} finding(s)")
+    return _status(loaded)
+
+
+@app.command()
 @shared_options
 def watch(
     env: Environment, source: InputOptions,
