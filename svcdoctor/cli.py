@@ -172,10 +172,12 @@ def report(
 ) -> int:
     """One self-contained HTML file to attach to a ticket: the cluster at a glance, the findings, every service's
     per-node paths and pictures. Opens offline in any browser."""
+    from svcdoctor.commands.check import run_check
+    from svcdoctor.commands.nodes import node_rows
     from svcdoctor.commands.report import write_report
 
     loaded = _load(env, source)
-    written = write_report(loaded, out_path, docs_url, env.stdout.file if out_path == "-" else None)
+    written = write_report(loaded, run_check(loaded), node_rows(loaded), out_path, docs_url, env.stdout.file if out_path == "-" else None)
     if env.json:
         env.write_json({"apiVersion": "svcdoctor/v1", "kind": "Report", **written})
     elif out_path != "-":

@@ -16,8 +16,6 @@ from datetime import datetime, timezone
 import networkx as nx
 
 from svcdoctor.checks.findings import SEVERITY_RANK, Finding
-from svcdoctor.commands.check import run_check
-from svcdoctor.commands.nodes import node_rows
 from svcdoctor.inputs import LoadedInput
 from svcdoctor.model.cluster import ClusterModel
 from svcdoctor.model.explain import ServiceView, build_service_view
@@ -73,8 +71,9 @@ class ReportResult:
         return len(self.services) <= ALL_NODES_UP_TO
 
 
-def run_report(loaded: LoadedInput) -> ReportResult:
-    check = run_check(loaded)
+def run_report(loaded: LoadedInput, check, nodes: list[dict]) -> ReportResult:
+    """``check``: `check`'s result on the same input; ``nodes``: `nodes`' rows (the CLI runs both: commands do
+    not import each other)."""
     by_service: dict[str, list[Finding]] = {}
     for f in check.findings:
         if f.service:
@@ -84,7 +83,7 @@ def run_report(loaded: LoadedInput) -> ReportResult:
     keys = _service_keys(api_ports, indexes) | set(by_service)
     services = [ServiceEntry(k, api_ports.get(k, []), by_service.get(k, [])) for k in keys]
     services.sort(key=lambda s: (s.worst, s.key))
-    return ReportResult(loaded, check, node_rows(loaded), services, indexes, _now())
+    return ReportResult(loaded, check, nodes, services, indexes, _now())
 
 
 def explain_service(result: ReportResult, entry: ServiceEntry) -> ServiceReport:
@@ -154,12 +153,13 @@ def default_path(loaded: LoadedInput, generated_at: str) -> str:
     return f"svcdoctor-report-{cluster}-{generated_at.replace(':', '').replace('-', '')}.html"
 
 
-def write_report(loaded: LoadedInput, path: str | None, docs_url: str | None, stream=None) -> dict:
+def write_report(loaded: LoadedInput, check, nodes: list[dict], path: str | None, docs_url: str | None,
+                 stream=None) -> dict:
     """Build the report and write it to ``path`` (or ``stream`` for -); returns what was written."""
     from svcdoctor.errors import InputError
     from svcdoctor.render.report_html import report_html, service_section
 
-    result = run_report(loaded)
+    result = run_report(loaded, check, nodes)
 
     def section(entry: ServiceEntry) -> str:
         return service_section(explain_service(result, entry), len(result.services), len(loaded.rules))
