@@ -125,12 +125,13 @@ def nodes(env: Environment, source: InputOptions) -> int:
 def collect(
     env: Environment, source: InputOptions,
     out_path: Annotated[str, typer.Option("--out", metavar="PATH", help="Bundle path; ending in .tar.gz writes an archive.")],
+    redact: Annotated[bool, typer.Option("--redact", help="Names and addresses replaced with pseudonyms (mapping in PATH.mapping.json, beside it).")] = False,
 ) -> int:
     """Write a bundle (svcdoctor-bundle/v1) with every node's raw rules and the API objects."""
     from svcdoctor.commands.collect import collect as run_collect
     from svcdoctor.render.json_doc import collect_document
 
-    result = run_collect(source, out_path)
+    result = run_collect(source, out_path, redact)
     for n in result.failed:
         env.note(f"svcdoctor: node {n.name} could not be read: {n.error}")
     if env.json:
@@ -184,6 +185,21 @@ def report(
         env.note(f"wrote {written['path']} ({written['bytes'] // 1024} KB): {written['services']} service(s), "
                  f"{written['findings']} finding(s)")
     return _status(loaded)
+
+
+@app.command()
+def redact(
+    in_path: Annotated[str, typer.Argument(metavar="IN", help="A bundle (directory or .tar.gz) or a rules file.")],
+    out_path: Annotated[str, typer.Argument(metavar="OUT", help="The redacted bundle; ending in .tar.gz writes an archive.")],
+) -> int:
+    """Copy a bundle with namespaces, names, pod and node names and IP addresses replaced with pseudonyms, and
+    kube-proxy's chain names recomputed from them. The mapping is written beside OUT (OUT.mapping.json): keep it."""
+    from svcdoctor.commands.redact import redact_bundle
+
+    written, mapping, _ = redact_bundle(in_path, out_path)
+    print(f"wrote {written}; the mapping back to the real names is {mapping} (keep it, do not send it)",
+          file=sys.stderr)
+    return ExitStatus.OK
 
 
 @app.command()
