@@ -187,12 +187,13 @@ app.command("svc", hidden=True, epilog=epilog("services"))(services)
 def collect(
     env: Environment, source: InputOptions,
     out_path: Annotated[str, typer.Option("--out", metavar="PATH", help="Bundle path; ending in .tar.gz writes an archive.")],
+    redact: Annotated[bool, typer.Option("--redact", help="Names and addresses replaced with pseudonyms (mapping in PATH.mapping.json, beside it).")] = False,
 ) -> int:
     """Write a bundle (svcdoctor-bundle/v1) with every node's raw rules and the API objects."""
     from svcdoctor.commands.collect import collect as run_collect
     from svcdoctor.render.json_doc import collect_document
 
-    result = run_collect(source, out_path)
+    result = run_collect(source, out_path, redact)
     for n in result.failed:
         env.note(f"svcdoctor: node {n.name} could not be read: {n.error}")
     if env.json:
@@ -203,19 +204,64 @@ def collect(
 
 
 @app.command(epilog=epilog("graph"))
-@shared_options(output_help="table | wide (the --format picture) | json (same as --format json)")
+@shared_options(output_help="dot | mermaid | svg | json", output_type=GraphFormat, output_default=GraphFormat.dot)
 def graph(
     env: Environment, source: InputOptions,
     service: Annotated[Optional[str], typer.Argument(metavar="[SERVICE]", help="Service name (or NAMESPACE/NAME); all if omitted.")] = None,
     namespace: NamespaceOpt = None,
-    fmt: Annotated[GraphFormat, typer.Option("--format", metavar="FORMAT", help="dot | mermaid | json")] = GraphFormat.dot,
+    fmt: Annotated[Optional[GraphFormat], typer.Option("--format", metavar="FORMAT", help="The same as -o.")] = None,
 ) -> int:
-    """The chain graph of a service (or of all of kube-proxy's chains) for pictures in tickets and docs."""
+    """The chain graph of a service (or of all of kube-proxy's chains) for pictures in tickets and docs.
+
+    A picture shows one node: the one with the most traffic for it (named on stderr) unless --node says which;
+    several --node draw several. -o json holds every node.
+    """
     from svcdoctor.commands.graph import run_graph
 
     loaded = _load(env, source)
-    env.write(run_graph(loaded, service, namespace, "json" if env.json else fmt.value))
+    result = run_graph(loaded, service, namespace, fmt.value if fmt else env.output, nodes_given=bool(source.nodes))
+    if result.chosen:
+        env.note(f"drawing {result.chosen}, the node with the most traffic for it (--node NODE for another)")
+    env.write(result.text)
     return _status(loaded)
+
+
+@app.command(epilog=epilog("report"))
+@shared_options(output_help="table (a line on stderr) | json (what was written, on stdout)")
+def report(
+    env: Environment, source: InputOptions,
+    out_path: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="The HTML file to write (- for standard output; default svcdoctor-report-CLUSTER-TIME.html).")] = None,
+    docs_url: Annotated[Optional[str], typer.Option("--docs-url", metavar="URL", help="Where svcdoctor's docs/ folder is served, for the findings' links.")] = None,
+) -> int:
+    """One self-contained HTML file to attach to a ticket: the cluster at a glance, the findings, every service's
+    per-node paths and pictures. Opens offline in any browser."""
+    from svcdoctor.commands.check import run_check
+    from svcdoctor.commands.nodes import node_rows
+    from svcdoctor.commands.report import write_report
+
+    loaded = _load(env, source)
+    written = write_report(loaded, run_check(loaded), node_rows(loaded), out_path, docs_url, env.stdout.file if out_path == "-" else None)
+    if env.json:
+        env.write_json({"apiVersion": "svcdoctor/v1", "kind": "Report", **written})
+    elif out_path != "-":
+        env.note(f"wrote {written['path']} ({written['bytes'] // 1024} KB): {written['services']} service(s), "
+                 f"{written['findings']} finding(s)")
+    return _status(loaded)
+
+
+@app.command(epilog=epilog("redact"))
+def redact(
+    in_path: Annotated[str, typer.Argument(metavar="IN", help="A bundle (directory or .tar.gz) or a rules file.")],
+    out_path: Annotated[str, typer.Argument(metavar="OUT", help="The redacted bundle; ending in .tar.gz writes an archive.")],
+) -> int:
+    """Copy a bundle with namespaces, names, pod and node names and IP addresses replaced with pseudonyms, and
+    kube-proxy's chain names recomputed from them. The mapping is written beside OUT (OUT.mapping.json): keep it."""
+    from svcdoctor.commands.redact import redact_bundle
+
+    written, mapping, _ = redact_bundle(in_path, out_path)
+    print(f"wrote {written}; the mapping back to the real names is {mapping} (keep it, do not send it)",
+          file=sys.stderr)
+    return ExitStatus.OK
 
 
 @app.command(epilog=epilog("watch"))

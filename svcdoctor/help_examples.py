@@ -45,9 +45,18 @@ EXAMPLES: dict[str, list[Example]] = {
         Example("svcdoctor collect --out myk8s.tar.gz", "a bundle to attach to a ticket (read it with --bundle)", 0),
     ],
     "graph": [
-        Example("svcdoctor graph svc-clusterip --node myk8s-worker | dot -Tsvg > web.svg",
-                "a picture of one service's chains on one node", 0),
-        Example("svcdoctor graph svc-local --format mermaid", "for a Markdown page", 0),
+        Example("svcdoctor graph svc-local -o svg > svc-local.svg",
+                "a picture of one service's chains on its busiest node, to open in a browser", 0),
+        Example("svcdoctor graph svc-clusterip --node myk8s-worker -o mermaid", "for a Markdown page", 0),
+    ],
+    "report": [
+        Example("svcdoctor report --demo", "one HTML file to attach to a ticket (named after the cluster and time)",
+                0),
+        Example("svcdoctor report --out myk8s.html", "the live cluster, to a file of your naming", 0),
+    ],
+    "redact": [
+        Example("svcdoctor redact myk8s.tar.gz myk8s-redacted.tar.gz",
+                "pseudonyms for every name and address; the mapping stays beside OUT, with you", 2),
     ],
     "watch": [
         Example("svcdoctor watch web -n shop", "live counters per endpoint, every 2 seconds (Ctrl-C stops)", 2),

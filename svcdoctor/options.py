@@ -39,6 +39,7 @@ class Severity(str, Enum):
 class GraphFormat(str, Enum):
     dot = "dot"
     mermaid = "mermaid"
+    svg = "svg"
     json = "json"
 
 
@@ -67,7 +68,8 @@ OUTPUT_HELP = "table | wide | json"
 
 
 # --- the options every command takes, after its own (docs/reference/commands.md) -------------------------------
-def _shared_parameters(output_help: str) -> list[inspect.Parameter]:
+def _shared_parameters(output_help: str, output_type: type[Enum] = OutputFormat,
+                       output_default: Enum = OutputFormat.table) -> list[inspect.Parameter]:
     def option(name: str, annotation, default) -> inspect.Parameter:
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
@@ -87,8 +89,8 @@ def _shared_parameters(output_help: str) -> list[inspect.Parameter]:
             "--no-api", help="Skip the Kubernetes API: work from the rules alone.")], False),
         option("node", Annotated[Optional[list[str]], typer.Option(
             "--node", metavar="NODE", help="Only these nodes (repeatable).")], None),
-        option("output", Annotated[OutputFormat, typer.Option(
-            "-o", "--output", metavar="FORMAT", help=output_help)], OutputFormat.table),
+        option("output", Annotated[output_type, typer.Option(
+            "-o", "--output", metavar="FORMAT", help=output_help)], output_default),
         option("color", Annotated[ColorMode, typer.Option(
             "--color", metavar="WHEN", help="auto | always | never (auto: on a terminal, unless NO_COLOR is set).")],
             ColorMode.auto),
@@ -98,7 +100,7 @@ def _shared_parameters(output_help: str) -> list[inspect.Parameter]:
     ]
 
 
-def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP):
+def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP, **output_choices):
     """Gives a command the shared options and hands its body, instead of them, an `Environment` (where output goes)
     and an `InputOptions` (where input comes from) as its first two arguments:
 
@@ -107,8 +109,9 @@ def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP
         def nodes(env: Environment, source: InputOptions) -> int: ...
     """
     if fn is None:
-        return functools.partial(shared_options, output_help=output_help)
-    shared = _shared_parameters(output_help)
+        return functools.partial(shared_options, output_help=output_help, **output_choices)
+    # output_type / output_default: a command whose -o chooses among other formats (graph: dot, svg, …)
+    shared = _shared_parameters(output_help, **output_choices)
     names = [p.name for p in shared]
     params = list(inspect.signature(fn).parameters.values())
     if [p.name for p in params[:2]] != ["env", "source"]:

@@ -1,21 +1,58 @@
-"""`svcdoctor graph`: a service's chains as a picture."""
+"""`svcdoctor graph`: a service's chains (or all of a node's nat chains) as a picture or as data.
+
+A picture is of one node: the one given with --node (several --node: one picture each), else the node whose rules
+counted the most traffic for what is drawn, named on stderr. JSON holds every node read.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import networkx as nx
 
-from svcdoctor.inputs import resolve_service
-from svcdoctor.inputs import LoadedInput
+from svcdoctor.inputs import LoadedInput, resolve_service
 from svcdoctor.model.explain import build_service_view
-from svcdoctor.model.graph import build_service_graph, nat_hooks_graph, service_entry_rules
+from svcdoctor.model.graph import (
+    annotate_endpoints,
+    build_service_graph,
+    busiest,
+    nat_hooks_graph,
+    service_blackholes,
+    service_entry_rules,
+)
 from svcdoctor.render.graph_format import to_dot, to_json, to_mermaid
+from svcdoctor.render.graph_svg import to_svg_document
 
 
-def run_graph(loaded: LoadedInput, service: str | None, namespace: str | None, fmt: str) -> str:
+@dataclass(slots=True)
+class GraphOutput:
+    text: str
+    chosen: str | None = None  # the node drawn when none was asked for (stderr says which)
+
+
+def run_graph(loaded: LoadedInput, service: str | None, namespace: str | None, fmt: str,
+              nodes_given: bool = False) -> GraphOutput:
     title, graphs = _graphs(loaded, service, namespace)
     if fmt == "json":
-        return to_json(graphs, title)
-    return _pictures(graphs, title, fmt)
+        return GraphOutput(to_json(graphs, title))
+    if not graphs:
+        return GraphOutput("")
+    chosen = None
+    if not nodes_given and len(graphs) > 1:
+        chosen = busiest(graphs)
+        graphs = {chosen: graphs[chosen]}
+    return GraphOutput(_pictures(graphs, title, fmt), chosen)
+
+
+def service_graphs(loaded: LoadedInput, ns: str, name: str) -> dict[str, nx.MultiDiGraph]:
+    """The service's chain graph on every node read, its drops and its endpoints' pods included."""
+    view = build_service_view(ns, name, loaded.rules, loaded.cluster)
+    graphs = {}
+    for node, rules in loaded.rules.items():
+        g = build_service_graph(rules, service_entry_rules(view, node), service_blackholes(view, node))
+        annotate_endpoints(g, view, node)
+        graphs[node] = g
+    return graphs
 
 
 def _graphs(loaded: LoadedInput, service: str | None, namespace: str | None) -> tuple[str, dict[str, nx.MultiDiGraph]]:
@@ -23,21 +60,15 @@ def _graphs(loaded: LoadedInput, service: str | None, namespace: str | None) -> 
     if not service:
         return "kube-proxy nat chains", {node: nat_hooks_graph(rules) for node, rules in loaded.rules.items()}
     ns, name = resolve_service(service, namespace, loaded)
-    view = build_service_view(ns, name, loaded.rules, loaded.cluster)
-    graphs = {node: build_service_graph(rules, service_entry_rules(view, node)) for node, rules in loaded.rules.items()}
-    return f"{ns}/{name}", graphs
+    return f"{ns}/{name}", service_graphs(loaded, ns, name)
 
 
 def _pictures(graphs: dict[str, nx.MultiDiGraph], title: str, fmt: str) -> str:
-    """One picture per node, or just the first when every node has the same chains; mermaid always draws one."""
-    render = to_dot if fmt == "dot" else to_mermaid
-    out = []
-    for node, g in graphs.items():
-        out.append(render(g, f"{title} on {node}"))
-        if fmt == "mermaid":
-            break
-    return "\n".join(out[:1]) if len(graphs) > 1 and _all_same(graphs) else "\n".join(out)
-
-
-def _all_same(graphs: dict[str, nx.MultiDiGraph]) -> bool:
-    return len({tuple(sorted(g.nodes)) for g in graphs.values()}) == 1
+    """One picture per node: DOT digraphs one after the other, one SVG document holding them all one under the
+    other; mermaid (one diagram per file) draws the first."""
+    pictures = [(g, f"{title} on {node}") for node, g in graphs.items()]
+    if fmt == "svg":
+        return to_svg_document(pictures)
+    if fmt == "mermaid":
+        return to_mermaid(*pictures[0])
+    return "".join(to_dot(g, t) for g, t in pictures)

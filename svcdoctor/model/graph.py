@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
-from svcdoctor.model.hashes import chain_kind
+from svcdoctor.model.hashes import chain_kind, endpoint_string
 from svcdoctor.model.rules import BUILTIN_CHAINS, NodeRules, Rule, Table
 
 if TYPE_CHECKING:
@@ -202,14 +202,15 @@ def _add_rule_edges(g: nx.MultiDiGraph, name: str, rules: list[Rule]) -> list[st
             continue
         p = rule.probability
         share = remaining * p if p is not None else remaining
-        conditional = any(m.option in _CONDITIONAL_OPTIONS for m in rule.matches)
+        when = [_condition(m) for m in rule.matches if m.option in _CONDITIONAL_OPTIONS]
+        conditional = bool(when)
         if target in NON_CHAIN_TARGETS:
             if target in VERDICT_TARGETS:
                 leaf = f"{target} {rule.dnat_destination}" if target == "DNAT" else f"{target} ({name})"
                 g.add_node(leaf, kind="verdict", exists=True)
-                _add_rule_edge(g, name, leaf, rule, p, share, conditional)
+                _add_rule_edge(g, name, leaf, rule, p, share, conditional, when)
             continue
-        _add_rule_edge(g, name, target, rule, p, share, conditional)
+        _add_rule_edge(g, name, target, rule, p, share, conditional, when)
         # kube-proxy's per-service chains end in DNAT (traffic does not come back); KUBE-MARK-MASQ and the
         # like return, so what was sent there goes on to the next rule
         if not conditional and chain_kind(target) is not None:
@@ -218,10 +219,16 @@ def _add_rule_edges(g: nx.MultiDiGraph, name: str, rules: list[Rule]) -> list[st
     return jumped_to
 
 
+def _condition(match) -> str:
+    # the recent module's check is session affinity: a client seen before goes back to its endpoint
+    return "affinity" if match.option in ("--rcheck", "--update") else match.text()
+
+
 def _add_rule_edge(g: nx.MultiDiGraph, source: str, target: str, rule: Rule, probability: float | None,
-                   share: float, conditional: bool) -> None:
+                   share: float, conditional: bool, when: list[str] = ()) -> None:
+    # `when`: the conditions that make the jump apply to some packets only, as written (the pictures show them)
     g.add_edge(source, target, rule=rule.text, packets=rule.packets, bytes=rule.bytes,
-               probability=probability, share=share, conditional=conditional)
+               probability=probability, share=share, conditional=conditional, when=" ".join(when) or None)
 
 
 def nat_hooks_graph(rules: NodeRules) -> nx.MultiDiGraph:
@@ -236,8 +243,29 @@ def service_entry_rules(view: ServiceView, node: str) -> list[Rule]:
             if e.entry_rule is not None and e.entry_rule.table == "nat" and e.entry_rule.target]
 
 
-def build_service_graph(rules: NodeRules, entry_rules: list[Rule]) -> nx.MultiDiGraph:
-    """A service's chains on one node: what its entry rules lead to, plus the entry rules themselves.
+def service_blackholes(view: ServiceView, node: str) -> list[tuple[str | None, Rule, float]]:
+    """The filter rules that DROP or REJECT a service's traffic on one node (no endpoints, no local endpoints,
+    source ranges), each with the nat chain where that traffic was left un-DNATed (None when no nat rule took it
+    there) and the share of the entry's traffic that reaches it. The packet is not DNATed in nat, so it goes on to
+    filter, where kube-proxy's rule ends it (docs/reference/kube-proxy-layout.md §2.2)."""
+    out = []
+    for pv in view.ports:
+        for nv in pv.nodes:
+            if nv.node != node:
+                continue
+            for e in nv.entries:
+                rule = e.blackhole_rule
+                if rule is None or rule.table == "nat":  # a nat DROP is already a leaf of the chain it is in
+                    continue
+                from_nat = e.entry_rule is not None and e.entry_rule.table == "nat" and bool(e.path)
+                out.append((e.path[-1] if from_nat else None, rule, e.unmatched_share if from_nat else 1.0))
+    return out
+
+
+def build_service_graph(rules: NodeRules, entry_rules: list[Rule],
+                        blackholes: Iterable[tuple[str | None, Rule, float]] = ()) -> nx.MultiDiGraph:
+    """A service's chains on one node: what its entry rules lead to, plus the entry rules themselves, plus the
+    filter rules that end what nat did not DNAT (`service_blackholes`), so a path that is dropped ends in DROP.
 
     KUBE-SERVICES and KUBE-NODEPORTS hold every service's entry rules, so they are not walked (the picture would be
     every service); the entry rules are drawn as edges from them instead.
@@ -250,7 +278,43 @@ def build_service_graph(rules: NodeRules, entry_rules: list[Rule]) -> nx.MultiDi
             # node-port traffic gets there by KUBE-SERVICES' last rule (§2.2); drawn without its text
             g.add_edge("KUBE-SERVICES", "KUBE-NODEPORTS", rule="nodeports", packets=None, bytes=None,
                        probability=None, share=1.0, conditional=False)
+    seen = set()
+    for left_in, rule, share in blackholes:
+        if (left_in, rule.text) in seen:
+            continue
+        seen.add((left_in, rule.text))
+        chain = f"{rule.table} {rule.chain}"  # not a nat chain: KUBE-SERVICES is in both tables
+        g.add_node(chain, kind="filter", exists=True)
+        if left_in is not None and left_in in g:
+            g.add_edge(left_in, chain, rule="not DNATed: on to the filter table", packets=None, bytes=None,
+                       probability=None, share=share, conditional=False, note="not DNATed")
+        leaf = f"{rule.target} ({chain})"
+        g.add_node(leaf, kind="verdict", exists=True)
+        _add_rule_edge(g, chain, leaf, rule, None, 1.0, False)
     return g
+
+
+def annotate_endpoints(g: nx.MultiDiGraph, view: ServiceView, node: str) -> None:
+    """Name the pod and node behind each DNAT leaf (from the API, when the input has it), for the pictures."""
+    for pv in view.ports:
+        for nv in pv.nodes:
+            if nv.node != node:
+                continue
+            for e in nv.entries:
+                for ep in e.endpoints:
+                    leaf = f"DNAT {endpoint_string(ep.ip, ep.port)}" if ep.port is not None else None
+                    if leaf in g:
+                        g.nodes[leaf].update(pod=ep.pod, node=ep.node)
+
+
+def traffic(g: nx.MultiDiGraph) -> int:
+    """The packets counted on a graph's rules: how busy a node is for what the graph shows."""
+    return sum(p for _, _, p in g.edges(data="packets") if p)
+
+
+def busiest(graphs: dict[str, nx.MultiDiGraph]) -> str:
+    """The node whose graph counted the most traffic; the first one on a tie (no counters, nothing sent)."""
+    return max(graphs, key=lambda node: traffic(graphs[node]))
 
 
 # ------------------------------------------------------------------------------------------------ entry paths

@@ -11,7 +11,7 @@ KIND_COLOUR = {"svc": "lightblue", "svl": "lightcyan", "ext": "khaki", "fw": "or
 
 
 def _edge_label(data: dict) -> str:
-    parts = []
+    parts = [data["note"]] if data.get("note") else []
     if data.get("probability") is not None:
         parts.append(f"p={data['probability']:.4g}")
     if data.get("share") is not None and data["share"] < 0.999999 and not data.get("conditional"):
