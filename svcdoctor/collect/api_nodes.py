@@ -205,7 +205,7 @@ def read_node(session, node: ApiNode, pod: proxy_pods.ProxyPod, timeout: float, 
         ip6 = node_rules.read_backend(target, capture.backend, argv=node_rules.IP6_SAVE_COMMANDS[capture.backend])
         node_rules.attach_ip6tables(capture, ip6)
     if capture.error and "forbidden" in capture.error:
-        capture.error = rbac.forbidden("create", "pods/exec", namespace=pod.namespace,
+        capture.error = rbac.forbidden("get and create", "pods/exec", namespace=pod.namespace,
                                        server_message=capture.error.split(": ", 1)[-1])
     if service and not capture.error:
         scope_capture(capture, service)

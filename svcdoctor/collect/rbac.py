@@ -1,6 +1,6 @@
 """What svcdoctor may ask the API server for, and the words to say when it is refused (HTTP 403).
 
-The grants are those of the manifest in docs/reference/rbac.md (tests/test_rbac_doc.py keeps the two equal): a
+The grants are those of the manifest in docs/reference/rbac.md (tests/test_api_read.py keeps the two equal): a
 403 names the verb and resource that are missing and quotes the manifest line that grants them, so whoever reads
 the error can hand it to a cluster admin as is. Nothing here ever needs `nodes/proxy` (it would open the kubelet
 API, far more than reading rules) or any write verb.
