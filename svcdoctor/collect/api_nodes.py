@@ -2,8 +2,9 @@
 
 The way for every cluster that is not kind (kubeadm, k3s, EKS, AKS, GKE): the only door is the API. The steps:
 list the nodes (`--node-selector`, `--node`, `--sample`), find each node's kube-proxy pod (`proxy_pods.py`), and
-run in it the reads `node_rules.py` runs through docker — `iptables-nft-save -c`, `iptables-legacy-save -c`, then
-ip6tables of the backend the node uses — as argv over `pods/exec` (`pod_exec.py`), in a bounded pool.
+run in it the reads `node_rules.py` runs through docker — `iptables-nft-save -c`, `iptables-legacy-save -c` (unless
+the nft dump shows there is no legacy table: `_legacy_unless_absent`), then ip6tables of the backend the node
+uses — as argv over `pods/exec` (`pod_exec.py`), in a bounded pool, with the same backend choice and warnings.
 
 At scale: at most `parallel` execs are open at once (one node's reads run one after the other inside one worker),
 a node that fails is tried once more, and every node's result is kept as soon as it is in. For one service
@@ -197,7 +198,7 @@ def read_node(session, node: ApiNode, pod: proxy_pods.ProxyPod, timeout: float, 
     nft = node_rules.read_backend(target, "nft")
     if cancel is not None and cancel.is_set():
         return _failed(node, "interrupted")
-    legacy = node_rules.read_backend(target, "legacy")
+    legacy = _legacy_unless_absent(target, nft)
     capture = node_rules.assemble_capture(node, nft, legacy, timeout)
     capture.source, capture.read_via = f"pod {pod.namespace}/{pod.name}", READ_VIA
     del nft, legacy  # the whole dumps: keep only what the capture holds
@@ -210,6 +211,20 @@ def read_node(session, node: ApiNode, pod: proxy_pods.ProxyPod, timeout: float, 
     if service and not capture.error:
         scope_capture(capture, service)
     return capture
+
+
+def _legacy_unless_absent(target: PodTarget, nft: node_rules.BackendDump) -> node_rules.BackendDump:
+    """iptables-legacy-save's dump, unless iptables-nft-save has shown there is none to read.
+
+    iptables-nft-save warns "iptables-legacy tables present" whenever the legacy backend has any table in the
+    node's netns (docs/reference/lab.md §5.4); iptables-legacy-save lists exactly those tables. So when the nft
+    dump holds kube-proxy's chains and carries no such warning, the legacy read would print nothing: skipping it
+    saves a third of the execs on a big cluster (benchmarks/bench_api_scale.py). In every other case both are read.
+    """
+    legacy_present = any("legacy tables present" in w for w in nft.warnings)
+    if nft.error or legacy_present or not nft.kube_proxy_chains:
+        return node_rules.read_backend(target, "legacy")
+    return node_rules.BackendDump("legacy", argv=list(node_rules.SAVE_COMMANDS["legacy"]))
 
 
 def scope_capture(capture: NodeCapture, service: str) -> None:

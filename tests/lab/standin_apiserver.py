@@ -189,6 +189,9 @@ class StandinApiServer:
             return 405, _status(405, "MethodNotAllowed", f"the stand-in API server is read-only ({method} {path})")
         if path in UNAUTHENTICATED_PATHS:
             return self._public(path)
+        if path == "/standin/execs":  # not an API path: the stand-in's own exec counter, for benchmarks
+            c = self.exec_counter
+            return 200, {"active": c.active, "peak": c.peak, "total": c.total}
         token = auth[len("Bearer "):] if auth and auth.startswith("Bearer ") else None
         if self.fault == "hang":
             self._release.wait(self.hang_seconds)

@@ -203,7 +203,7 @@ def test_pod_not_running_and_kube_proxy_replaced_by_cilium(standin_exec):
 def test_never_more_open_execs_than_parallel(standin_exec):
     server, kubeconfig = standin_exec(exec_latency=0.2)
     _read(kubeconfig, parallel=2)
-    assert server.exec_counter.peak <= 2 and server.exec_counter.total >= 12
+    assert server.exec_counter.peak <= 2 and server.exec_counter.total >= 8  # nft + ip6 per node
 
 
 def test_node_selector_and_sample(standin_exec):
