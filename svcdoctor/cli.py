@@ -38,7 +38,8 @@ svcdoctor COMMAND --help shows a command's options and examples."""
 
 app = typer.Typer(
     name="svcdoctor",
-    help="Read-only diagnostics for kube-proxy's Service routing (iptables mode), on kind clusters and bundles.",
+    help="Read-only diagnostics for kube-proxy's Service routing (iptables mode), on live clusters (kind through "
+         "docker, any other through the Kubernetes API) and bundles.",
     epilog=ROOT_EPILOG,
     add_completion=False,
     no_args_is_help=True,
@@ -331,9 +332,11 @@ def _load(env: Environment, source: InputOptions) -> LoadedInput:
 
     if source.bundle or source.demo:
         loaded = load(source)
-    else:  # a live read takes seconds: show what it is doing
-        with env.stderr.status("collecting rules from the kind nodes…") as status:
-            loaded = load(source, progress=lambda msg: status.update(msg))
+    else:  # a live read takes seconds (minutes on thousands of nodes): show what it is doing
+        from svcdoctor.render.progress import collection_progress
+
+        with collection_progress(env.stderr) as progress:
+            loaded = load(source, progress=progress)
     print_input_report(loaded, env.stderr)
     return loaded
 

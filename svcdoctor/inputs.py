@@ -28,6 +28,8 @@ class InputOptions:
     no_api: bool = False
     nodes: list[str] = field(default_factory=list)
     service: str | None = None  # "ns/name": live collection may fetch only what it needs
+    via: str = "auto"  # auto | docker | api (svcdoctor/collect/live.py, choose_via)
+    api_read: object | None = None  # collect.live.ApiReadOptions: --parallel, --node-selector, --sample, --proxy-*
 
 
 @dataclass(slots=True)
@@ -84,6 +86,8 @@ def read_snapshot(opts: InputOptions, progress=None) -> ClusterSnapshot:
         no_api=opts.no_api,
         service=opts.service,
         progress=progress,
+        via=opts.via,
+        api_read=opts.api_read,
     )
 
 

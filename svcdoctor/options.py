@@ -51,6 +51,14 @@ class ColorMode(str, Enum):
     never = "never"
 
 
+class Via(str, Enum):
+    """--via: how nodes are read (docs/reference/rbac.md for the API's permissions)."""
+
+    auto = "auto"
+    docker = "docker"
+    api = "api"
+
+
 class Protocol(str, Enum):
     tcp = "tcp"
     udp = "udp"
@@ -89,6 +97,13 @@ def _shared_parameters(output_help: str, output_type: type[Enum] = OutputFormat,
             "--no-api", help="Skip the Kubernetes API: work from the rules alone.")], False),
         option("node", Annotated[Optional[list[str]], typer.Option(
             "--node", metavar="NODE", help="Only these nodes (repeatable).")], None),
+        # reading nodes through the Kubernetes API (docs/reference/rbac.md); one option per line, kept compact
+        option("via", Annotated[Via, typer.Option("--via", metavar="DOOR", help="auto | docker | api: how nodes are read (auto: docker for a kind-NAME context running here).")], Via.auto),
+        option("node_selector", Annotated[Optional[str], typer.Option("--node-selector", metavar="SELECTOR", help="Only nodes with these labels (--via api).")], None),
+        option("sample", Annotated[Optional[int], typer.Option("--sample", metavar="K", help="K random nodes, spread over role and zone (--via api).")], None),
+        option("parallel", Annotated[int, typer.Option("--parallel", metavar="N", help="Nodes read at once through the API.")], 16),
+        option("proxy_namespace", Annotated[str, typer.Option("--proxy-namespace", metavar="NAMESPACE", help="Namespace of the kube-proxy pods.")], "kube-system"),
+        option("proxy_selector", Annotated[str, typer.Option("--proxy-selector", metavar="SELECTOR", help="Label selector of the kube-proxy pods.")], "k8s-app=kube-proxy"),
         option("output", Annotated[output_type, typer.Option(
             "-o", "--output", metavar="FORMAT", help=output_help)], output_default),
         option("color", Annotated[ColorMode, typer.Option(
@@ -122,13 +137,16 @@ def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP
 
     @functools.wraps(fn)
     def command(ctx: typer.Context, **kwargs):
+        from svcdoctor.collect.live import ApiReadOptions
         from svcdoctor.inputs import InputOptions
 
         values = {name: kwargs.pop(name) for name in names}
         env = _environment(ctx, values["output"].value, values["no_color"], values["debug"], values["color"].value)
         source = InputOptions(bundle=values["bundle"], demo=values["demo"], cluster=values["cluster"],
                               kubeconfig=values["kubeconfig"], context=values["context"], no_api=values["no_api"],
-                              nodes=list(values["node"] or []))
+                              nodes=list(values["node"] or []), via=values["via"].value,
+                              api_read=ApiReadOptions(values["parallel"], values["node_selector"], values["sample"],
+                                                      values["proxy_namespace"], values["proxy_selector"]))
         return fn(env, source, **kwargs)
 
     # typer hands a parameter annotated typer.Context the click context, and leaves it out of --help

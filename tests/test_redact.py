@@ -57,7 +57,7 @@ class Unmapper:
 
     def doc(self, value):
         if isinstance(value, dict):
-            return {self.text(k): self.doc(v) for k, v in value.items() if k != "source"}
+            return {self.text(k): self.doc(v) for k, v in value.items() if k not in ("source", "readFrom")}
         if isinstance(value, list):
             return [self.doc(v) for v in value]
         return self.text(value) if isinstance(value, str) else value
@@ -66,7 +66,7 @@ class Unmapper:
 def canonical(value):
     """Lists compared as multisets: a sort by address or name may order pseudonyms differently."""
     if isinstance(value, dict):
-        return {k: canonical(v) for k, v in value.items() if k != "source"}
+        return {k: canonical(v) for k, v in value.items() if k not in ("source", "readFrom")}
     if isinstance(value, list):
         return sorted((canonical(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
     return value

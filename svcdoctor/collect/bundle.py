@@ -190,7 +190,7 @@ def _load_bundle(reader, where: str) -> ClusterSnapshot:
     nodes: list[NodeCapture] = []
     for node in ordered:
         base = f"nodes/{node}/"
-        capture = NodeCapture(name=node, source=f"{where}/{base}{NODE_RULES_FILE}")
+        capture = NodeCapture(name=node, source=f"{where}/{base}{NODE_RULES_FILE}", read_via="bundle")
         if base + NODE_META_FILE in names:
             meta = _json(reader, base + NODE_META_FILE, where)
             if isinstance(meta, dict):
@@ -198,6 +198,8 @@ def _load_bundle(reader, where: str) -> ClusterSnapshot:
                 capture.backend = meta.get("backend")
                 capture.proxy_mode = meta.get("proxyMode")
                 capture.role = meta.get("role")
+                if meta.get("readVia"):  # how the collection read the node (docker exec, pods/exec)
+                    capture.read_via = f"bundle ({meta['readVia']})"
                 if meta.get("error"):
                     capture.error = str(meta["error"])
                 capture.warnings = [str(w) for w in meta.get("warnings") or []]
@@ -255,6 +257,8 @@ def write_bundle(snapshot: ClusterSnapshot, out: str | os.PathLike) -> str:
             "proxyMode": node.proxy_mode,
             "role": node.role,
         }
+        if node.read_via:
+            meta["readVia"], meta["readFrom"] = node.read_via, node.source
         if node.warnings:
             meta["warnings"] = node.warnings
         if node.error:

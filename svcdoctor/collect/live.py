@@ -1,17 +1,60 @@
-"""Collect a live kind cluster: every node's rules through docker, the objects through the Kubernetes API.
+"""Collect a live cluster: every node's rules (through docker on kind, else through the Kubernetes API), and the
+objects through the Kubernetes API.
 
-The two sources are read at the same time (the API in a thread of its own while the node pool runs), and the
-result is the same ClusterSnapshot a bundle gives, so everything downstream works on either.
+Which door, as kubectl chooses its cluster (--kubeconfig, $KUBECONFIG, ~/.kube/config; --context, else the
+current one): a context `kind-NAME` whose node containers run on this docker daemon (or --cluster NAME) is read
+through docker, as always; any other context, or `--via api`, is read through each node's kube-proxy pod
+(`api_nodes.py`). The two sources are read at the same time (the API objects in a thread of their own while the
+node pool runs), and the result is the same ClusterSnapshot a bundle gives, so everything downstream works on
+either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from svcdoctor.collect import kind, kube_api, node_rules
+from svcdoctor.collect import api_nodes, kind, kube_api, node_rules, proxy_pods
 from svcdoctor.collect.snapshot import ApiObjects, ClusterSnapshot
+from svcdoctor.errors import UnreachableError, UsageError
+
+VIAS = ("auto", "docker", "api")
+
+
+@dataclass(slots=True)
+class ApiReadOptions:
+    """How to read nodes through the API (the flags of the same names)."""
+
+    parallel: int = api_nodes.DEFAULT_PARALLEL
+    node_selector: str | None = None
+    sample: int | None = None
+    proxy_namespace: str = proxy_pods.DEFAULT_NAMESPACE
+    proxy_selector: str = proxy_pods.DEFAULT_SELECTOR
+
+
+def choose_via(via: str, cluster: str | None, kubeconfig: str | None, context: str | None,
+               timeout: float = 10.0) -> str:
+    """"docker" or "api". auto: --cluster, or a kind-NAME context whose cluster runs on this docker daemon, or no
+    kubeconfig at all (the only running kind cluster, as before), is docker; every other context is the API."""
+    if via != "auto":
+        return via
+    if cluster is not None:
+        return "docker"
+    if not any(p.is_file() for p in kind.kubeconfig_paths(kubeconfig)):
+        return "docker"
+    name = kind.kube_context_cluster(kubeconfig, context)
+    if name is None:
+        return "api"
+    try:
+        client = kind.docker_client(timeout=min(timeout, 3.0))
+    except UnreachableError:
+        return "api"  # no docker here: a kind cluster elsewhere is still reachable through its API
+    try:
+        return "docker" if name in kind.running_clusters(client) else "api"
+    finally:
+        client.close()
 
 
 def collect_live(
@@ -24,6 +67,8 @@ def collect_live(
     progress: Callable[[str], None] | None = None,
     timeout: float = 10.0,
     max_workers: int | None = None,
+    via: str = "auto",
+    api_read: ApiReadOptions | None = None,
 ) -> ClusterSnapshot:
     """Read the cluster now.
 
@@ -36,6 +81,14 @@ def collect_live(
     is a NodeCapture with `error` (the caller exits 4); an unreadable API is ApiObjects.status (rules only).
     """
     say = progress or (lambda _msg: None)
+    api_read = api_read or ApiReadOptions()
+    if choose_via(via, cluster, kubeconfig, context, timeout) == "api":
+        if cluster is not None:
+            raise UsageError("--cluster names a kind cluster (read through docker); with --via api pick the "
+                             "cluster with --context")
+        return collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, api_read)
+    if api_read.node_selector or api_read.sample:
+        raise UsageError("--node-selector and --sample work through the API: add --via api")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svcdoctor-api") as api_pool:
         if not no_api:
             # importing the kubernetes client costs ~0.3 s of CPU: do it while docker answers, not after
@@ -79,3 +132,43 @@ def _read_api(cluster, kubeconfig, context, no_api, service, timeout, say) -> Ap
             namespace, name, kubeconfig, context, cluster, no_api=no_api, timeout=timeout, progress=say
         )
     return kube_api.fetch_api_objects(kubeconfig, context, cluster, no_api=no_api, timeout=timeout, progress=say)
+
+
+def collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, opts: ApiReadOptions) -> ClusterSnapshot:
+    """Every node through its kube-proxy pod (`api_nodes.py`); the objects as on kind, at the same time."""
+    if opts.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
+    try:
+        session = kube_api.open_session(kubeconfig, context, None, timeout=timeout)
+    except kube_api.ApiUnavailable as exc:
+        raise UnreachableError(f"cannot read nodes through the Kubernetes API: {exc}") from exc
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svcdoctor-api") as api_pool:
+            say(f"listing nodes of context {session.context} ({session.server})")
+            listed = api_nodes.list_nodes(session, opts.node_selector)
+            targets = api_nodes.select(listed, nodes, opts.sample)
+            api_future = api_pool.submit(_read_api, None, kubeconfig, context, no_api, service, timeout, say)
+            found = api_nodes.find_proxy_pods(session, targets, opts.proxy_namespace, opts.proxy_selector)
+            say(f"reading {len(targets)} node(s) through their kube-proxy pods")
+            captures = api_nodes.capture_nodes(session, targets, found, parallel=opts.parallel, timeout=timeout,
+                                               service=_service_key(service), progress=say)
+            api = api_future.result()
+    finally:
+        session.client.close()
+    mode = kube_api.proxy_mode(api.kube_proxy_config)
+    for capture in captures:
+        if not capture.error:
+            capture.proxy_mode = mode
+    return ClusterSnapshot(
+        cluster=session.context,
+        nodes=captures,
+        api=api,
+        collected_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        source="live",
+    )
+
+
+def _service_key(service) -> str | None:
+    if service is None:
+        return None
+    return service if isinstance(service, str) else "/".join(service)

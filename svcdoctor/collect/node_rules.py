@@ -159,9 +159,8 @@ def choose_backend(nft: BackendDump, legacy: BackendDump) -> tuple[str, str]:
 def assemble_capture(node: KindNode, nft: BackendDump, legacy: BackendDump, timeout: float | None = None) -> NodeCapture:
     """One node's capture from its two dumps. A hung save fails the whole node: the other backend alone would
     tell a half-truth (a node looking "legacy" only because iptables-nft-save is wedged)."""
-    capture = NodeCapture(
-        name=node.name, internal_ip=node.internal_ip, role=node.role, source=f"docker container {node.name}"
-    )
+    capture = NodeCapture(name=node.name, internal_ip=node.internal_ip, role=node.role,
+                          source=f"docker container {node.name}", read_via="docker exec")
     hung = [d for d in (nft, legacy) if d.timed_out]
     if hung:
         limit = f" within {timeout:g}s" if timeout else ""
@@ -285,5 +284,5 @@ def capture_nodes(
 def _failed(node: KindNode, reason: str) -> NodeCapture:
     return NodeCapture(
         name=node.name, internal_ip=node.internal_ip, role=node.role, error=reason,
-        source=f"docker container {node.name}",
+        source=f"docker container {node.name}", read_via="docker exec",
     )

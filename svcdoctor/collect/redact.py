@@ -295,7 +295,8 @@ def _capture(n: NodeCapture, p: Pseudonyms) -> NodeCapture:
         proxy_mode=n.proxy_mode, other_backend_save=redact_rules(n.other_backend_save, p),
         ip6tables_save=redact_rules(n.ip6tables_save, p),
         warnings=[p.addresses_in(_known_names(w, p)) for w in n.warnings],
-        error=p.addresses_in(_known_names(n.error, p)) if n.error else None)
+        error=p.addresses_in(_known_names(n.error, p)) if n.error else None,
+        read_via=n.read_via)  # how the node was read stays; where from (a pod or container name) does not
 
 
 # --- the API objects --------------------------------------------------------------------------------------------

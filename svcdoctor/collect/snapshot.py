@@ -22,7 +22,8 @@ class NodeCapture:
     ip6tables_save: str | None = None  # `ip6tables-save -c` of the backend used (dual-stack and IPv6 clusters)
     warnings: list[str] = field(default_factory=list)  # e.g. "# Warning: iptables-legacy tables present"
     error: str | None = None
-    source: str | None = None  # where the text came from (file path, container name)
+    source: str | None = None  # where the text came from (file path, container name, pod)
+    read_via: str | None = None  # how: "docker exec", "pods/exec" (the node's kube-proxy pod), "bundle"
 
 
 @dataclass(slots=True)

@@ -28,5 +28,7 @@ def node_rows(loaded: LoadedInput) -> list[dict]:
             "rules": rules.rule_count if rules is not None else None,
             "kubeChains": rules.kube_chain_count if rules is not None else None,
             "problems": problems,
+            "readVia": capture.read_via,  # docker exec | pods/exec | bundle (how the rules were read)
+            "readFrom": capture.source,  # the container, pod or file
         })
     return rows

@@ -303,3 +303,37 @@ def filler_services(count: int) -> list[dict]:
                              "sessionAffinity": "None", "internalTrafficPolicy": "Cluster"},
                     "status": {"loadBalancer": {}}})
     return out
+
+
+def kube_proxy_pods(skip: tuple[str, ...] = (), phases: dict[str, str] | None = None,
+                    cilium_on: tuple[str, ...] = ()) -> list[dict]:
+    """kube-proxy's DaemonSet pods in kube-system (k8s-app=kube-proxy, hostNetwork), one per node but those in
+    `skip`; `phases` sets a node's pod phase (e.g. Pending); `cilium_on` puts a Cilium agent pod on those nodes
+    (a node whose kube-proxy Cilium replaced: list it in `skip` too)."""
+    out = []
+    for node in NODES:
+        if node.name in skip:
+            continue
+        name = f"kube-proxy-{_uid('kube-proxy', node.name)[:5]}"
+        phase = (phases or {}).get(node.name, "Running")
+        pod = _system_pod(name, node, {"k8s-app": "kube-proxy"}, "kube-proxy", "registry.k8s.io/kube-proxy:v1.28.0")
+        pod["status"]["phase"] = phase
+        out.append(pod)
+    for node in NODES:
+        if node.name in cilium_on:
+            out.append(_system_pod(f"cilium-{_uid('cilium', node.name)[:5]}", node, {"k8s-app": "cilium"},
+                                   "cilium-agent", "quay.io/cilium/cilium:v1.15.0"))
+    return out
+
+
+def _system_pod(name: str, node: NodeSpec, labels: dict, container: str, image: str) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": _meta("Pod", name, "kube-system", labels),
+        "spec": {"nodeName": node.name, "hostNetwork": True,
+                 "containers": [{"name": container, "image": image,
+                                 "securityContext": {"privileged": True}}]},
+        "status": {"phase": "Running", "hostIP": node.ip, "podIP": node.ip, "podIPs": [{"ip": node.ip}],
+                   "conditions": [{"type": "Ready", "status": "True"}],
+                   "containerStatuses": [{"name": container, "ready": True, "state": {"running": {}}}]},
+    }

@@ -6,6 +6,8 @@ bearer-token authentication (401 for an unknown token, 403 for a known user with
 with `limit`/`continue` (items in namespace/name order, as etcd keys sort), `labelSelector` and `fieldSelector`,
 `Status` objects for errors, and the discovery documents (`/version`, `/api`, `/apis`, `/api/v1`, ...).
 Fault modes make every authenticated request answer 401, 403, or hang (never answer) for timeout tests.
+`pods/exec` is served over WebSocket (v4/v5 channel protocols) by `standin_exec.py` when an `exec_runner` is given
+(in the lab: the argv run by `docker exec` in the pod's node container), with per-pod exec faults.
 
 Run it by hand with `python -m tests.lab apiserver` (prints the kubeconfig path).
 """
@@ -57,6 +59,11 @@ class StandinApiServer:
     hang_seconds: float = 60.0
     git_version: str = "v1.28.0"
     requests: list[RecordedRequest] = field(default_factory=list)
+    exec_runner: object | None = None  # standin_exec.Runner; None: pods/exec answers 404
+    exec_protocols: tuple[str, ...] = ("v5.channel.k8s.io", "v4.channel.k8s.io")  # in the server's preference
+    exec_latency: float = 0.0  # seconds each exec waits before running (scale simulation)
+    exec_faults: object = None  # standin_exec.ExecFaults
+    tls: bool = False  # HTTPS with a throwaway self-signed certificate (kubectl sends no token over plain HTTP)
 
     def __post_init__(self):
         self._store: dict[tuple[str, str], list[dict]] = {key: [] for key in RESOURCES}
@@ -81,6 +88,14 @@ class StandinApiServer:
         self._release = threading.Event()  # wakes hanging handlers at shutdown
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        from .standin_exec import ExecCounter, ExecFaults
+
+        self.exec_faults = self.exec_faults or ExecFaults()
+        self.exec_counter = ExecCounter()
+
+    def get_object(self, key: tuple[str, str], namespace: str | None, name: str) -> dict | None:
+        return next((o for o in self._store[key] if o["metadata"]["name"] == name
+                     and o["metadata"].get("namespace") == namespace), None)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> StandinApiServer:
@@ -91,9 +106,27 @@ class StandinApiServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
+        if self.tls:
+            self._httpd.socket = self._tls_context().wrap_socket(
+                self._httpd.socket, server_side=True, do_handshake_on_connect=False)  # handshake in the handler
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="standin-apiserver", daemon=True)
         self._thread.start()
         return self
+
+    def _tls_context(self):
+        """A self-signed certificate for 127.0.0.1 made with the openssl command; the kubeconfig trusts it."""
+        import ssl
+        import subprocess
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="standin-tls-"))
+        self.cert_file, key = folder / "cert.pem", folder / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=standin-apiserver", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                        "-out", str(self.cert_file)], check=True, capture_output=True)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert_file, key)
+        return context
 
     def stop(self) -> None:
         self._release.set()
@@ -115,7 +148,7 @@ class StandinApiServer:
     def url(self) -> str:
         assert self._httpd, "stand-in API server not started"
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def write_kubeconfig(self, path: Path, *, cluster: str = "myk8s", token: str = ADMIN_TOKEN) -> Path:
         """A kubeconfig like `kind get kubeconfig` writes (context kind-<cluster>), pointing at the stand-in."""
@@ -126,7 +159,7 @@ class StandinApiServer:
             "apiVersion": "v1",
             "kind": "Config",
             "preferences": {},
-            "clusters": [{"name": name, "cluster": {"server": self.url}}],
+            "clusters": [{"name": name, "cluster": {"server": self.url, **self._ca()}}],
             "users": [{"name": name, "user": {"token": token}}],
             "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
             "current-context": name,
@@ -134,6 +167,11 @@ class StandinApiServer:
         path = Path(path)
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
+
+    def _ca(self) -> dict:
+        if not self.tls:
+            return {}
+        return {"certificate-authority-data": base64.b64encode(self.cert_file.read_bytes()).decode()}
 
     def list_requests(self, plural: str) -> list[RecordedRequest]:
         """Recorded GETs of a collection (for pagination assertions)."""
@@ -151,6 +189,9 @@ class StandinApiServer:
             return 405, _status(405, "MethodNotAllowed", f"the stand-in API server is read-only ({method} {path})")
         if path in UNAUTHENTICATED_PATHS:
             return self._public(path)
+        if path == "/standin/execs":  # not an API path: the stand-in's own exec counter, for benchmarks
+            c = self.exec_counter
+            return 200, {"active": c.active, "peak": c.peak, "total": c.total}
         token = auth[len("Bearer "):] if auth and auth.startswith("Bearer ") else None
         if self.fault == "hang":
             self._release.wait(self.hang_seconds)
@@ -287,7 +328,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         split = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        lists = parse_qs(split.query, keep_blank_values=True)
+        query = {k: v[-1] for k, v in lists.items()}
+        from .standin_exec import is_exec, serve_exec
+
+        if (method == "GET" and is_exec(split.path) and self.standin.exec_runner is not None
+                and self.headers.get("Upgrade", "").lower() == "websocket"):
+            serve_exec(self, self.standin, split.path, lists)
+            return
         answer = self.standin.handle(method, split.path, query, self.headers.get("Authorization"))
         if answer is None:  # hang: close without a word once released
             self.standin._record(method, split.path, query, 0)
@@ -295,6 +343,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status, body = answer
         self.standin._record(method, split.path, query, status)
+        self._send_json(status, body)
+
+    def _send_json(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
