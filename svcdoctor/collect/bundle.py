@@ -257,8 +257,12 @@ def write_bundle(snapshot: ClusterSnapshot, out: str | os.PathLike) -> str:
             "proxyMode": node.proxy_mode,
             "role": node.role,
         }
-        if node.read_via:
-            meta["readVia"], meta["readFrom"] = node.read_via, node.source
+        # how the node was first read: a bundle written again from a bundle keeps what the collection said
+        read_via = node.read_via
+        if read_via and read_via.startswith("bundle ("):
+            read_via = read_via[len("bundle (") : -1]
+        if read_via and read_via != "bundle":
+            meta["readVia"], meta["readFrom"] = read_via, node.source
         if node.warnings:
             meta["warnings"] = node.warnings
         if node.error:
