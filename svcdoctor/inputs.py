@@ -269,7 +269,7 @@ def _resolve_address(loaded: LoadedInput, host: str | None, port: int | None) ->
 def _replaced_nodes(loaded: LoadedInput) -> str:
     """Why a service is in no node's iptables when another component routes Services there (not that the service
     does not exist)."""
-    from svcdoctor.checks.findings import kube_proxy_replacement
+    from svcdoctor.model.replaced import kube_proxy_replacement
 
     replaced = {}
     for node, rules in loaded.rules.items():

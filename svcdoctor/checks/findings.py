@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from svcdoctor.model.replaced import kube_proxy_replacement
 from svcdoctor.model.rules import NodeRules
 
 SEVERITIES = ("error", "warning", "info")
@@ -144,26 +145,6 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
             f"{node} has no kube-proxy rules (no KUBE-SERVICES rules): is kube-proxy running there?",
             [f"nat chains: {', '.join(sorted(nat.chains)) if nat else 'no nat table'}"]))
     return out
-
-
-# Chains that name the component routing Services when kube-proxy does not (its own chains, as their code writes
-# them: cilium pkg/datapath/iptables, kube-router pkg/controllers/proxy, antrea pkg/agent/route, calico felix).
-REPLACEMENT_CHAIN_PREFIXES = (
-    ("CILIUM_", "Cilium"),
-    ("KUBE-ROUTER-", "kube-router"),
-    ("ANTREA-", "Antrea"),
-    ("cali-", "Calico (eBPF dataplane)"),
-)
-
-
-def kube_proxy_replacement(rules: NodeRules) -> tuple[str, list[str]] | None:
-    """(name, its chains) when a node without kube-proxy rules has another Service router's chains."""
-    names = [c for t in rules.tables.values() for c in t.chains]
-    for prefix, name in REPLACEMENT_CHAIN_PREFIXES:
-        chains = sorted(c for c in names if c.startswith(prefix))
-        if chains:
-            return name, chains[:5] + (["…"] if len(chains) > 5 else [])
-    return None
 
 
 KUBELET_MARK_CHAINS = ("KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
