@@ -59,3 +59,81 @@ def test_check_finds_nothing_where_the_hand_answer_is_none(dump):
     r = run_cli("check", "--bundle", str(dump / "source.txt"), "-o", "json")
     assert r.exit_code == 0, r.stdout
     assert [f["id"] for f in r.json()["findings"] if f["severity"] != "info"] == []
+
+
+def _dump(name: str) -> Path:
+    path = REAL_DUMPS / name / "source.txt"
+    if not path.exists():
+        pytest.skip(f"{path} is not on this machine")
+    return path
+
+
+def _entries(doc: dict) -> dict[str, dict]:
+    return {e["kind"]: e for p in doc["ports"] for n in p["nodes"] for e in n["entries"]}
+
+
+# The hand answers of the dumps whose ORIGIN.md says them in prose rather than in a table.
+def test_kind_etp_local_grep_pre_124_layout():
+    path = str(_dump("kind-etp-local-xlb-grep"))
+    r = run_cli("explain", "test-svc", "--bundle", path, "-o", "json")
+    assert r.exit_code == 0, r.stderr
+    entries = _entries(r.json())
+    cluster = entries["clusterIP"]
+    assert cluster["destination"] == "10.96.115.88:80" and cluster["masquerade"] == "conditional"
+    assert sorted((e["ip"], round(e["probability"], 2)) for e in cluster["endpoints"]) == [
+        ("10.244.1.3", 0.5), ("10.244.2.3", 0.5)]
+    node_port = entries["nodePort"]
+    assert node_port["destination"] == ":32070" and node_port["verdict"] == "drop"
+    by_class = {c["clients"]: c for c in node_port["clients"]}
+    assert by_class["the node itself"]["masquerade"] and "localhost (127.0.0.0/8)" in by_class
+    assert [f["id"] for f in r.json()["findings"]] == ["etp-local-no-local-endpoints"]
+    checked = run_cli("check", "--bundle", path, "-o", "json").json()
+    assert [f["id"] for f in checked["findings"]] == ["etp-local-no-local-endpoints"]
+    trace = run_cli("trace", "--dst", "10.96.115.88:80", "--src", "192.168.1.5", "--bundle", path, "-o", "json").json()
+    assert trace["masquerade"] is True and trace["partial"]  # never "no SNAT" from bodies it has not seen
+
+
+def test_k3s_metallb_per_chain_listings():
+    path = str(_dump("k3s-metallb-etp-local-S-v"))
+    r = run_cli("explain", "nginx-mlb-l2-service", "--bundle", path, "-o", "json")
+    assert r.exit_code == 0, r.stderr
+    assert "listed twice with different rules" in r.stderr and "a partial dump" in r.stderr
+    entries = _entries(r.json())
+    cluster = entries["clusterIP"]
+    assert cluster["destination"] == "10.43.159.55:80" and cluster["masquerade"] == "conditional"
+    assert sorted(e["ip"] for e in cluster["endpoints"]) == [
+        "10.42.0.25", "10.42.0.26", "10.42.1.20", "10.42.1.21", "10.42.2.21", "10.42.2.22"]
+    assert {round(e["probability"], 3) for e in cluster["endpoints"]} == {0.167}
+    external = entries["external"]  # KUBE-EXT as last listed: Local policy, client IP kept, the two local pods
+    assert external["masquerade"] == "never"
+    assert sorted((e["ip"], round(e["probability"], 2)) for e in external["endpoints"]) == [
+        ("10.42.0.25", 0.5), ("10.42.0.26", 0.5)]
+    assert run_cli("check", "--bundle", path, "-o", "json").json()["findings"] == []
+
+
+def test_k3s_grep_pastes_three_even_endpoints():
+    r = run_cli("explain", "nginx-service", "--bundle", str(_dump("k3s-clusterip-grep-pastes")), "-o", "json")
+    assert r.exit_code == 0, r.stderr
+    cluster = _entries(r.json())["clusterIP"]
+    assert cluster["destination"] == "10.43.180.238:80" and cluster["masquerade"] == "conditional"
+    assert sorted((e["ip"], round(e["probability"], 3)) for e in cluster["endpoints"]) == [
+        ("10.42.0.8", 0.333), ("10.42.1.2", 0.333), ("10.42.2.2", 0.333)]
+
+
+def test_preflannel_dump_invents_no_kube_dns():
+    path = str(_dump("kubeadm-preflannel-save-noheader"))
+    r = run_cli("explain", "kube-dns", "-n", "kube-system", "--bundle", path)
+    assert r.exit_code == 2 and "no service kube-system/kube-dns" in r.stderr
+    doc = run_cli("explain", "kubernetes", "--bundle", path, "-o", "json").json()
+    cluster = _entries(doc)["clusterIP"]
+    assert [(e["ip"], e["port"], round(e["probability"], 2)) for e in cluster["endpoints"]] == [
+        ("192.168.20.100", 6443, 1.0)]
+    assert cluster["masquerade"] == "conditional"
+
+
+def test_cilium_node_is_a_replaced_kube_proxy():
+    path = str(_dump("cilium-kpr-nat-S"))
+    doc = run_cli("check", "--bundle", path, "-o", "json").json()
+    assert [(f["id"], f["severity"]) for f in doc["findings"]] == [("kube-proxy-replaced", "info")]
+    r = run_cli("explain", "anything", "--bundle", path)
+    assert r.exit_code == 2 and "kube-proxy is replaced (Cilium" in r.stderr
