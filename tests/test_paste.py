@@ -154,3 +154,46 @@ def test_a_chain_listed_again_from_its_n_line_is_read_from_the_later_listing(tmp
     from svcdoctor.model.parse import parse_pasted_rules
     rules = parse_pasted_rules(path.read_text(), "ext")
     assert [r.text for r in rules.chain("nat", ext).rules] == later
+
+
+SERVICES = ["svc-clusterip", "svc-nodeport", "svc-local", "svc-affinity"]
+
+
+def _shares(doc: dict) -> set:
+    return {(e["kind"], ep["ip"], round(ep["probability"], 3))
+            for p in doc["ports"] for n in p["nodes"] for e in n["entries"] if e["kind"] == "clusterIP"
+            for ep in e["endpoints"]}
+
+
+@st.composite
+def partial_pastes(draw):
+    """A grep for one service, or `iptables -t nat -S CHAIN -v` of its chains, with the paste's usual noise."""
+    service = draw(st.sampled_from(SERVICES))
+    lines = [ln.split("] ", 1)[-1] for ln in CLEAN.splitlines()]
+    if draw(st.booleans()):
+        body = [f"$ iptables-save | grep {service}"] + [ln for ln in lines if service + ":" in ln]
+    else:
+        chains = sorted({ln.split()[1] for ln in lines if ln.startswith("-A KUBE-S") and service + ":" in ln
+                         and ln.split()[1].startswith(("KUBE-SVC-", "KUBE-SVL-"))})
+        body = []
+        for chain in chains:
+            body += [f"user@node:~$ sudo iptables -t nat -S {chain} -v", f"-N {chain}"]
+            body += [ln.replace(" -j ", " -c 0 0 -j ") for ln in lines if ln.startswith(f"-A {chain} ")]
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, len(body) - 1))
+        body.insert(at + 1, body[at])  # pasted twice
+    end = draw(st.sampled_from(["\n", "\r\n"]))
+    return service, end.join(body) + end
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=partial_pastes())
+def test_a_partial_paste_gives_the_clean_dumps_split(case, tmp_path):
+    service, paste = case
+    clean = tmp_path / "node.txt"
+    clean.write_text(CLEAN)
+    want = _shares(explain_document(explain(load(InputOptions(bundle=str(clean))), service)))
+    path = tmp_path / "paste.txt"
+    path.write_text(paste, newline="")
+    got = _shares(explain_document(explain(load(InputOptions(bundle=str(path))), service)))
+    assert got == want
