@@ -1,6 +1,6 @@
-"""Issue #4: `check` over a 3-node bundle of 10,000-service dumps with matching API objects: <= 3 s wall,
-<= 500 MB peak. Runs the real CLI in a child process, best of 3. The baseline is `iptables-restore --test` of one
-dump in the same run (0.75 s on the reference machine, so the wall-time goal is 3.0 / 0.75 of it).
+"""`check` over a 3-node bundle of 10,000-service dumps with matching API objects: <= 3.0 x `iptables-restore --test`
+of one node's dump, <= 500 MB peak. Runs the real CLI in a child process, best of 3; the baseline is measured in the
+same run. (The per-node comparison runs in forked workers on big inputs: checks/engine.py.)
 
 The API objects are made here to match `scale_dump.restore_text`: Service scale/svc-N, port "http" 80 -> 8080,
 cluster IP 10.201.N/250.N%250+1, three ready endpoints 10.10.{2,3,4}.(10 + N%200):8080, one on each node.
@@ -15,11 +15,12 @@ import sys
 import tempfile
 import time
 
-from common import REFERENCE_RESTORE_SECONDS, best_cli_run, report, restore_test_seconds
+from common import best_cli_run, report, restore_test_seconds
 from scale_dump import CACHE_DIR, real_dump
 
 NODES = ("node-1", "node-2", "node-3")
-GOAL_SECONDS = 3.0
+GOAL_SECONDS = 3.0  # printed for reference; the goal is the ratio
+GOAL_RATIO = 3.0
 GOAL_MB = 500
 
 
@@ -88,7 +89,7 @@ def main() -> int:
           f"(goal <= {GOAL_MB} MB), {len(doc['findings'])} findings {doc['summary']}; "
           f"iptables-restore --test baseline {baseline:.3f}s")
     print(f"  in-process CPU: reading the bundle {load_cpu:.3f}s, the check itself {check_cpu:.3f}s")
-    ok = report("check wall / restore baseline", best / baseline, round(GOAL_SECONDS / REFERENCE_RESTORE_SECONDS, 2))
+    ok = report("check wall / restore baseline", best / baseline, GOAL_RATIO)
     ok &= report("check peak memory", peak_mb, GOAL_MB, " MB")
     ok &= len(doc["findings"]) == 0  # the generated objects match the dump: anything found is a false alarm
     return 0 if ok else 1
