@@ -20,15 +20,26 @@ DUMPS = sorted(p.parent for p in REAL_DUMPS.glob("*/source.txt")) if REAL_DUMPS.
 pytestmark = pytest.mark.skipif(not DUMPS, reason=f"{REAL_DUMPS} is not on this machine")
 
 _ROW = re.compile(r"^\| (\S+/\S+?)(?::(\S+))?(?: \(unnamed port\))? \| (\S+):(\d+)/(TCP|UDP|SCTP) \| (KUBE-SVC-\w{16}) \|"
-                  r" ([^|]+) \|", re.M)
+                  r" ([^|]+) \| ([^|]+) \|", re.M)
 _SHARE = re.compile(r"(\d+\.\d+\.\d+\.\d+):(\d+) (\d+)%")
 
 
 def hand_answers(dump: Path) -> list[tuple]:
     text = (dump / "ORIGIN.md").read_text()
-    return [(m.group(1), m.group(2), m.group(3), int(m.group(4)), m.group(6),
-             {(ip, int(port)): int(pct) / 100 for ip, port, pct in _SHARE.findall(m.group(7))})
-            for m in _ROW.finditer(text)]
+    rows, masquerade = [], None
+    for m in _ROW.finditer(text):
+        masquerade = _masquerade_words(m.group(8), masquerade)
+        rows.append((m.group(1), m.group(2), m.group(3), int(m.group(4)), m.group(6),
+                     {(ip, int(port)): int(pct) / 100 for ip, port, pct in _SHARE.findall(m.group(7))}, masquerade))
+    return rows
+
+
+def _masquerade_words(words: str, previous: str | None) -> str:
+    """The table's masquerade column in explain's terms: "never", "when src ∉ CIDR" (conditional), "same"."""
+    words = words.strip()
+    if words.startswith("same"):
+        return previous
+    return "never" if words.startswith("never") else "conditional" if words.startswith("when src") else words
 
 
 @pytest.mark.parametrize("dump", DUMPS, ids=lambda p: p.name)
@@ -42,7 +53,7 @@ def test_read_verbatim_never_refused(dump):
 
 @pytest.mark.parametrize("dump", [d for d in DUMPS if hand_answers(d)], ids=lambda p: p.name)
 def test_explain_ties_each_service_port_and_gives_the_hand_worked_shares(dump):
-    for service, port_name, ip, port, chain, shares in hand_answers(dump):
+    for service, port_name, ip, port, chain, shares, masquerade in hand_answers(dump):
         r = run_cli("explain", service, "--bundle", str(dump / "source.txt"), "-o", "json")
         assert r.exit_code == 0, (service, r.stderr)
         (found,) = [p for p in r.json()["ports"] if (p["name"] or None) == port_name]
@@ -51,6 +62,7 @@ def test_explain_ties_each_service_port_and_gives_the_hand_worked_shares(dump):
         assert entry["destination"] == f"{ip}:{port}"
         got = {(e["ip"], e["port"]): round(e["probability"], 2) for e in entry["endpoints"]}
         assert got == shares, service
+        assert entry["masquerade"] == masquerade, service
 
 
 @pytest.mark.parametrize("dump", [d for d in DUMPS if "Expected findings: none" in (d / "ORIGIN.md").read_text()],
