@@ -12,12 +12,12 @@ the other one) Services break on that node only (docs/reference/kube-proxy-layou
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from svcdoctor.model import rule_text
 from svcdoctor.collect.kind import KindNode
 from svcdoctor.collect.snapshot import NodeCapture
 
@@ -35,7 +35,7 @@ IP6_SAVE_COMMANDS = {
 KUBELET_CHAINS = frozenset({"KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT", "KUBE-MARK-DROP"})
 DEFAULT_MAX_WORKERS = 8
 
-_CHAIN_DECL = re.compile(r"\n:(KUBE-[^\s]+)")
+_CHAIN_DECL = rule_text.KUBE_CHAIN_DECLARATION
 
 
 @dataclass(slots=True)

@@ -32,6 +32,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from svcdoctor.collect.bundle import write_bundle
+from svcdoctor.model import rule_text
 from svcdoctor.collect.snapshot import ApiObjects, ClusterSnapshot, NodeCapture
 from svcdoctor.errors import InputError
 from svcdoctor.model.hashes import endpoint_hash, service_hash
@@ -40,8 +41,8 @@ from svcdoctor.model.service_rules import service_port_of_comment
 IPV4 = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d{1,3}){3})(?:/(\d{1,2}))?(?![\w])")
 IPV6 = re.compile(r"(?<![\w:.])([0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7})(?:/(\d{1,3}))?(?![\w:])")
 HASHED_CHAIN = re.compile(r"\bKUBE-(SVC|SVL|EXT|FW|XLB|SEP)-([A-Z2-7]{16})\b")
-COMMENT = re.compile(r'(--comment )("(?:[^"\\]|\\.)*"|\S+)')
-TO_DESTINATION = re.compile(r"--to-destination (\S+)")
+COMMENT = rule_text.COMMENT_SPAN  # the one reader's patterns (model/rule_text.py), used to rewrite in place
+TO_DESTINATION = rule_text.TO_DESTINATION_SPAN
 PROTOCOLS = ("tcp", "udp", "sctp")
 KEPT_LABEL_KEYS = ("endpointslice.kubernetes.io/managed-by", "service.kubernetes.io/headless",
                    "service.kubernetes.io/service-proxy-name", "node-role.kubernetes.io/")

@@ -19,6 +19,11 @@ import re
 # `--comment "a \"b\""` or `--comment word`; iptables-save escapes quotes and backslashes inside the quotes
 _COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
 _ESCAPE = re.compile(r"\\(.)")
+# The same two spellings as spans to rewrite in place (collect/redact.py): group 1 the option, group 2 its value.
+COMMENT_SPAN = re.compile(r'(--comment )("(?:[^"\\]|\\.)*"|\S+)')
+TO_DESTINATION_SPAN = re.compile(r"--to-destination (\S+)")
+# kube-proxy's chains declared in a dump (`:KUBE-… - [0:0]`), counted without parsing it (collect/node_rules.py)
+KUBE_CHAIN_DECLARATION = re.compile(r"\n:(KUBE-[^\s]+)")
 
 
 def tokenize(spec: str) -> list[str]:
