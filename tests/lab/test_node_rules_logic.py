@@ -66,6 +66,17 @@ def test_a_garbled_stream_is_read_again():
     assert container.calls.count("iptables-nft-save") == 2
 
 
+def test_frame_bytes_left_at_the_start_are_read_again():
+    # seen in full lab runs: the text began with "4959" (a frame's length taken into the payload)
+    container = ScriptedContainer({
+        "iptables-nft-save": [(b"4959\n" + NFT_KUBE.encode(), None), (NFT_KUBE.encode(), None)],
+        "iptables-legacy-save": [(None, None)],
+    })
+    capture = node_rules.capture_node(node(container))
+    assert capture.error is None and capture.iptables_save == NFT_KUBE
+    assert container.calls.count("iptables-nft-save") == 2
+
+
 def test_an_answer_cut_short_is_read_again_then_reported():
     cut = NFT_KUBE.split("COMMIT")[0].encode()
     container = ScriptedContainer({
