@@ -275,6 +275,8 @@ def watch(
     count: Annotated[Optional[int], typer.Option("--count", metavar="N", help="Stop after N samples.")] = None,
     top: Annotated[int, typer.Option("--top", metavar="N",
                                      help="Without a service: how many of the busiest rules to show.")] = 20,
+    all_nodes: Annotated[bool, typer.Option("--all-nodes", help="Show every node's endpoints, also the nodes where "
+                                            "the service counted no connection (one line without it).")] = False,
 ) -> int:
     """Live counter diffs per endpoint, with the observed split next to the expected one.
 
@@ -290,7 +292,8 @@ def watch(
         raise UsageError("--count must be at least 1")
     if top < 1:
         raise UsageError("--top must be at least 1")
-    return run_watch(source, service, namespace, interval, count, env.output, env.stdout, env.stderr, top=top)
+    return run_watch(source, service, namespace, interval, count, env.output, env.stdout, env.stderr, top=top,
+                     all_nodes=all_nodes)
 
 
 class Shell(str, Enum):

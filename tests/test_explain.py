@@ -166,3 +166,47 @@ def test_renamed_chain_is_a_hash_mismatch(tmp_path):
     p.write_text(case.restore_text)
     assert not [f for f in run_cli("explain", "svc4", "-n", "ns4", "--bundle", str(p), "-o", "json").json()["findings"]
                 if f["id"] == "hash-mismatch"]
+
+
+# --- counters shared between entries (issue #11) ---------------------------------------------------------------
+DEMO_NODES = __import__("pathlib").Path(__file__).parent.parent / "svcdoctor" / "demo" / "myk8s" / "nodes"
+
+
+def _jump_counters(node: str, chains: set[str]) -> int:
+    """The packets of every jump to a KUBE-SEP- chain in `chains`, read straight from the node's dump."""
+    import re
+
+    total = 0
+    for line in (DEMO_NODES / node / "iptables.txt").read_text().splitlines():
+        m = re.match(r"\[(\d+):\d+\] -A (\S+) .*-j KUBE-SEP-", line)
+        if m and m.group(2) in chains:
+            total += int(m.group(1))
+    return total
+
+
+@pytest.mark.parametrize("service", ["svc-nodeport", "svc-local", "svc-clusterip", "svc-affinity"])
+def test_a_sum_over_entries_counts_each_connection_once(service):
+    """jq '[.ports[].nodes[].entries[].endpoints[] | select(.countersCountedHere) | .packets] | add' equals the
+    counters of the jumps in KUBE-SVC/SVL: the ClusterIP and node-port entries share them and say so."""
+    doc = run_cli("explain", service, "--demo", "-o", "json").json()
+    for port in doc["ports"]:
+        chains = {c for key, c in port["chains"].items() if key in ("svc", "svl") and c}
+        for node in port["nodes"]:
+            once = sum(ep["packets"] or 0 for e in node["entries"] for ep in e["endpoints"]
+                       if ep["countersCountedHere"])
+            assert once == _jump_counters(node["node"], chains), (service, node["node"])
+
+
+def test_shared_counters_are_named_on_both_entries_and_before_the_endpoints():
+    doc = run_cli("explain", "svc-nodeport", "--demo", "-o", "json").json()
+    worker = next(n for n in doc["ports"][0]["nodes"] if n["node"] == "myk8s-worker")
+    cluster_ip, node_port = worker["entries"]
+    assert cluster_ip["countersSharedWith"] == ["nodePort :32624"]
+    assert node_port["countersSharedWith"] == ["clusterIP 10.200.1.184:9000"]
+    assert cluster_ip["countersChain"] == node_port["countersChain"] == "KUBE-SVC-VTR7MTHHNMFZ3OFS"
+    assert [ep["countersCountedHere"] for ep in cluster_ip["endpoints"]] == [True] * 3
+    assert [ep["countersCountedHere"] for ep in node_port["endpoints"]] == [False] * 3
+    lines = run_cli("explain", "svc-nodeport", "--demo").stdout.splitlines()
+    said = next(i for i, line in enumerate(lines) if "shared with nodePort :32624" in line)
+    first_endpoint = next(i for i, line in enumerate(lines) if "10.10.2.3:8080" in line)
+    assert said < first_endpoint and "[0 pkts]" in lines[said - 3]

@@ -412,7 +412,74 @@ def test_the_view_says_what_the_counters_count_and_marks_changes(demo):
     text = out.getvalue()
     assert "count new connections" in text and "not packets" in text
     assert "blackholes: DROP/REJECT" in text and "has no local endpoints" in text and "reset +3" in text
-    assert "← nodePort" in text  # the entries that lead into each split chain
+    assert "no new connections since the watch started on myk8s-worker" in text  # idle nodes: one line
+    out = io.StringIO()
+    Console(file=out, width=200, no_color=True).print(render_frame(frame, plan, all_nodes=True))
+    assert "← nodePort" in out.getvalue()  # the entries that lead into each split chain
+
+
+# --- folded and plainly worded (issue #11) ------------------------------------------------------------------------
+def _text(frame, plan, **kw) -> str:
+    out = io.StringIO()
+    Console(file=out, width=250, no_color=True).print(render_frame(frame, plan, **kw), crop=False)
+    return out.getvalue()
+
+
+def test_idle_nodes_are_one_line_and_all_nodes_shows_them(demo):
+    plan = plan_for(demo, "svc-clusterip")
+    tracker = WatchTracker(1.0, plan.service)
+    idle = {n: {} for n in demo.rules if n != WORKER}
+    sample(tracker, plan, demo, {**idle, WORKER: svc(0, 0, 0)}, at=0)
+    frame = sample(tracker, plan, demo, {**idle, WORKER: svc(5, 5, 5)}, at=1)
+    text = _text(frame, plan)
+    lines = text.splitlines()
+    assert [line.split()[0] for line in lines if "KUBE-SVC-" in line] == [WORKER]  # one block: the busy node
+    assert ("no new connections since the watch started on myk8s-control-plane, myk8s-worker2, myk8s-worker3 "
+            "(--all-nodes shows them)") in lines
+    every = _text(frame, plan, all_nodes=True)
+    assert sorted(line.split()[0] for line in every.splitlines() if "KUBE-SVC-" in line) == sorted(demo.rules)
+    assert "--all-nodes" not in every
+
+
+def test_a_node_with_counters_before_the_watch_is_idle_once_the_watch_runs(demo):
+    plan = plan_for(demo, "svc-clusterip")
+    tracker = WatchTracker(1.0, plan.service)
+    first = sample(tracker, plan, demo, {WORKER: svc(3, 3, 3), WORKER3: svc(0, 0, 0)}, at=0)
+    assert "no new connections yet on myk8s-worker3" in _text(first, plan)  # the first sample: counters as they are
+    assert f"{WORKER}  KUBE-SVC-" in _text(first, plan)
+    later = sample(tracker, plan, demo, {WORKER: svc(3, 3, 3), WORKER3: svc(0, 0, 0)}, at=1)
+    assert "no new connections since the watch started on myk8s-worker, myk8s-worker3" in _text(later, plan)
+
+
+def test_without_the_api_there_is_no_pod_column(demo):
+    bare = load(InputOptions(demo=True, no_api=True))
+    plan = plan_for(bare, "svc-clusterip")
+    tracker = WatchTracker(1.0, plan.service)
+    sample(tracker, plan, bare, {WORKER: svc(0, 0, 0)}, at=0)
+    frame = sample(tracker, plan, bare, {WORKER: svc(5, 5, 5)}, at=1)
+    header = next(line for line in _text(frame, plan).splitlines() if "ENDPOINT" in line)
+    assert header.split() == ["ENDPOINT", "NEW", "RATE/s", "TOTAL", "OBSERVED", "EXPECTED"]
+    named = plan_for(demo, "svc-clusterip")
+    tracker = WatchTracker(1.0, named.service)
+    sample(tracker, named, demo, {WORKER: svc(0, 0, 0)}, at=0)
+    frame = sample(tracker, named, demo, {WORKER: svc(5, 5, 5)}, at=1)
+    header = next(line for line in _text(frame, named).splitlines() if "ENDPOINT" in line)
+    assert header.split()[:2] == ["ENDPOINT", "POD"]
+
+
+def test_the_split_test_is_worded_plainly_with_its_threshold(demo):
+    plan = plan_for(demo, "svc-clusterip")
+    tracker = WatchTracker(1.0, plan.service)
+    sample(tracker, plan, demo, {WORKER: svc(0, 0, 0)}, at=0)
+    few = _text(sample(tracker, plan, demo, {WORKER: svc(4, 1, 1)}, at=1), plan)
+    assert "too few connections to test the split yet (6 of the 15 needed)" in few
+    assert "connections to test" not in few.replace("too few connections to test", "")
+    fits = _text(sample(tracker, plan, demo, {WORKER: svc(12, 10, 8)}, at=2), plan)
+    # 11/9/10 since the start: chi-square 0.2 with 2 degrees of freedom
+    assert re.search(r"the split fits the rules \(p=0\.\d{3}; a departure is called below p<0\.001\)", fits)
+    assert "χ²" not in fits and " df " not in fits
+    departs = _text(sample(tracker, plan, demo, {WORKER: svc(80, 12, 8)}, at=3), plan)
+    assert "the split DEPARTS from the rules (p=" in departs and "below the p<0.001 that calls a departure" in departs
 
 
 def test_watch_refuses_offline_input():

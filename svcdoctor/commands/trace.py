@@ -1,11 +1,14 @@
-"""`svcdoctor trace`: one packet through one node's rules."""
+"""`svcdoctor trace`: one packet through one node's rules, with the service and pods it meets named."""
 
 from __future__ import annotations
 
 import ipaddress
 
-from svcdoctor.inputs import LoadedInput
 from svcdoctor.errors import UsageError
+from svcdoctor.inputs import LoadedInput
+from svcdoctor.model import rule_text
+from svcdoctor.model.cluster import ClusterModel
+from svcdoctor.model.service_rules import service_port_of_comment
 from svcdoctor.model.trace import TraceResult, trace_packet
 
 # TEST-NET-3 (RFC 5737): an address that is outside every cluster
@@ -40,5 +43,27 @@ def run_trace(loaded: LoadedInput, src: str | None, dst: str, dport: int, protoc
         raise UsageError(f"--dst {dst} is IPv6 but no node's ip6tables rules were read (bundle file ip6tables.txt)")
     for node, rules in loaded.rules_for(dst).items():
         ips = list(node_ips or known_ips.get(node) or [])
-        results.append(trace_packet(rules, src or OUTSIDE_CLIENT, dst, dport, protocol, ips, node=node))
+        result = trace_packet(rules, src or OUTSIDE_CLIENT, dst, dport, protocol, ips, node=node)
+        name_service(result)
+        name_pods(result, loaded.cluster)
+        results.append(result)
     return results
+
+
+def name_service(result: TraceResult) -> None:
+    """The service port the packet met: the first rule on its way whose comment names one (kube-proxy comments
+    every service rule with "ns/name:port …", docs/reference/kube-proxy-layout.md §2.7)."""
+    for step in result.steps:
+        spn, _ = service_port_of_comment(rule_text.comment(step.rule) if step.rule else None)
+        if spn:
+            result.service = spn
+            return
+
+
+def name_pods(result: TraceResult, cluster: ClusterModel | None) -> None:
+    """Each endpoint's pod and node, from the pods' IPs (a bundle without `cluster/` has none to say)."""
+    if cluster is None:
+        return
+    for ep in result.endpoints:
+        ep.pod = cluster.pods_by_ip.get(ep.ip)
+        ep.pod_node = cluster.pod_nodes.get(ep.ip)

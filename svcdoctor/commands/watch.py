@@ -32,7 +32,7 @@ NODE_TIMEOUT = 10.0  # seconds per node and read; a node that takes longer is re
 
 
 def run_watch(opts: InputOptions, service, namespace, interval, count, output, out, err,
-              top: int = TOP_RULES) -> int:
+              top: int = TOP_RULES, all_nodes: bool = False) -> int:
     if opts.bundle or opts.demo:
         raise UsageError("watch samples live counters and needs a live kind cluster; --bundle and --demo hold one "
                          "moment's counters (`svcdoctor explain --bundle …` shows them)")
@@ -40,12 +40,13 @@ def run_watch(opts: InputOptions, service, namespace, interval, count, output, o
         ns, name = service.split("/", 1) if "/" in service and namespace is None else (namespace or "default", service)
         opts.service = f"{ns}/{name}"
     try:
-        return _watch(opts, service, namespace, interval, count, output, out, err, top)
+        return _watch(opts, service, namespace, interval, count, output, out, err, top, all_nodes)
     except KeyboardInterrupt:
         return ExitStatus.INTERRUPTED
 
 
-def _watch(opts, service, namespace, interval, count, output, out, err, top: int = TOP_RULES) -> int:
+def _watch(opts, service, namespace, interval, count, output, out, err, top: int = TOP_RULES,
+           all_nodes: bool = False) -> int:
     loaded = _first_read(opts, err)
     if not loaded.rules:
         raise SvcdoctorError("no node of the cluster could be read; nothing to watch", exit_status=ExitStatus.PARTIAL)
@@ -76,14 +77,15 @@ def _watch(opts, service, namespace, interval, count, output, out, err, top: int
             partial |= paced(take, show, interval, count)
         elif out.is_terminal and _isatty(out.file):
             # FORCE_COLOR makes rich treat a pipe as a terminal for colours; redrawing in place needs a real one
-            partial |= live(take, out, plan, wide, interval, count)
+            partial |= live(take, out, plan, wide, interval, count, all_nodes)
         else:
             # a pipe has no width (render/console.py): the frame's tables stretch their POD column to the width
             # given, so give them the width of a wide terminal
             width = min(out.width, PIPE_FRAME_WIDTH)
 
             def show(frame: Frame) -> None:
-                out.print(render_frame(frame, plan, wide), width=width)
+                # crop=False: a line longer than the width goes out whole, as every line into a pipe does
+                out.print(render_frame(frame, plan, wide, all_nodes), width=width, crop=False)
                 out.print()
             partial |= paced(take, show, interval, count)
     finally:

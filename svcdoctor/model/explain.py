@@ -46,6 +46,19 @@ class EndpointShare:
     local: bool | None = None
     jump_rules: list[Rule] = field(default_factory=list)
     dnat_rule: Rule | None = None
+    # the other entries of this node whose paths count on the same rules (KUBE-SVC/SVL is shared by the
+    # ClusterIP and the external entries): "nodePort :32624"
+    counters_shared_with: list[str] = field(default_factory=list)
+    # False when an entry listed before this one already shows these counters: a sum over the endpoints whose
+    # counters are counted here counts each connection once
+    counters_counted_here: bool = True
+
+    @property
+    def counter_rules(self) -> list[Rule]:
+        """The rules whose counters are this endpoint's: the jumps to its KUBE-SEP (the DNAT's when none)."""
+        if self.jump_rules:
+            return self.jump_rules
+        return [self.dnat_rule] if self.dnat_rule is not None else []
 
 
 @dataclass(slots=True)
@@ -78,6 +91,27 @@ class Entry:
     unmatched_share: float = 0.0  # share that no DNAT rule took
     family: str = "IPv4"  # IPv6 entries come from ip6tables
     clients: list[ClientPath] = field(default_factory=list)  # client classes with a path of their own
+
+    @property
+    def label(self) -> str:
+        """How other entries name this one: "nodePort :32624", "clusterIP 10.200.1.184:9000"."""
+        return f"{self.kind} {self.destination}"
+
+    @property
+    def counters_shared_with(self) -> list[str]:
+        """The other entries whose endpoint counters are (some of) this entry's, in their order."""
+        out: list[str] = []
+        for ep in self.endpoints:
+            out.extend(label for label in ep.counters_shared_with if label not in out)
+        return out
+
+    @property
+    def counters_chain(self) -> str | None:
+        """The chain whose jump rules hold the endpoint counters (KUBE-SVC-…, KUBE-SVL-…)."""
+        for ep in self.endpoints:
+            for rule in ep.counter_rules:
+                return rule.chain
+        return None
 
 
 @dataclass(slots=True)
@@ -493,7 +527,24 @@ def explain_entries(
     _attach_counters_and_pods(entries, rules, node, cluster, api_port)
     order = {"clusterIP": 0, "nodePort": 1, "externalIP": 2, "loadBalancer": 3}
     entries.sort(key=lambda e: (order.get(e.kind, 9), e.destination))
+    _mark_shared_counters(entries)
     return entries
+
+
+def _mark_shared_counters(entries: list[Entry]) -> None:
+    """Say which endpoint counters several entries show. The per-endpoint counters are the jumps in KUBE-SVC (or
+    KUBE-SVL), which the ClusterIP rule and KUBE-EXT both jump to (docs/reference/kube-proxy-layout.md §2.4): the
+    ClusterIP entry shows the node port's connections too. Each endpoint is counted in the first entry (in the
+    order shown) that has its rules; later entries name it shared."""
+    seen: set[int] = set()  # id() of the counter rules already shown by an earlier entry
+    for entry in entries:
+        for ep in entry.endpoints:
+            mine = {id(r) for r in ep.counter_rules}
+            ep.counters_shared_with = [
+                other.label for other in entries if other is not entry
+                and any(id(r) in mine for o in other.endpoints for r in o.counter_rules)]
+            ep.counters_counted_here = not (mine & seen)
+            seen |= mine
 
 
 def _attach_counters_and_pods(entries: list[Entry], rules: NodeRules, node: str, cluster: ClusterModel | None,

@@ -98,6 +98,9 @@ class TraceEndpoint:
     probability: float  # effective share of new connections, 0..1
     masquerade: bool  # this path is source-NATed in POSTROUTING
     verdict: str = "dnat"  # "drop"/"reject" when a filter rule stops the packet after the DNAT
+    # named by commands/trace.py from the API objects, when the input has them
+    pod: str | None = None  # "ns/name"
+    pod_node: str | None = None
 
     @property
     def address(self) -> str:
@@ -142,6 +145,8 @@ class TraceResult:
     entered_without_jumps: list[str] = field(default_factory=list)
     # a partial input (model/partial.py): what it lacks that this packet's way went through, and what was assumed
     partial: list[str] = field(default_factory=list)
+    # the service port the packet met ("ns/name:port"), named by commands/trace.py from the rules' comments
+    service: str | None = None
 
     @property
     def destinations(self) -> set[str]:

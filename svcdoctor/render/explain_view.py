@@ -33,7 +33,7 @@ def _counter(packets, label="pkts") -> str:
 
 def _node_signature(nv) -> tuple:
     return tuple(
-        (e.kind, e.destination, e.verdict, e.masquerade, tuple(e.path),
+        (e.kind, e.destination, e.verdict, e.masquerade, tuple(e.path), tuple(e.counters_shared_with),
          tuple((ep.ip, ep.port, ep.chain, round(ep.probability, 6)) for ep in e.endpoints))
         for e in nv.entries
     )
@@ -84,6 +84,16 @@ def _by_node(values: list, names: list[str]) -> str:
     return f" ({', '.join(f'{n} {v}' for n, v in parts)})" if parts else ""
 
 
+def _shared_counters_line(e, peers) -> Text | None:
+    """Said before the endpoints, so that their counters are not read as this entry's alone: the per-endpoint
+    counters are the jumps in KUBE-SVC/SVL, which the ClusterIP rule and KUBE-EXT share
+    (docs/reference/kube-proxy-layout.md §2.4). Nothing to say without counters (a dump without -c)."""
+    if not e.counters_shared_with or all(ep.packets is None for p in peers for ep in p.endpoints):
+        return None
+    return Text(f"endpoint counters below are {e.counters_chain}'s, shared with {', '.join(e.counters_shared_with)} "
+                "(the same connections: count them once)", style="dim italic")
+
+
 def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: str = "") -> list[Tree]:
     """Trees for one folded group; counters are summed over the group's nodes, with who counted what."""
     first = entries_by_node[0]
@@ -115,6 +125,9 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: 
         if e.session_affinity_seconds:
             tree.add(Text(f"session affinity: ClientIP, {e.session_affinity_seconds}s "
                           "(a returning client skips the split)", style="blue"))
+        shared = _shared_counters_line(e, peers)
+        if shared is not None:
+            tree.add(Hanging(shared, 2))
         n = len(e.endpoints)
         for j, ep in enumerate(e.endpoints):
             per_node = [p.endpoints[j].packets if j < len(p.endpoints) else None for p in peers]
@@ -138,12 +151,6 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: 
             if wide:
                 line.append(f"  {ep.chain}", style="dim")
             tree.add(Hanging(line, 8))
-        ep_total = _sum(ep.packets for p in peers for ep in p.endpoints)
-        if packets is not None and ep_total is not None and ep_total > packets:
-            # the per-endpoint jumps live in KUBE-SVC/SVL, which every entry of the port shares
-            split_chain = e.path[-1] if e.path else "the service chain"
-            tree.add(Text(f"endpoint counters include the port's other entries ({split_chain} is shared)",
-                          style="dim italic"))
         if e.blackhole_rule is not None:
             bh = e.blackhole_rule
             bh_packets = _sum(p.blackhole_rule.packets for p in peers if p.blackhole_rule is not None)

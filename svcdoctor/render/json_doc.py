@@ -102,7 +102,11 @@ def trace_document(result: TraceResult) -> dict:
         packet={"src": p.src, "dst": p.dst, "dport": p.dport, "protocol": p.protocol},
         verdict=result.verdict,
         endpoints=[{"ip": e.ip, "port": e.port, "chain": e.chain, "probability": _share(e.probability),
-                    "masquerade": e.masquerade, "verdict": e.verdict} for e in result.endpoints],
+                    "masquerade": e.masquerade, "verdict": e.verdict, "pod": e.pod, "node": e.pod_node}
+                   for e in result.endpoints],
+        service=_trace_service(result.service),
+        pods=sorted({e.pod for e in result.endpoints if e.pod}),
+        stoppedBy=_stopped_by(result),
         masquerade=result.masquerade,
         steps=[{"table": s.table, "chain": s.chain, "rule": s.rule, "action": s.action, "share": _share(s.share)}
                for s in result.steps],
@@ -113,6 +117,31 @@ def trace_document(result: TraceResult) -> dict:
         enteredWithoutJumps=list(result.entered_without_jumps),
         partial=list(result.partial),
     )
+
+
+def _trace_service(spn: str | None) -> dict | None:
+    """The service port the packet met, from the rules' comments: {"namespace", "name", "port", "servicePortName"}."""
+    if not spn:
+        return None
+    namespace, _, rest = spn.partition("/")
+    name, _, port = rest.partition(":")
+    return {"namespace": namespace, "name": name, "port": port or None, "servicePortName": spn}
+
+
+def _stopped_by(result: TraceResult) -> list[dict]:
+    """The rules that drop or reject the packet, with their comments (one entry per rule, its shares summed)."""
+    from svcdoctor.model import rule_text
+
+    out: dict[tuple, dict] = {}
+    for s in result.steps:
+        verdict = s.action.split(" ", 1)[0]
+        if verdict not in ("drop", "reject"):
+            continue
+        key = (s.table, s.chain, s.rule)
+        found = out.setdefault(key, {"table": s.table, "chain": s.chain, "rule": s.rule, "verdict": verdict,
+                                     "comment": rule_text.comment(s.rule) if s.rule else None, "share": 0.0})
+        found["share"] = _share(found["share"] + s.share)
+    return list(out.values())
 
 
 def _share(x: float) -> float:
@@ -189,6 +218,10 @@ def _entry(e) -> dict:
         "rule": e.entry_rule.text if e.entry_rule is not None else None,
         "blackholeRule": e.blackhole_rule.text if e.blackhole_rule is not None else None,
         "notes": list(e.notes),
+        # the endpoint counters live on the jumps in countersChain; entries that share them name each other
+        # (docs/reference/json.md, "Counting each connection once")
+        "countersChain": e.counters_chain,
+        "countersSharedWith": list(e.counters_shared_with),
         "clients": [
             {"clients": c.clients, "condition": c.condition, "target": c.target, "masquerade": c.masquerade}
             for c in e.clients
@@ -206,6 +239,8 @@ def _entry(e) -> dict:
                 "pod": ep.pod,
                 "local": ep.local,
                 "masquerade": ep.masquerade,
+                "countersSharedWith": list(ep.counters_shared_with),
+                "countersCountedHere": ep.counters_counted_here,
             }
             for ep in e.endpoints
         ],

@@ -39,7 +39,8 @@ def paced(take: Callable[[], Frame], show: Callable[[Frame], None], interval: fl
                     on_wake()
 
 
-def live(take: Callable[[], Frame], out, plan, wide: bool, interval: float, count: int | None) -> bool:
+def live(take: Callable[[], Frame], out, plan, wide: bool, interval: float, count: int | None,
+         all_nodes: bool = False) -> bool:
     """The live view on a terminal: one table redrawn in place, and at once when the terminal is resized. Ctrl-C
     leaves it with the cursor back (rich's Live restores the terminal on the way out) and the command exits 130."""
     from rich.live import Live
@@ -54,7 +55,7 @@ def live(take: Callable[[], Frame], out, plan, wide: bool, interval: float, coun
         with Live(Text("taking the first sample…"), console=out, auto_refresh=False, transient=False,
                   redirect_stdout=False, redirect_stderr=False, vertical_overflow="ellipsis") as view:
             def show(frame: Frame) -> None:
-                view.update(render_frame(frame, plan, wide), refresh=True)
+                view.update(render_frame(frame, plan, wide, all_nodes), refresh=True)
 
             return paced(take, show, interval, count, resized, view.refresh)
     finally:

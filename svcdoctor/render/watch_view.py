@@ -13,10 +13,11 @@ from rich.table import Table
 from rich.text import Text
 
 from svcdoctor import API_VERSION
+from svcdoctor.render.wrap import Hanging
 from svcdoctor.model.watch.busiest import busiest
 from svcdoctor.model.watch.frame import Frame, Row, SplitCheck
 from svcdoctor.model.watch.listing import IPV4
-from svcdoctor.model.watch.stats import GoodnessOfFit, format_p
+from svcdoctor.model.watch.stats import SIGNIFICANCE, GoodnessOfFit, format_p
 
 COUNTS_CONNECTIONS = "nat counters count new connections (the first packet of each), not packets or requests"
 CHANGED = "reverse"
@@ -57,8 +58,9 @@ def _pod(row: Row, namespace: str | None) -> str:
     return pod or "-"
 
 
-def render_frame(frame: Frame, plan=None, wide: bool = False) -> Group:
-    """The whole view of one sample."""
+def render_frame(frame: Frame, plan=None, wide: bool = False, all_nodes: bool = False) -> Group:
+    """The whole view of one sample. Nodes where the service's chains counted nothing are one line unless
+    `all_nodes` (--all-nodes)."""
     title = (f"svcdoctor watch {frame.service or '(busiest rules)'} · sample {frame.number} · "
              f"{frame.time:%H:%M:%S} UTC · every {frame.interval:g}s")
     parts: list = [Text(title, style="bold"), Text(COUNTS_CONNECTIONS + ".", style="dim")]
@@ -74,7 +76,7 @@ def render_frame(frame: Frame, plan=None, wide: bool = False) -> Group:
         table = change.table if change.family == IPV4 else f"{change.table} ({change.family})"
         parts.append(Text(f"{change.node}: {table} chain {change.chain} {change.change}", style=style))
     if frame.service:
-        parts.extend(_service_blocks(frame, plan, wide))
+        parts.extend(_service_blocks(frame, plan, wide, all_nodes))
     else:
         parts.append(_busiest_table(frame, wide))
     blackholes = [r for r in frame.rows if r.reading.kind == "blackhole"] if frame.service else []
@@ -83,7 +85,44 @@ def render_frame(frame: Frame, plan=None, wide: bool = False) -> Group:
     return Group(*parts)
 
 
-def _service_blocks(frame: Frame, plan, wide: bool) -> list:
+def _is_idle(rows: list[Row], frame: Frame) -> bool:
+    """Nothing to see on this node's split chain: no connection counted since the watch started (on the first
+    sample: no connection counted at all), and no endpoint that came, went or was reset."""
+    if any(r.change for r in rows):
+        return False
+    return all((r.packets if frame.baseline else r.total_packets) == 0 for r in rows)
+
+
+def _idle_line(idle: list[tuple[str, str, str]], frame: Frame) -> Text:
+    """The folded nodes on one line, and how to see them."""
+    nodes = list(dict.fromkeys(node for node, _family, _chain in idle))
+    since = "yet" if frame.baseline else "since the watch started"
+    text = Text(f"no new connections {since} on {', '.join(nodes)}", style="dim")
+    text.append(" (--all-nodes shows them)", style="dim italic")
+    return text
+
+
+# the service table's columns after ENDPOINT: name, justify, width (None: takes the room left)
+_SERVICE_COLUMNS = (("POD", "left", None), ("NEW", "right", 8), ("RATE/s", "right", 6), ("TOTAL", "right", 7),
+                    ("OBSERVED", "right", 8), ("EXPECTED", "right", 8))
+
+
+def _service_cells(row: Row, namespace: str | None) -> list:
+    style = "dim" if row.change == "gone" else ""
+    return [Text(row.reading.endpoint or "-", style=style), Text(_pod(row, namespace), style=style),
+            _new(row), _moved(_rate(row.rate), row), _moved(str(row.total_packets), row),
+            _moved(_pct(row.observed_share), row), Text(_pct(row.reading.expected))]
+
+
+def _empty_columns(cells: list[list]) -> set[int]:
+    """The columns (after ENDPOINT) with nothing but "-" in every row shown: without the API there is no POD to
+    name, and a column of dashes only pushes the numbers away."""
+    return {i for i in range(1, len(_SERVICE_COLUMNS) + 1)
+            if _SERVICE_COLUMNS[i - 1][0] in ("POD", "OBSERVED", "EXPECTED")
+            and all(str(row[i]) == "-" for row in cells)}
+
+
+def _service_blocks(frame: Frame, plan, wide: bool, all_nodes: bool = False) -> list:
     """One block per node and split chain: a title line (node, chain, the entries that lead into it, its split
     test) over its endpoints. Every block's columns have the same widths, so the blocks read as one table."""
     namespace = frame.service.split("/", 1)[0] if frame.service else None
@@ -94,41 +133,55 @@ def _service_blocks(frame: Frame, plan, wide: bool) -> list:
     if not groups:
         return [Text("no split chain of this service on the nodes read (no endpoints?)", style="yellow")]
     checks = {(s.node, s.family, s.chain): s for s in frame.splits if s.scope == "chain"}
-    endpoint_width = max(len("ENDPOINT"), *(len(r.reading.endpoint or "-") for rows in groups.values() for r in rows))
+    idle = [] if all_nodes else [key for key, rows in groups.items()
+                                 if _is_idle(rows, frame) and not (checks.get(key) and checks[key].departs)]
+    shown = {key: rows for key, rows in groups.items() if key not in idle}
+    cells = {key: [_service_cells(r, namespace) for r in rows] for key, rows in shown.items()}
+    dropped = _empty_columns([row for rows in cells.values() for row in rows])
+    endpoint_width = max(len("ENDPOINT"), *(len(r.reading.endpoint or "-") for rows in shown.values() for r in rows),
+                         0)
     blocks: list = []
-    for i, ((node, family, chain), rows) in enumerate(groups.items()):
-        port = plan.port_of_chain(chain) if plan is not None else None
-        entries = port.entries_into(node, chain, family) if port is not None else []
-        check = checks.get((node, family, chain))
-        live = [r for r in rows if r.change != "gone"]
-        delta = sum(r.delta_packets for r in live)
-        title = Text.assemble((node, "bold"), "  ", (chain, "bold cyan"))
-        if family != IPV4:
-            title.append(f" {family}", style="bold cyan")
-        if entries:
-            title.append("  ← " + ", ".join(entries))
-        if not frame.baseline:
-            title.append(f"  +{delta}", style=f"bold {CHANGED}" if delta else "dim")
-        summary = _split_summary(check)
-        if summary:
-            title.append(f"  split {summary}", style="bold yellow" if check.departs else "dim")
-        blocks.append(title)
+    for i, ((node, family, chain), rows) in enumerate(shown.items()):
+        blocks.append(Hanging(_block_title(frame, plan, node, family, chain, rows, checks.get((node, family, chain))),
+                              2))
+        # the POD column takes the room left; without it the numbers stay next to the endpoints
+        expand = 1 not in dropped
         table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False, show_header=i == 0,
-                      expand=True, padding=(0, 1))
+                      expand=expand, padding=(0, 1))
         table.add_column("ENDPOINT", width=endpoint_width, no_wrap=True)
-        table.add_column("POD", ratio=1, no_wrap=True, overflow="ellipsis")
-        for name, width in (("NEW", 8), ("RATE/s", 6), ("TOTAL", 7), ("OBSERVED", 8), ("EXPECTED", 8)):
-            table.add_column(name, justify="right", width=width, no_wrap=True)
-        for row in rows:
-            style = "dim" if row.change == "gone" else ""
-            cells = [Text(row.reading.endpoint or "-", style=style), Text(_pod(row, namespace), style=style),
-                     _new(row), _moved(_rate(row.rate), row), _moved(str(row.total_packets), row),
-                     _moved(_pct(row.observed_share), row), _pct(row.reading.expected)]
-            table.add_row(*cells)
-        blocks.append(Padding(table, (0, 0, 0, 2)))
+        for j, (name, justify, width) in enumerate(_SERVICE_COLUMNS, 1):
+            if j in dropped:
+                continue
+            if width is None:
+                table.add_column(name, ratio=1, no_wrap=True, overflow="ellipsis")
+            else:
+                table.add_column(name, justify=justify, width=width, no_wrap=True)
+        for row_cells in cells[(node, family, chain)]:
+            table.add_row(*(c for j, c in enumerate(row_cells) if j not in dropped))
+        blocks.append(Padding(table, (0, 0, 0, 2), expand=expand))
         if wide:
             blocks.extend(_rule_lines((r.reading.endpoint or "-", r) for r in rows))
+    if idle:
+        blocks.append(Hanging(_idle_line(idle, frame), 2))
     return blocks
+
+
+def _block_title(frame: Frame, plan, node: str, family: str, chain: str, rows: list[Row], check) -> Text:
+    """node  chain  ← the entries into it  +new  and what the split test says."""
+    port = plan.port_of_chain(chain) if plan is not None else None
+    entries = port.entries_into(node, chain, family) if port is not None else []
+    delta = sum(r.delta_packets for r in rows if r.change != "gone")
+    title = Text.assemble((node, "bold"), "  ", (chain, "bold cyan"))
+    if family != IPV4:
+        title.append(f" {family}", style="bold cyan")
+    if entries:
+        title.append("  ← " + ", ".join(entries))
+    if not frame.baseline:
+        title.append(f"  +{delta}", style=f"bold {CHANGED}" if delta else "dim")
+    summary = split_summary(check)
+    if summary:
+        title.append(f"  {summary}", style="bold yellow" if check.departs else "dim")
+    return title
 
 
 def _rule_lines(labelled) -> list[Text]:
@@ -141,14 +194,18 @@ def _rule_lines(labelled) -> list[Text]:
     return lines
 
 
-def _split_summary(check) -> str:
+def split_summary(check) -> str:
+    """The split test in words, with the threshold it is held to: "the split fits the rules (p=0.029; a
+    departure is called below p<0.001)". A chi-square goodness-of-fit test of the connections since the split last
+    changed against the rules' probabilities (docs/reference/watch.md)."""
     if check is None or len(check.shares) < 2:
         return ""
     if check.fit is None:
-        return f"{check.connections}/{check.needed} connections to test"
-    fit = check.fit
-    verdict = "DEPARTS from the rules" if check.departs else "fits the rules"
-    return f"{verdict}: χ² {fit.statistic:.1f} df {fit.degrees_of_freedom} p {format_p(fit.p_value)}"
+        return f"too few connections to test the split yet ({check.connections} of the {check.needed} needed)"
+    p = format_p(check.fit.p_value)
+    if check.departs:
+        return f"the split DEPARTS from the rules (p={p}, below the p<{SIGNIFICANCE:g} that calls a departure)"
+    return f"the split fits the rules (p={p}; a departure is called below p<{SIGNIFICANCE:g})"
 
 
 def _blackhole_table(rows: list[Row], wide: bool) -> Table:
@@ -237,7 +294,8 @@ def split_note(check: SplitCheck) -> str | None:
 
 def _numbers(fit: GoodnessOfFit) -> str:
     dof = "degree" if fit.degrees_of_freedom == 1 else "degrees"
-    return f"chi-square {fit.statistic:.1f} with {fit.degrees_of_freedom} {dof} of freedom, p = {format_p(fit.p_value)}"
+    return (f"chi-square {fit.statistic:.1f} with {fit.degrees_of_freedom} {dof} of freedom, p = {format_p(fit.p_value)} "
+            f"(a departure is called below p<{SIGNIFICANCE:g})")
 
 
 def _counts(check: SplitCheck, pods: dict[str, str] | None = None) -> str:
