@@ -94,6 +94,20 @@ def _condition_text(rule: Rule) -> str:
     return " ".join(m.text() for m in _source_matches(rule)) or "always"
 
 
+def _masquerade_condition(rule: Rule) -> str:
+    """A masquerade rule's source condition in the words the explain view turns into English (it reads
+    iptables' `-s`, `! -s`, `--src-type LOCAL`)."""
+    parts = []
+    for m in _source_matches(rule):
+        if m.key[0].endswith("saddr") and not m.key[0].startswith("fib"):
+            parts.append(f"{'! ' if m.op == '!=' else ''}-s {m.value}")
+        elif m.key == ("fib saddr type",) and m.value == "local":
+            parts.append(f"{'! ' if m.op == '!=' else ''}--src-type LOCAL")
+        else:
+            parts.append(m.text())
+    return " ".join(parts) or "always"
+
+
 def _client_class(rule: Rule) -> str:
     for m in _source_matches(rule):
         if m.key == ("fib saddr type",) and m.value == "local" and m.op == "==":
@@ -159,7 +173,7 @@ class _Walker:
                 masq = "always"
             elif masq != "always" and not self._is_hairpin(rule):
                 masq = "conditional"
-                self.masq_when.append(f"{chain}: {_condition_text(rule)}")
+                self.masq_when.append(f"{chain}: {_masquerade_condition(rule)}")
             return remaining, masq
         if conditional:
             verdict = rule.verdict
@@ -233,6 +247,7 @@ class _Walker:
                 self.walk(verdict.target, mass / mod, masq, depth + 1, rule)
                 for ep in self.endpoints[before:]:
                     ep.jump_rules.insert(0, rule)
+                    ep.rule_probability = 1.0 / mod  # an index of the split: exactly 1/N, not "of the rest"
 
     def walk_endpoint(self, name: str, share: float, masq: str, via: Rule | None) -> float:
         chain = self.rs.chain(name)
@@ -257,6 +272,7 @@ class _Walker:
         mod = _modulus(" ".join(s.key or ())) or len(s.elements) or 1
         for _, (ip, port) in s.elements:
             self._endpoint(rule.chain, rule, ip, port, mass / mod, masq)
+            self.endpoints[-1].rule_probability = 1.0 / mod
 
     def _endpoint(self, chain: str, rule: Rule, ip: str, port: int | None, share: float, masq: str) -> None:
         self.endpoints.append(EndpointShare(ip=ip, port=port, chain=chain, probability=share, rule_probability=None,
@@ -310,7 +326,7 @@ def _masquerade_ahead(rs: NftRuleset, destination_ip: str, walker: _Walker) -> s
                 return "always"
             continue
         masq = "conditional"
-        walker.masq_when.append(f"services: {_condition_text(rule)}")
+        walker.masq_when.append(f"services: {_masquerade_condition(rule)}")
     return masq
 
 

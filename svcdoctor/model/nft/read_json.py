@@ -35,14 +35,16 @@ def looks_like_json(text: str) -> bool:
 
 
 def read_json_listing(text: str | bytes, source: str = "") -> list[NftRuleset]:
-    """Every table in one `nft -j list …` document."""
-    try:
-        doc = json.loads(text)
-    except ValueError as e:
-        raise InputError(f"{source or 'nft JSON'}: not valid JSON ({e})") from None
-    items = doc.get("nftables") if isinstance(doc, dict) else None
-    if not isinstance(items, list):
-        raise InputError(f"{source or 'nft JSON'}: not an `nft -j` listing (no \"nftables\" array)")
+    """Every table in one or more `nft -j list …` documents (a bundle's nftables.json holds the ip table's and the
+    ip6 table's listings one after the other)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    items: list = []
+    for doc in _documents(text, source):
+        part = doc.get("nftables") if isinstance(doc, dict) else None
+        if not isinstance(part, list):
+            raise InputError(f"{source or 'nft JSON'}: not an `nft -j` listing (no \"nftables\" array)")
+        items.extend(part)
     tables: dict[tuple[str, str], NftRuleset] = {}
     version = None
 
@@ -74,6 +76,21 @@ def read_json_listing(text: str | bytes, source: str = "") -> list[NftRuleset]:
             chain = ruleset.chains.setdefault(obj["chain"], Chain(obj["chain"]))
             chain.rules.append(_rule(obj, ruleset.table, len(chain.rules) + 1))
     return list(tables.values())
+
+
+def _documents(text: str, source: str) -> list:
+    decoder = json.JSONDecoder()
+    docs, at = [], 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at >= len(text):
+            return docs
+        try:
+            doc, at = decoder.raw_decode(text, at)
+        except ValueError as e:
+            raise InputError(f"{source or 'nft JSON'}: not valid JSON ({e})") from None
+        docs.append(doc)
 
 
 def _set(obj: dict, is_map: bool) -> NftSet:
