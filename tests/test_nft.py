@@ -239,3 +239,28 @@ def test_bundle_with_nftables_files_round_trips(listed, tmp_path):
     nodes = out.json()["ports"][0]["nodes"]
     assert sorted(n["node"] for n in nodes) == ["w1", "w2"]
     assert all(e["verdict"] == "reject" for n in nodes for e in n["entries"])
+
+
+def test_collection_reads_both_tables_and_falls_back_to_text():
+    from svcdoctor.collect.nft_rules import read_nft_tables
+    from svcdoctor.collect.snapshot import NodeCapture
+    from svcdoctor.collect.nft_rules import attach_nftables
+
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        if "-j" in argv:
+            return 1, "", "Error: JSON support not compiled-in"
+        if argv[-2] == "ip6":
+            return 1, "", "Error: No such file or directory"
+        return 0, "table ip kube-proxy {\n}\n", ""
+
+    tables = read_nft_tables(run)
+    assert tables.json is None and tables.text.startswith("table ip kube-proxy")
+    assert all(a[:2] != ["nft", "list"] or a[2:] in (["table", "ip", "kube-proxy"], ["table", "ip6", "kube-proxy"])
+               for a in calls)
+    assert not any("ruleset" in a for a in calls)
+    capture = NodeCapture(name="n")
+    attach_nftables(capture, tables)
+    assert capture.proxy_mode == "nftables" and capture.has_nftables
