@@ -8,7 +8,7 @@ import gc
 from dataclasses import dataclass, field
 
 from svcdoctor.collect.snapshot import ClusterSnapshot, NodeCapture
-from svcdoctor.errors import SvcdoctorError, UnknownServiceError, UsageError
+from svcdoctor.errors import InputError, SvcdoctorError, UnknownServiceError, UsageError
 from svcdoctor.model.cluster import ClusterModel, build_cluster_model
 from svcdoctor.model.explain import ServiceView, build_service_view, known_services, merge_family
 from svcdoctor.model.hashes import service_hash
@@ -41,6 +41,8 @@ class LoadedInput:
     cluster: ClusterModel | None
     warnings: list[str]
     rules6: dict[str, NodeRules] = field(default_factory=dict)  # node -> its ip6tables rules, when there are any
+    # node -> kube-proxy's nftables tables (ip, then ip6) on nodes in nftables mode (model/nft)
+    nft: dict[str, list] = field(default_factory=dict)
     # per-service rule indexes, worked out once per run (resolving a name and explaining it use the same one)
     index_cache: dict = field(default_factory=dict)
 
@@ -136,10 +138,22 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
         cluster = build_cluster_model(api.services, api.endpointslices, api.pods, api.nodes)
         warnings.extend(cluster.warnings)
     read = _rules_reader(opts.service, cluster, pasted=single_file)
+    nft: dict[str, list] = {}
     for node in snapshot.nodes:
         if node.error:
             failed[node.name] = node.error
             continue
+        if node.has_nftables:
+            try:
+                nft[node.name] = _read_nft(node)
+            except SvcdoctorError as e:
+                if single_file:
+                    raise
+                failed[node.name] = f"unreadable nftables listing: {e}"
+                continue
+            if not node.iptables_save.strip():
+                rules[node.name] = NodeRules()  # kubelet's iptables chains were not read; kube-proxy's are in nft
+                continue
         try:
             parsed = read(node.iptables_save, node.source or node.name)
         except SvcdoctorError as e:
@@ -169,7 +183,21 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
     if cluster is None and not opts.no_api and snapshot.source == "live":
         warnings.append(f"Kubernetes API not used ({api.status}): working from the rules alone "
                         "(comments and hashes); endpoint pods, nodes and API cross-checks are not shown")
-    return LoadedInput(snapshot, rules, other, failed, cluster, warnings, rules6)
+    return LoadedInput(snapshot, rules, other, failed, cluster, warnings, rules6, nft=nft)
+
+
+def _read_nft(node: NodeCapture) -> list:
+    """kube-proxy's nftables tables of one node, from its JSON listing (or the text one where there is no JSON)."""
+    from svcdoctor.model.nft import kube_proxy_tables, read_listing
+
+    text = node.nftables_json if (node.nftables_json or "").strip() else node.nftables_text or ""
+    tables = kube_proxy_tables(read_listing(text, node.source or node.name))
+    if not tables:
+        raise InputError(f"{node.source or node.name}: no kube-proxy table (ip or ip6 kube-proxy) in the nftables "
+                         "listing")
+    if node.proxy_mode in (None, ""):
+        node.proxy_mode = "nftables"
+    return tables
 
 
 def _rules_reader(service: str | None, cluster: ClusterModel | None, pasted: bool):
@@ -200,6 +228,10 @@ def resolve_service(service: str, namespace: str | None, loaded: LoadedInput) ->
         return ns, service
     # every service on every node: only to suggest names
     names = known_services(loaded.rules, loaded.cluster, loaded.rules6)
+    if loaded.nft:
+        from svcdoctor.model.nft.view import nft_service_names
+
+        names |= nft_service_names(loaded.nft)
     raise UnknownServiceError(f"no service {key} on any node{' or in the API' if loaded.cluster else ''}"
                               f"{_suggestions(ns, service, names)}" + _replaced_nodes(loaded))
 
@@ -300,6 +332,11 @@ def _service_indexes(loaded: LoadedInput, ns: str, name: str) -> dict[str, NodeS
         return indexes
     if any(index_node_services(r, f"{ns}/{name}", suffixes).by_suffix for r in loaded.rules6.values()):
         return indexes  # an IPv6-only service: its rules are all in ip6tables
+    if loaded.nft:
+        from svcdoctor.model.nft.view import nft_service_names
+
+        if f"{ns}/{name}" in nft_service_names(loaded.nft):
+            return indexes  # a service of nftables-mode nodes only
     return None
 
 
@@ -310,4 +347,8 @@ def build_view(loaded: LoadedInput, ns: str, name: str, port: str | None = None)
     if loaded.rules6:
         view6 = build_service_view(ns, name, loaded.rules6, loaded.cluster, port_filter=port)
         merge_family(view, view6, "IPv6")
+    if loaded.nft:
+        from svcdoctor.model.nft.view import add_nft_nodes
+
+        add_nft_nodes(view, loaded.nft, loaded.cluster, port)
     return view

@@ -97,9 +97,13 @@ def dedupe_findings(findings: list[Finding]) -> list[Finding]:
 
 
 def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None,
-                      other_backend: NodeRules | None = None, backend: str | None = None) -> list[Finding]:
-    """The cheap node-wide findings every command shows: no kube-proxy rules, rules in the wrong backend."""
+                      other_backend: NodeRules | None = None, backend: str | None = None,
+                      nft_read: bool = False) -> list[Finding]:
+    """The cheap node-wide findings every command shows: no kube-proxy rules, rules in the wrong backend.
+    ``nft_read``: kube-proxy's nftables tables were read on the node (its Services are shown from them)."""
     out: list[Finding] = []
+    if nft_read:
+        return out
     nat = rules.table("nat")
     has_rules = rules.has_kube_proxy_rules()
     other_has = other_backend is not None and other_backend.has_kube_proxy_rules()

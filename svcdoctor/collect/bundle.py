@@ -34,6 +34,10 @@ NODE_RULES_FILE = "iptables.txt"
 NODE_OTHER_BACKEND_FILE = "iptables-other-backend.txt"  # svcdoctor's addition: the backend the node does not use
 NODE_IP6_RULES_FILE = "ip6tables.txt"  # svcdoctor's addition: what `ip6tables-save -c` printed (IPv6 services)
 NODE_META_FILE = "node.json"
+# nftables mode (docs/reference/bundle-format.md): `nft -j list table ip kube-proxy` and `… ip6 kube-proxy`, one JSON
+# document per table, concatenated; or the text of `nft list table …` where nft has no JSON
+NODE_NFT_JSON_FILE = "nftables.json"
+NODE_NFT_TEXT_FILE = "nftables.txt"
 KUBE_PROXY_CONFIG_FILE = "kube-proxy-config.json"  # svcdoctor's addition: ConfigMap kube-system/kube-proxy config
 
 
@@ -67,6 +71,7 @@ def load_rules_stream(stream, name: str) -> ClusterSnapshot:
     if not data.strip():
         raise InputError(f"{name}: no input (pipe a dump in, or give a file: --bundle FILE)")
     node = NodeCapture(name=name, iptables_save=decode_dump(data, name), source=name)
+    _nft_dump(node)
     return ClusterSnapshot(cluster=None, nodes=[node], source=name)
 
 
@@ -84,7 +89,23 @@ def load_rules_file(path: Path) -> ClusterSnapshot:
     text = decode_dump(data, str(path))
     stem = path.name.split(".")[0] or path.name
     node = NodeCapture(name=stem, iptables_save=text, source=str(path))
+    _nft_dump(node)
     return ClusterSnapshot(cluster=None, nodes=[node], source=str(path))
+
+
+def _nft_dump(node: NodeCapture) -> None:
+    """A single file (or standard input) that is an nftables listing, JSON or text, is read as the node's nftables
+    tables instead of its iptables rules."""
+    from svcdoctor.model.nft.read_json import looks_like_json
+
+    text = node.iptables_save
+    head = text.lstrip()[:4096]
+    if looks_like_json(text) and '"nftables"' in head:
+        node.nftables_json, node.iptables_save = text, ""
+    elif head.startswith("table ") and "*nat" not in head:
+        node.nftables_text, node.iptables_save = text, ""
+    if node.has_nftables and node.proxy_mode is None:
+        node.proxy_mode = "nftables"
 
 
 class _DirReader:
@@ -203,8 +224,14 @@ def _load_bundle(reader, where: str) -> ClusterSnapshot:
                 if meta.get("error"):
                     capture.error = str(meta["error"])
                 capture.warnings = [str(w) for w in meta.get("warnings") or []]
+        if base + NODE_NFT_JSON_FILE in names:
+            capture.nftables_json = decode_dump(reader.read(base + NODE_NFT_JSON_FILE), f"{where}/{base}nftables.json")
+        if base + NODE_NFT_TEXT_FILE in names:
+            capture.nftables_text = decode_dump(reader.read(base + NODE_NFT_TEXT_FILE), f"{where}/{base}nftables.txt")
         if base + NODE_RULES_FILE in names:
             capture.iptables_save = decode_dump(reader.read(base + NODE_RULES_FILE), capture.source)
+        elif capture.has_nftables:
+            capture.source = f"{where}/{base}" + (NODE_NFT_JSON_FILE if capture.nftables_json else NODE_NFT_TEXT_FILE)
         elif not capture.error:
             capture.error = f"no {NODE_RULES_FILE} in the bundle"
         if base + NODE_OTHER_BACKEND_FILE in names:
@@ -268,8 +295,12 @@ def write_bundle(snapshot: ClusterSnapshot, out: str | os.PathLike) -> str:
         if node.error:
             meta["error"] = node.error
         files[base + NODE_META_FILE] = _dump(meta)
-        if not node.error:
+        if not node.error and (node.iptables_save or not node.has_nftables):
             files[base + NODE_RULES_FILE] = node.iptables_save.encode()
+        if node.nftables_json and not node.error:
+            files[base + NODE_NFT_JSON_FILE] = node.nftables_json.encode()
+        if node.nftables_text and not node.error:
+            files[base + NODE_NFT_TEXT_FILE] = node.nftables_text.encode()
         if node.other_backend_save:
             files[base + NODE_OTHER_BACKEND_FILE] = node.other_backend_save.encode()
         if node.ip6tables_save and not node.error:

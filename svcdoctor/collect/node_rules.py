@@ -211,6 +211,11 @@ def capture_node(node: KindNode) -> NodeCapture:
     capture = assemble_capture(node, read_backend(node.container, "nft"), read_backend(node.container, "legacy"))
     if not capture.error and capture.backend:
         attach_ip6tables(capture, read_backend(node.container, capture.backend, argv=IP6_SAVE_COMMANDS[capture.backend]))
+    if not capture.error and ":KUBE-SERVICES" not in capture.iptables_save:
+        # no kube-proxy chains in iptables: kube-proxy may run in nftables mode (collect/nft_rules.py)
+        from svcdoctor.collect.nft_rules import attach_nftables, docker_runner, read_nft_tables
+
+        attach_nftables(capture, read_nft_tables(docker_runner(node.container)))
     return capture
 
 

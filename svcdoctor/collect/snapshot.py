@@ -20,10 +20,18 @@ class NodeCapture:
     proxy_mode: str | None = None  # iptables | ipvs | nftables
     other_backend_save: str | None = None  # `iptables-save -c` of the backend the node does NOT use
     ip6tables_save: str | None = None  # `ip6tables-save -c` of the backend used (dual-stack and IPv6 clusters)
+    # kube-proxy's nftables tables (nftables mode): what `nft -j list table ip kube-proxy` (and ip6) printed, or
+    # the text of `nft list table …` where nft has no JSON; None when not read
+    nftables_json: str | None = None
+    nftables_text: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. "# Warning: iptables-legacy tables present"
     error: str | None = None
     source: str | None = None  # where the text came from (file path, container name, pod)
     read_via: str | None = None  # how: "docker exec", "pods/exec" (the node's kube-proxy pod), "bundle"
+
+    @property
+    def has_nftables(self) -> bool:
+        return bool((self.nftables_json or "").strip() or (self.nftables_text or "").strip())
 
 
 @dataclass(slots=True)

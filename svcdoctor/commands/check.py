@@ -72,7 +72,7 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
     for node, rules in loaded.rules.items():
         capture = captures[node]
         findings.extend(check_node_health(node, rules, capture.proxy_mode, loaded.other_backend.get(node),
-                                          capture.backend))
+                                          capture.backend, nft_read=node in loaded.nft))
     names = sorted(loaded.rules)
     skipped = skipped_nodes(loaded)
     checked = [n for n in names if n not in skipped]

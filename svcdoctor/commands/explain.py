@@ -24,5 +24,6 @@ def explain(loaded: LoadedInput, service: str, namespace: str | None = None, por
         # node-wide problems matter to every service on that node; keep those that explain a broken path
         capture = loaded.capture(node)
         findings.extend(check_node_health(node, rules, capture.proxy_mode if capture else None,
-                                          loaded.other_backend.get(node), capture.backend if capture else None))
+                                          loaded.other_backend.get(node), capture.backend if capture else None,
+                                          nft_read=node in loaded.nft))
     return ExplainResult(view, sort_findings(findings), loaded)

@@ -15,7 +15,8 @@ def node_rows(loaded: LoadedInput) -> list[dict]:
             problems.append(f"unreadable: {loaded.failed[capture.name]}")
         if rules is not None:
             for f in check_node_health(capture.name, rules, capture.proxy_mode,
-                                       loaded.other_backend.get(capture.name), capture.backend):
+                                       loaded.other_backend.get(capture.name), capture.backend,
+                                       nft_read=capture.name in loaded.nft):
                 if f.id in ("no-kube-proxy-rules", "backend-mismatch"):
                     problems.append(f.id)
         rows.append({

@@ -8,6 +8,7 @@ from svcdoctor.errors import UsageError
 from svcdoctor.inputs import LoadedInput
 from svcdoctor.model import rule_text
 from svcdoctor.model.cluster import ClusterModel
+from svcdoctor.model.nft_trace import trace_nft_packet
 from svcdoctor.model.service_rules import service_port_of_comment
 from svcdoctor.model.trace import TraceResult, trace_packet
 
@@ -39,11 +40,20 @@ def run_trace(loaded: LoadedInput, src: str | None, dst: str, dport: int, protoc
             raise UsageError(f"--src {src!r} is not an IP address") from None
     results = []
     known_ips = loaded.node_ips
-    if ":" in dst and not loaded.rules6:
+    family = "ip6" if ":" in dst else "ip"
+    nft_tables = {node: t for node, tables in loaded.nft.items() for t in tables if t.family == family}
+    if ":" in dst and not loaded.rules6 and not nft_tables:
         raise UsageError(f"--dst {dst} is IPv6 but no node's ip6tables rules were read (bundle file ip6tables.txt)")
-    for node, rules in loaded.rules_for(dst).items():
+    nodes = list(loaded.rules_for(dst)) + [n for n in nft_tables if n not in loaded.rules_for(dst)]
+    for node in nodes:
         ips = list(node_ips or known_ips.get(node) or [])
-        result = trace_packet(rules, src or OUTSIDE_CLIENT, dst, dport, protocol, ips, node=node)
+        if node in nft_tables:  # nftables mode: kube-proxy's table, hook by hook
+            result = trace_nft_packet(nft_tables[node], src or OUTSIDE_CLIENT, dst, dport, protocol, ips, node=node)
+        elif node in loaded.nft:
+            continue  # an nftables node without a table for this address family
+        else:
+            result = trace_packet(loaded.rules_for(dst)[node], src or OUTSIDE_CLIENT, dst, dport, protocol, ips,
+                                  node=node)
         name_service(result)
         name_pods(result, loaded.cluster)
         results.append(result)

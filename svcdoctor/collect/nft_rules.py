@@ -1,0 +1,84 @@
+"""Reading kube-proxy's nftables tables on a node (nftables mode). Read-only by construction: the only commands are
+`nft -j list table ip kube-proxy` and `nft -j list table ip6 kube-proxy`, falling back to `nft list table …` (text)
+on nft builds without JSON support; never `nft list ruleset` (other components' tables are not ours to read).
+
+`read_nft_tables` takes a `run(argv) -> (exit status, stdout, stderr)` so that docker exec (collect/node_rules.py)
+and, later, pods/exec can share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+FAMILIES = ("ip", "ip6")
+Run = Callable[[list[str]], tuple[int, str, str]]
+
+
+def list_command(family: str, as_json: bool) -> list[str]:
+    return ["nft"] + (["-j"] if as_json else []) + ["list", "table", family, "kube-proxy"]
+
+
+@dataclass(slots=True)
+class NftTables:
+    json: str | None = None  # the JSON documents of the tables found, one per line
+    text: str | None = None  # the text listings, when nft has no JSON
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None  # nft could not run at all
+
+
+def _no_table(stderr: str) -> bool:
+    return "No such file or directory" in stderr or "does not exist" in stderr
+
+
+def _no_json(stderr: str) -> bool:
+    text = stderr.lower()
+    return "json" in text and ("not compiled" in text or "support" in text or "unrecognized" in text) or \
+        "invalid option" in text
+
+
+def read_nft_tables(run: Run) -> NftTables:
+    out = NftTables()
+    as_json = True
+    docs: list[str] = []
+    texts: list[str] = []
+    for family in FAMILIES:
+        try:
+            code, stdout, stderr = run(list_command(family, as_json))
+        except Exception as exc:  # docker errors, timeouts: the node's iptables reading decides what failed
+            out.error = f"nft: {exc}"
+            return out
+        if code != 0 and as_json and _no_json(stderr):
+            as_json = False  # this nft has no JSON: read the text listing instead
+            code, stdout, stderr = run(list_command(family, False))
+        if code == 127 or "not found" in stderr and "nft" in stderr and code != 0:
+            out.error = "nft is not installed on the node"
+            return out
+        if code != 0:
+            if not _no_table(stderr):
+                out.warnings.append(f"{' '.join(list_command(family, as_json))} exited {code}: "
+                                    f"{(stderr.strip() or 'no output').splitlines()[0][:300]}")
+            continue
+        (docs if as_json else texts).append(stdout.strip())
+    out.json = "\n".join(docs) + "\n" if docs else None
+    out.text = "\n".join(texts) + "\n" if texts else None
+    return out
+
+
+def docker_runner(container) -> Run:
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        result = container.exec_run(argv, demux=True)
+        stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, None)
+        return result.exit_code, (stdout or b"").decode("utf-8", "replace"), (stderr or b"").decode("utf-8", "replace")
+
+    return run
+
+
+def attach_nftables(capture, tables: NftTables) -> None:
+    """Put what was read into the node's capture; a node without kube-proxy's tables is left as it was."""
+    capture.warnings.extend(w for w in tables.warnings if w not in capture.warnings)
+    if tables.error or not (tables.json or tables.text):
+        return
+    capture.nftables_json, capture.nftables_text = tables.json, tables.text
+    if capture.proxy_mode in (None, ""):
+        capture.proxy_mode = "nftables"
