@@ -14,8 +14,11 @@ from svcdoctor.checks.port_findings import UNEVEN_TOLERANCE
 from svcdoctor.model.routing import PortRoutes, Route
 
 
-def compare_routes(node: str, service: str, port_name: str, want: PortRoutes, have: PortRoutes) -> list[Finding]:
-    """Findings for one service port on one node (`service` "ns/name", `port_name` "ns/name:port")."""
+def compare_routes(node: str, service: str, port_name: str, want: PortRoutes, have: PortRoutes,
+                   masquerade_known: bool = True) -> list[Finding]:
+    """Findings for one service port on one node (`service` "ns/name", `port_name` "ns/name:port").
+    `masquerade_known`: whether the settings that decide a cluster IP's masquerading (kube-proxy's pod CIDR or
+    interface, masqueradeAll) are known; without them that one comparison is left out."""
     out: list[Finding] = []
     for key in sorted(want.keys() - have.keys()):
         kind, family, destination = key
@@ -29,11 +32,13 @@ def compare_routes(node: str, service: str, port_name: str, want: PortRoutes, ha
                            f"{port_name}: {node} still routes {kind} {destination} ({family}), which the Service "
                            "no longer has"))
     for key in sorted(want.keys() & have.keys()):
-        out += _compare_route(node, service, port_name, key, want[key], have[key])
+        out += _compare_route(node, service, port_name, key, want[key], have[key],
+                              masquerade_known or key[0] != "clusterIP")
     return out
 
 
-def _compare_route(node: str, service: str, port_name: str, key, want: Route, have: Route) -> list[Finding]:
+def _compare_route(node: str, service: str, port_name: str, key, want: Route, have: Route,
+                   masquerade_known: bool = True) -> list[Finding]:
     kind, _, destination = key
     where = f"{port_name} via {kind} {destination}"
     out: list[Finding] = []
@@ -54,7 +59,7 @@ def _compare_route(node: str, service: str, port_name: str, key, want: Route, ha
     policy = []
     if want.verdict != have.verdict and not (want_eps.keys() ^ have_eps.keys()):
         policy.append(f"{have.verdict} instead of {want.verdict}")
-    if want.verdict == have.verdict == "dnat" and want.masquerade != have.masquerade:
+    if masquerade_known and want.verdict == have.verdict == "dnat" and want.masquerade != have.masquerade:
         policy.append(f"masquerade {have.masquerade} instead of {want.masquerade}")
     if want.affinity_seconds != have.affinity_seconds:
         policy.append(f"session affinity {have.affinity_seconds or 'none'} instead of "

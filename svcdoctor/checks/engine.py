@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def check_service(loaded: LoadedInput, service: str) -> list[Finding]:
     """`check`'s per-service findings for one service ("ns/name"), on the same engine and with the same answers,
     reading only that service's rules: what `explain` shows. Node-wide findings are not included."""
-    checked = [n for n in sorted(loaded.rules) if n not in skipped_nodes(loaded)]
+    checked = [n for n in sorted(loaded.rules) if n not in skipped_nodes(loaded) and n not in loaded.nft]
     cluster = loaded.cluster
     found: list[Finding] = []
     for family in FAMILIES:
@@ -32,6 +32,7 @@ def check_service(loaded: LoadedInput, service: str) -> list[Finding]:
             ports = [sp for sp in cluster.service_ports if sp.service_key == service]
             found += diff_nodes(nodes_with_api(loaded, checked, {}, family), cluster, ports,
                                 lambda orphan_of: orphan_of == service, service=service)
+    found += nft_findings(loaded, lambda key: True, service)
     return dedupe_findings(sort_findings([f for f in found if f.service == service]))
 
 
@@ -40,7 +41,7 @@ def skipped_nodes(loaded: LoadedInput) -> dict[str, str]:
     their iptables rules say nothing per service."""
     captures = {n.name: n for n in loaded.snapshot.nodes}
     return {n: f"kube-proxy runs in {captures[n].proxy_mode} mode there" for n in sorted(loaded.rules)
-            if (captures[n].proxy_mode or "iptables") != "iptables"}
+            if (captures[n].proxy_mode or "iptables") != "iptables" and n not in loaded.nft}
 
 
 FAMILIES = ("IPv4", "IPv6")
@@ -131,3 +132,46 @@ _WORK: tuple | None = None  # what the forked workers inherit (never pickled: cl
 def _diff_one_node(index: int) -> list[Finding]:
     nodes, cluster, ports, report_orphans, planner = _WORK
     return diff_nodes([nodes[index]], cluster, ports, report_orphans, planner=planner)
+
+
+def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: str | None = None) -> list[Finding]:
+    """nftables-mode nodes, through the routing model (model/routing.py): with the API objects, each node's routes
+    read from kube-proxy's table against the routes kube-proxy's decisions give (checks/compare_routes.py); the same
+    finding ids as the iptables comparison. `wanted(service)` chooses the services (namespace, selector)."""
+    if not loaded.nft or loaded.cluster is None:
+        return []
+    from svcdoctor.checks.compare_routes import compare_routes
+    from svcdoctor.model.explain import ServiceView
+    from svcdoctor.model.expected import plan_service_port
+    from svcdoctor.model.nft.view import add_nft_nodes
+    from svcdoctor.model.routing import expected_routes, routes_from_view
+
+    from svcdoctor.checks.findings import finding
+
+    cluster = loaded.cluster
+    settings = {node.name: node.settings for node in nodes_with_api(loaded, sorted(loaded.nft), {})}
+    config_known = loaded.snapshot.api.kube_proxy_config is not None
+    out: list[Finding] = []
+    without_endpoints: set[str] = set()
+    for key, ports in sorted(cluster.services().items()):
+        if (service is not None and key != service) or not wanted(key):
+            continue
+        namespace, name = key.split("/", 1)
+        view = add_nft_nodes(ServiceView(namespace, name, [], ports), loaded.nft, cluster)
+        for pv in view.ports:
+            sp = next((p for p in ports if p.svc_port_name == pv.svc_port_name), None)
+            for nv in pv.nodes:
+                node_settings_ = settings.get(nv.node)
+                plan = plan_service_port(sp, node_settings_) if sp is not None and node_settings_ else None
+                if plan is None:
+                    continue
+                if not plan.has_endpoints and plan.name not in without_endpoints:
+                    without_endpoints.add(plan.name)  # once per port, as the iptables comparison says it
+                    out.append(finding("no-endpoints", None, key, f"{plan.name} has no usable endpoint (no ready or "
+                                       "serving pod in its EndpointSlices): kube-proxy rejects its connections"))
+                want = expected_routes(plan, node_settings_)
+                have = routes_from_view(nv.entries)
+                family = "IPv6" if node_settings_.ipv6 else "IPv4"
+                have = {k: r for k, r in have.items() if k[1] == family}
+                out += compare_routes(nv.node, key, pv.svc_port_name, want, have, masquerade_known=config_known)
+    return out

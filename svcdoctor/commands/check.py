@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from svcdoctor.checks.engine import (
     FAMILIES,
     diff_nodes_in_parallel,
+    nft_findings,
     nodes_with_api,
     nodes_without_api,
     skipped_nodes,
@@ -75,7 +76,7 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
                                           capture.backend, nft_read=node in loaded.nft))
     names = sorted(loaded.rules)
     skipped = skipped_nodes(loaded)
-    checked = [n for n in names if n not in skipped]
+    checked = [n for n in names if n not in skipped and n not in loaded.nft]  # nftables nodes: nft_findings
     cluster = loaded.cluster
     if cluster is None:
         services: set[str] = set()
@@ -107,6 +108,7 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         return service is not None and _in_namespace(service, namespace)
 
     findings.extend(diff_nodes_in_parallel(inputs, cluster, ports if filtered else None, report_orphan))
+    findings.extend(nft_findings(loaded, lambda service: service in chosen))  # nftables nodes: by their routes
     if inputs6:
         findings.extend(diff_nodes_in_parallel(inputs6, cluster, ports if filtered else None, report_orphan))
     return CheckResult(dedupe_findings(sort_findings(findings)), len(chosen), names, dict(loaded.failed),

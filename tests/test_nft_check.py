@@ -1,0 +1,71 @@
+"""`check` on nftables-mode nodes, through the routing model: each node's routes read from kube-proxy's table
+(listed back by the real `nft`) against the routes kube-proxy's decisions give for the API objects."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from cli_run import run_cli
+from nft_rules import NODE_IP, Svc, ruleset
+from svcdoctor.collect.bundle import write_bundle
+from svcdoctor.collect.snapshot import ApiObjects, ClusterSnapshot, NodeCapture
+from test_nft import SERVICES, _listings
+
+pytestmark = pytest.mark.netns
+
+
+def _service(svc: Svc) -> dict:
+    spec = {"type": "NodePort" if svc.node_port else "ClusterIP", "clusterIP": svc.cluster_ip,
+            "clusterIPs": [svc.cluster_ip],
+            "ports": [{"name": svc.port_name, "protocol": svc.protocol.upper(), "port": svc.port,
+                       "targetPort": svc.port, **({"nodePort": svc.node_port} if svc.node_port else {})}]}
+    if svc.node_port:
+        spec["externalTrafficPolicy"] = "Cluster"
+    if svc.affinity_seconds:
+        spec["sessionAffinity"] = "ClientIP"
+        spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": svc.affinity_seconds}}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": svc.namespace, "name": svc.name},
+            "spec": spec}
+
+
+def _slice(svc: Svc) -> dict:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"namespace": svc.namespace, "name": f"{svc.name}-x",
+                         "labels": {"kubernetes.io/service-name": svc.name}},
+            "ports": [{"name": svc.port_name, "protocol": svc.protocol.upper(), "port": svc.port}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-a"}
+                          for ip in svc.endpoints]}
+
+
+def _bundle(tmp_path, per_node: dict[str, list[Svc]]) -> str:
+    nodes = []
+    for node, services in per_node.items():
+        as_json, _ = _listings(ruleset(services))
+        nodes.append(NodeCapture(name=node, iptables_save="", nftables_json=as_json, internal_ip=NODE_IP,
+                                 proxy_mode="nftables"))
+    api = ApiObjects(services=[_service(s) for s in SERVICES], endpointslices=[_slice(s) for s in SERVICES],
+                     status="ok")
+    return str(write_bundle(ClusterSnapshot(cluster="nft", nodes=nodes, api=api), tmp_path / "bundle"))
+
+
+def test_nftables_nodes_that_do_what_kube_proxy_should_check_clean(tmp_path):
+    bundle = _bundle(tmp_path, {"node-a": SERVICES, "node-b": SERVICES})
+    r = run_cli("check", "--bundle", bundle, "-o", "json")
+    assert r.exit_code == 0, r.stdout
+    assert [(f["id"], f["service"]) for f in r.json()["findings"]] == [("no-endpoints", "ns1/empty")]
+
+
+def test_a_stale_endpoint_on_one_nftables_node_is_found_there(tmp_path):
+    stale = copy.deepcopy(SERVICES)
+    stale[0].endpoints = stale[0].endpoints + ["10.180.0.9"]
+    bundle = _bundle(tmp_path, {"node-a": SERVICES, "node-b": stale})
+    r = run_cli("check", "--bundle", bundle, "-o", "json")
+    assert r.exit_code == 1, r.stdout
+    found = [(f["id"], f["node"]) for f in r.json()["findings"] if f["service"] == "ns1/web"]
+    assert ("stale-endpoint", "node-b") in found and all(node == "node-b" for _, node in found)
+    assert any("10.180.0.9:80" in f["message"] for f in r.json()["findings"])
+    # explain shows what check reports for the service (one engine)
+    doc = run_cli("explain", "ns1/web", "--bundle", bundle, "-o", "json").json()
+    assert sorted((f["id"], f["node"]) for f in doc["findings"]) == sorted(found)
