@@ -36,6 +36,8 @@ FIXES: dict[str, tuple[str, str | None]] = {
     "hash-mismatch": (f"find what wrote the rules; {RESTART}", None),
     "node-drift": ("restart kube-proxy on the odd node", None),
     "no-kube-proxy-rules": ("get kube-proxy running on the node (its log says why it is not)", None),
+    "stale-iptables-rules": ("run `kube-proxy --cleanup` in iptables mode on the node (or flush and delete its "
+                             "KUBE-* chains), then restart kube-proxy", None),
     "kube-proxy-replaced": ("nothing to fix: read the Service routing with the replacement's own tools (cilium-dbg "
                             "service list)", None),
     "proxy-mode-not-read": ("nothing to fix: read the node with the mode's own tools (ipvsadm -Ln, nft list ruleset)",

@@ -69,3 +69,21 @@ def test_a_stale_endpoint_on_one_nftables_node_is_found_there(tmp_path):
     # explain shows what check reports for the service (one engine)
     doc = run_cli("explain", "ns1/web", "--bundle", bundle, "-o", "json").json()
     assert sorted((f["id"], f["node"]) for f in doc["findings"]) == sorted(found)
+
+
+def test_iptables_chains_left_on_an_nftables_node_are_found(tmp_path):
+    from svcdoctor.collect.bundle import demo_bundle_path
+
+    old = (demo_bundle_path() / "nodes" / "myk8s-worker" / "iptables.txt").read_text()
+    as_json, _ = _listings(ruleset(SERVICES))
+    nodes = [NodeCapture(name="node-a", iptables_save="", nftables_json=as_json, internal_ip=NODE_IP,
+                         proxy_mode="nftables"),
+             NodeCapture(name="node-b", iptables_save=old, nftables_json=as_json, internal_ip=NODE_IP,
+                         proxy_mode="nftables")]
+    api = ApiObjects(services=[_service(s) for s in SERVICES], endpointslices=[_slice(s) for s in SERVICES],
+                     status="ok")
+    bundle = str(write_bundle(ClusterSnapshot(cluster="nft", nodes=nodes, api=api), tmp_path / "bundle"))
+    r = run_cli("check", "--bundle", bundle, "-o", "json")
+    assert r.exit_code == 1
+    stale = [f for f in r.json()["findings"] if f["id"] == "stale-iptables-rules"]
+    assert [f["node"] for f in stale] == ["node-b"]

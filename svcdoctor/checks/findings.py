@@ -34,6 +34,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "node-drift": ("warning", "nodes disagree about the same service port"),
     "backend-mismatch": ("error", "kube-proxy's rules are in the iptables backend the node does not use, or in both"),
     "no-kube-proxy-rules": ("error", "the node has no kube-proxy rules at all"),
+    "stale-iptables-rules": ("error", "kube-proxy runs in nftables mode but its old iptables chains are still on "
+                                      "the node"),
     "kube-proxy-replaced": ("info", "another component (Cilium, kube-router, Antrea, Calico eBPF) routes Services on "
                                     "the node instead of kube-proxy: they are not in iptables there"),
     "hash-mismatch": ("warning", "a chain name is not the hash of the service port its comment names"),
@@ -103,6 +105,16 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
     ``nft_read``: kube-proxy's nftables tables were read on the node (its Services are shown from them)."""
     out: list[Finding] = []
     if nft_read:
+        if rules.has_kube_proxy_rules():
+            # iptables' nat hooks run ahead of kube-proxy's nftables chains (priority -100 both, iptables first
+            # registered), so a left-over KUBE-SERVICES still DNATs with whatever endpoints it had
+            nat = rules.table("nat")
+            chains = sorted(c for c in (nat.chains if nat else {}) if c.startswith("KUBE-"))
+            out.append(finding(
+                "stale-iptables-rules", node, None,
+                f"kube-proxy runs in nftables mode on {node}, but its iptables still holds kube-proxy's chains "
+                f"({len(chains)} KUBE-* chains): left from iptables mode, they can still rewrite packets first",
+                [f"nat chains: {', '.join(chains[:5])}{', …' if len(chains) > 5 else ''}"]))
         return out
     nat = rules.table("nat")
     has_rules = rules.has_kube_proxy_rules()
