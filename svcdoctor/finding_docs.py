@@ -36,6 +36,8 @@ FIXES: dict[str, tuple[str, str | None]] = {
     "hash-mismatch": (f"find what wrote the rules; {RESTART}", None),
     "node-drift": ("restart kube-proxy on the odd node", None),
     "no-kube-proxy-rules": ("get kube-proxy running on the node (its log says why it is not)", None),
+    "proxy-mode-mismatch": ("set the mode in the kube-proxy ConfigMap (mode:) and restart kube-proxy on every node",
+                            None),
     "stale-iptables-rules": ("run `kube-proxy --cleanup` in iptables mode on the node (or flush and delete its "
                              "KUBE-* chains), then restart kube-proxy", None),
     "kube-proxy-replaced": ("nothing to fix: read the Service routing with the replacement's own tools (cilium-dbg "

@@ -87,3 +87,22 @@ def test_iptables_chains_left_on_an_nftables_node_are_found(tmp_path):
     assert r.exit_code == 1
     stale = [f for f in r.json()["findings"] if f["id"] == "stale-iptables-rules"]
     assert [f["node"] for f in stale] == ["node-b"]
+
+
+def test_a_node_in_another_mode_than_its_peers_or_the_configmap(tmp_path):
+    from svcdoctor.collect.bundle import demo_bundle_path
+
+    iptables = (demo_bundle_path() / "nodes" / "myk8s-worker" / "iptables.txt").read_text()
+    as_json, _ = _listings(ruleset(SERVICES))
+    nodes = [NodeCapture(name=f"node-{i}", iptables_save=iptables, internal_ip=NODE_IP, proxy_mode="iptables")
+             for i in "abc"]
+    nodes.append(NodeCapture(name="node-d", iptables_save="", nftables_json=as_json, internal_ip=NODE_IP,
+                             proxy_mode="nftables"))
+    for config, meant in ((None, "the other nodes run iptables"), ({"mode": ""}, "the kube-proxy ConfigMap says")):
+        api = ApiObjects(status="not in the bundle") if config is None else ApiObjects(
+            services=[], endpointslices=[], status="ok", kube_proxy_config=config)
+        path = tmp_path / ("peers" if config is None else "configmap")
+        bundle = str(write_bundle(ClusterSnapshot(cluster="mixed", nodes=nodes, api=api), path))
+        r = run_cli("check", "--bundle", bundle, "-o", "json")
+        (mismatch,) = [f for f in r.json()["findings"] if f["id"] == "proxy-mode-mismatch"]
+        assert mismatch["node"] == "node-d" and meant in mismatch["message"], mismatch

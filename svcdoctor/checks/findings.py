@@ -34,6 +34,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "node-drift": ("warning", "nodes disagree about the same service port"),
     "backend-mismatch": ("error", "kube-proxy's rules are in the iptables backend the node does not use, or in both"),
     "no-kube-proxy-rules": ("error", "the node has no kube-proxy rules at all"),
+    "proxy-mode-mismatch": ("warning", "the node runs kube-proxy in another mode than the ConfigMap says, or than "
+                                       "the other nodes"),
     "stale-iptables-rules": ("error", "kube-proxy runs in nftables mode but its old iptables chains are still on "
                                       "the node"),
     "kube-proxy-replaced": ("info", "another component (Cilium, kube-router, Antrea, Calico eBPF) routes Services on "
@@ -96,6 +98,28 @@ def dedupe_findings(findings: list[Finding]) -> list[Finding]:
             seen.add(key)
             out.append(f)
     return out
+
+
+def proxy_mode_findings(modes: dict[str, str], configured: str | None) -> list[Finding]:
+    """Nodes whose kube-proxy mode (read from what is on them: iptables chains, the nftables table, ipvs) is not
+    the ConfigMap's `mode:` (empty means iptables), or, without the ConfigMap, not the other nodes' (the most
+    common mode is taken as meant)."""
+    if not modes:
+        return []
+    if configured is not None:
+        meant, why = (configured or "iptables"), "the kube-proxy ConfigMap says"
+    else:
+        counts: dict[str, int] = {}
+        for mode in modes.values():
+            counts[mode] = counts.get(mode, 0) + 1
+        meant = max(sorted(counts), key=counts.get)
+        if counts[meant] * 2 <= len(modes):
+            return []  # no majority to tell the odd node by
+        why = "the other nodes run"
+    return [finding("proxy-mode-mismatch", node, None,
+                    f"kube-proxy runs in {mode} mode on {node}, but {why} {meant}: Services may be routed "
+                    "differently there", [f"{node}: {mode}; {why} {meant}"])
+            for node, mode in sorted(modes.items()) if mode != meant]
 
 
 def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None,

@@ -25,6 +25,7 @@ from svcdoctor.checks.findings import (
     SEVERITY_RANK,
     Finding,
     check_node_health,
+    proxy_mode_findings,
     dedupe_findings,
     sort_findings,
 )
@@ -75,6 +76,7 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         findings.extend(check_node_health(node, rules, capture.proxy_mode, loaded.other_backend.get(node),
                                           capture.backend, nft_read=node in loaded.nft))
     names = sorted(loaded.rules)
+    findings.extend(proxy_mode_findings(_modes(loaded), _configured_mode(loaded)))
     skipped = skipped_nodes(loaded)
     checked = [n for n in names if n not in skipped and n not in loaded.nft]  # nftables nodes: nft_findings
     cluster = loaded.cluster
@@ -113,6 +115,28 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         findings.extend(diff_nodes_in_parallel(inputs6, cluster, ports if filtered else None, report_orphan))
     return CheckResult(dedupe_findings(sort_findings(findings)), len(chosen), names, dict(loaded.failed),
                        service_ports=len(ports), settings=sources, api=True, skipped=skipped)
+
+
+def _modes(loaded: LoadedInput) -> dict[str, str]:
+    """Each node's kube-proxy mode as its rules show it (nodes with no kube-proxy rules at all say nothing)."""
+    captures = {n.name: n for n in loaded.snapshot.nodes}
+    modes = {}
+    for node, rules in loaded.rules.items():
+        if node in loaded.nft:
+            modes[node] = "nftables"
+        elif (captures[node].proxy_mode or "iptables") != "iptables":
+            modes[node] = captures[node].proxy_mode
+        elif rules.has_kube_proxy_rules():
+            modes[node] = "iptables"
+    return modes
+
+
+def _configured_mode(loaded: LoadedInput) -> str | None:
+    config = loaded.snapshot.api.kube_proxy_config
+    if not isinstance(config, dict):
+        return None
+    mode = config.get("mode")
+    return mode if isinstance(mode, str) else ""
 
 
 def failing(result: CheckResult, fail_on: str) -> bool:
