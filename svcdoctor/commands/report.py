@@ -26,6 +26,7 @@ from svcdoctor.model.graph import (
     service_entry_rules,
     traffic,
 )
+from svcdoctor.model.quick_explain import QuickNode, quick_service_view
 from svcdoctor.model.service_rules import NodeServiceIndex, index_node_services
 
 # above this many services, a service without findings is explained on its busiest node only
@@ -40,7 +41,7 @@ class ServiceReport:
     pictures: list[tuple[str, list[str], nx.MultiDiGraph]]  # (node drawn, other nodes with the same chains, graph)
     entry_packets: dict[str, int]  # node -> packets counted on the service's entry rules
     explained_nodes: list[str]  # the nodes `view` covers (the busiest only, for a quiet service of a big cluster)
-
+    drawn: bool = True  # False: a quiet service of a big cluster, shown without its picture
 
 
 @dataclass(slots=True)
@@ -64,6 +65,7 @@ class ReportResult:
     services: list[ServiceEntry]  # the services with findings first, the worst first; then by name
     indexes: dict[str, NodeServiceIndex]  # node -> its rules by service port, worked out once
     generated_at: str
+    quick: dict[str, QuickNode] | None = None  # for quiet services of a big cluster (model/quick_explain.py)
 
     @property
     def all_nodes(self) -> bool:
@@ -83,25 +85,38 @@ def run_report(loaded: LoadedInput, check, nodes: list[dict]) -> ReportResult:
     keys = _service_keys(api_ports, indexes) | set(by_service)
     services = [ServiceEntry(k, api_ports.get(k, []), by_service.get(k, [])) for k in keys]
     services.sort(key=lambda s: (s.worst, s.key))
-    return ReportResult(loaded, check, nodes, services, indexes, _now())
+    result = ReportResult(loaded, check, nodes, services, indexes, _now())
+    if not result.all_nodes:
+        result.quick = {node: QuickNode(node, rules, indexes[node]) for node, rules in loaded.rules.items()}
+    return result
 
 
 def explain_service(result: ReportResult, entry: ServiceEntry) -> ServiceReport:
     return service_report(result.loaded, result.indexes, entry.key, entry.api_ports, entry.findings,
-                          result.all_nodes)
+                          result.all_nodes, result.quick)
 
 
 def service_report(loaded: LoadedInput, indexes: dict[str, NodeServiceIndex], key: str, api_ports: list,
-                   findings: list[Finding], all_nodes: bool) -> ServiceReport:
+                   findings: list[Finding], all_nodes: bool,
+                   quick: dict[str, QuickNode] | None = None) -> ServiceReport:
+    """A service with findings, or any service of a small cluster: explained on every node, with its pictures.
+    A quiet service of a big cluster: explained on its busiest node, the common shape read from the rule text
+    (`quick_service_view`, the same answer without parsing), and not drawn."""
     ns, name = key.split("/", 1)
     cluster = _only_service(loaded.cluster, api_ports)
     packets = {node: _entry_packets(ix, key) for node, ix in indexes.items()}
     nodes = list(loaded.rules)
-    if not (all_nodes or findings) and nodes:
+    full = all_nodes or bool(findings) or not nodes
+    if not full:
         nodes = [max(nodes, key=lambda n: packets[n])]
-    view = build_service_view(ns, name, {n: loaded.rules[n] for n in nodes}, cluster,
-                              indexes={n: indexes[n] for n in nodes})
-    return ServiceReport(key, view, findings, _pictures(loaded, view, nodes), packets, nodes)
+    view = None
+    if not full and quick is not None:
+        view = quick_service_view(ns, name, quick[nodes[0]], loaded.cluster, api_ports)
+    if view is None:
+        view = build_service_view(ns, name, {n: loaded.rules[n] for n in nodes}, cluster,
+                                  indexes={n: indexes[n] for n in nodes})
+    pictures = _pictures(loaded, view, nodes) if full else []
+    return ServiceReport(key, view, findings, pictures, packets, nodes, drawn=full)
 
 
 def _pictures(loaded: LoadedInput, view: ServiceView, nodes: list[str]) -> list[tuple[str, list[str], nx.MultiDiGraph]]:

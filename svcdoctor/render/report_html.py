@@ -226,6 +226,13 @@ def service_section(s, total: int, node_count: int) -> tuple[str, str]:
         caption = f"{s.key} on {drawn}" + (f" (the same chains on {', '.join(same)})" if same else "")
         body.append(f'<div class="pic">{to_svg(g, caption, standalone=False)}</div>')
         words += list(g.nodes)
+    if not getattr(s, "drawn", True):
+        # a quiet service of a big cluster: its table says it all; the picture is one command away
+        node = s.explained_nodes[0] if s.explained_nodes else ""
+        body.append(f'<p class="muted">Not drawn (a big cluster\'s services without findings are not, to keep the '
+                    f"report quick to write): <code>svcdoctor graph {escape(s.key)}"
+                    f"{' --node ' + escape(node) if node else ''} -o svg</code> draws its chains.</p>")
+        words += [c for pv in view.ports for c in pv.chains.values() if c]
     q = escape(" ".join(w for w in words if w).lower())
     return (f'<details class="svc" id="s-{_anchor(s.key)}" data-q="{q}"{" open" if unfold else ""}>'
             f"<summary>{marks}{' · '.join(head)}</summary>", "".join(body))
