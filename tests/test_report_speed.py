@@ -190,3 +190,47 @@ def test_quick_views_are_explains_on_the_real_dumps():
             rules = parse_pasted_rules(text, str(path))
         hits += compare_every_service({"node": rules}, None)[0]
     assert hits > 0
+
+
+# --- a big cluster's report ------------------------------------------------------------------------------------
+
+def test_a_big_report_draws_the_services_with_findings_and_lists_every_other(tmp_path):
+    """301 services (above ALL_NODES_UP_TO): the one with a finding is explained on every node and drawn; the
+    others are explained on their busiest node, their table packed, without a picture."""
+    import base64
+    import gzip
+    import json
+    import re
+
+    from cli_run import run_cli
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_check import make_bundle
+    from scale_dump import restore_text
+
+    n = 301
+    make_bundle(str(tmp_path), restore_text(n), n)
+    slices = tmp_path / "cluster" / "endpointslices.json"
+    doc = json.loads(slices.read_text())
+    doc["items"][7]["endpoints"] = doc["items"][7]["endpoints"][:2]  # svc-7: the nodes send to a pod that is gone
+    slices.write_text(json.dumps(doc))
+    findings = run_cli("check", "--bundle", str(tmp_path), "-o", "json").json()["findings"]
+    assert findings and {f["service"].split(":")[0] for f in findings} == {"scale/svc-7"}
+
+    out = tmp_path / "r.html"
+    r = run_cli("report", "--bundle", str(tmp_path), "--out", str(out))
+    assert r.exit_code == 0, r.stderr
+    page = out.read_text()
+    sections = re.findall(r'<details class="svc" id="s-([^"]+)"', page)
+    assert len(sections) == n and sections[0] == "scale--svc-7"
+    first = page.split('id="s-scale--svc-7"', 1)[1].split('<details class="svc"', 1)[0]
+    assert "<svg" in first and all(f">{node}</td>" in first for node in ("node-1", "node-2", "node-3"))
+    bodies = [b for pack in re.findall(r'<script type="application/gzip" id="pack-\d+">([^<]*)</script>', page)
+              for b in gzip.decompress(base64.b64decode(pack)).decode().split("\0")]
+    assert len(bodies) == n - 1
+    for body in bodies:
+        assert "<svg" not in body and "Not drawn" in body and "svcdoctor graph scale/svc-" in body
+        assert body.count("% 10.10.") == 3  # three endpoints and their shares
+    # the filter still finds a quiet service by its chains
+    quiet = page.split('id="s-scale--svc-8"', 1)[1].split("</summary>", 1)[0]
+    assert "kube-svc-" in quiet
