@@ -9,7 +9,10 @@ nodes have the rules kube-proxy would write there, and their counters are listed
 
 from __future__ import annotations
 
+import gc
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -172,14 +175,36 @@ def write_report(loaded: LoadedInput, check, nodes: list[dict], path: str | None
                  stream=None) -> dict:
     """Build the report and write it to ``path`` (or ``stream`` for -); returns what was written."""
     from svcdoctor.errors import InputError
-    from svcdoctor.render.report_html import report_html, service_section
+    from svcdoctor.render import report_html as page
 
-    result = run_report(loaded, check, nodes)
+    def section(entry: ServiceEntry) -> tuple[str, str]:
+        return page.service_section(explain_service(result, entry), len(result.services), len(loaded.rules))
 
-    def section(entry: ServiceEntry) -> str:
-        return service_section(explain_service(result, entry), len(result.services), len(loaded.rules))
+    def work(item: tuple[str, list[int]]) -> tuple:
+        # one service's (head, body); or a pack's heads and the pack itself, compressed in the worker (the parent
+        # then receives a tenth of the text, and gzip runs on every core)
+        kind, which = item
+        if kind == "one":
+            return section(result.services[which[0]])
+        heads, bodies = zip(*(section(result.services[i]) for i in which))
+        return list(heads), page.pack(list(bodies))
 
-    html = report_html(result, parallel_map(section, result.services), docs_url)
+    with _no_cyclic_gc():
+        result = run_report(loaded, check, nodes)
+        is_packed = page.packed(result.services)
+        in_packs = [i for i, p in enumerate(is_packed) if p]
+        items = [("one", [i]) for i, p in enumerate(is_packed) if not p]
+        items += [("pack", in_packs[k:k + page.PACK_SIZE]) for k in range(0, len(in_packs), page.PACK_SIZE)]
+        sections: list = [None] * len(result.services)
+        packs = []
+        for (kind, which), done in zip(items, parallel_map(work, items, len(sections))):
+            if kind == "one":
+                sections[which[0]] = done
+            else:
+                for i, head in zip(which, done[0]):
+                    sections[i] = (head, None)
+                packs.append(done[1])
+        html = page.report_html(result, sections, docs_url, packs)
     path = path or default_path(loaded, result.generated_at)
     if stream is not None:
         stream.write(html)
@@ -193,17 +218,32 @@ def write_report(loaded: LoadedInput, check, nodes: list[dict], path: str | None
             "findings": len(result.check.findings)}
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    # as in `check`: the report makes ~10^6 short-lived objects, none in cycles, and the cyclic collector would
+    # walk every parsed rule of every node meanwhile (two thirds of the per-service time, measured); the forked
+    # workers inherit it off, so they never touch (and copy) the parent's pages for it either
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 PARALLEL_ABOVE = 500  # services; fewer are done before a second process would have started
 
 
-def parallel_map(fn, items: list) -> list:
-    """``[fn(x) for x in items]``, on every core for a big cluster: forked workers inherit the parsed input (no
-    copy is sent), and send back only text. Where fork is missing (or one core), in this process."""
+def parallel_map(fn, items: list, services: int | None = None) -> list:
+    """``[fn(x) for x in items]``, on every core for a big cluster (``services``: how many the items hold, when not
+    one each): forked workers inherit the parsed input (no copy is sent), and send back only text. Where fork is
+    missing (or one core), in this process."""
     import multiprocessing
     import os
 
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    if len(items) < PARALLEL_ABOVE or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    if (len(items) if services is None else services) < PARALLEL_ABOVE or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return [fn(x) for x in items]
     global _WORK
     _WORK = (fn, items)
