@@ -2,9 +2,11 @@
 findings of `check`, and every service with its per-node paths and the pictures of its chains.
 
 A cluster of 10,000 services must not take much longer than `check` (benchmarks/bench_report.py). So every node's
-rules are indexed once (not once per service), each service is explained against only its own API objects, and a
-service `check` found nothing wrong with is explained on its busiest node only when the cluster is big: its other
-nodes have the rules kube-proxy would write there, and their counters are listed.
+rules are indexed once (not once per service, and without parsing them), each service is explained against only
+its own API objects, and in a big cluster a service `check` found nothing wrong with is explained on its busiest
+node only, from the rule text when its ports have the common shape (`model/quick_explain.py`: the same answer as
+`explain`, without parsing a rule), and not drawn: its other nodes have the rules kube-proxy would write there, and
+their counters are listed. The per-service work runs in forked workers, which also compress the packed sections.
 """
 
 from __future__ import annotations

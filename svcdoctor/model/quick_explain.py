@@ -18,7 +18,7 @@ import re
 from svcdoctor.model.cluster import ClusterModel, ServicePort
 from svcdoctor.model.explain import EndpointShare, Entry, NodeView, PortView, ServiceView
 from svcdoctor.model.hashes import service_hash
-from svcdoctor.model.rules import NodeRules, Rule
+from svcdoctor.model.rules import Chain, NodeRules, Rule, rule_from_line
 from svcdoctor.model.service_rules import NodeServiceIndex, split_service_port_name
 
 EPSILON = 1e-9  # as the walker's (model/explain.py)
@@ -116,20 +116,20 @@ def _entry(nat, rule: Rule, suffix: str, node: str, cluster: ClusterModel | None
         return None
     masq, masq_when, endpoints = "never", [], []
     remaining = 1.0
-    for jump in svc.rules:
+    for position, spec, line in _specs(svc):
         if remaining <= EPSILON:
             break
-        spec = jump.spec
-        if jump.target == "KUBE-MARK-MASQ":
-            cond = _SVC_MASQ.fullmatch(spec)
-            if cond is None:
-                return None
+        cond = _SVC_MASQ.fullmatch(spec)
+        if cond is not None:
             if masq != "always":
                 masq = "conditional"
                 masq_when.append(f"{svc_name}: ! -s {cond.group(1)}")
             continue
         j = _JUMP.fullmatch(spec)
-        if j is None or j.group(2) != jump.target:
+        if j is None:
+            return None
+        jump = _rule(svc, position, line)
+        if jump.target != j.group(2):
             return None
         probability = None
         if j.group(1) is not None:
@@ -145,8 +145,7 @@ def _entry(nat, rule: Rule, suffix: str, node: str, cluster: ClusterModel | None
         remaining -= share
     if not endpoints:
         return None
-    _, _, dport = m.group(1), m.group(2), m.group(4)
-    entry = Entry(kind="clusterIP", destination=f"{m.group(1)}:{dport}", verdict="dnat",
+    entry = Entry(kind="clusterIP", destination=f"{m.group(1)}:{m.group(4)}", verdict="dnat",
                   path=["KUBE-SERVICES", svc_name], masquerade="never", packets=rule.packets, bytes=rule.bytes,
                   endpoints=endpoints, entry_rule=rule, masquerade_when=masq_when, notes=[],
                   session_affinity_seconds=None, unmatched_share=max(0.0, remaining), clients=[])
@@ -166,16 +165,38 @@ def _endpoint(nat, sep: str, share: float, masq: str, probability: float | None,
     chain = nat.chains.get(sep)
     if chain is None:
         return None
-    for rule in chain.rules:
-        if rule.target == "KUBE-MARK-MASQ":
-            if _SEP_MASQ.fullmatch(rule.spec) is None:
-                return None
+    for position, spec, line in _specs(chain):
+        if _SEP_MASQ.fullmatch(spec) is not None:
             continue
-        d = _DNAT.fullmatch(rule.spec) if rule.target == "DNAT" else None
+        d = _DNAT.fullmatch(spec)
         if d is None:
             return None
         ip, _, port = d.group(1).rpartition(":")
         return EndpointShare(ip=ip, port=int(port), chain=sep, probability=share, rule_probability=probability,
                              packets=jump.packets, bytes=jump.bytes, masquerade=masq, jump_rules=[jump],
-                             dnat_rule=rule)
+                             dnat_rule=_rule(chain, position, line))
     return None
+
+
+def _specs(chain: Chain):
+    """(position, spec, the rule or its dump line) of each rule of a chain, without building a Rule for a chain
+    nobody has asked for yet: most of what is read here is only matched, and a Rule is made for the evidence."""
+    if chain._rules is not None:  # noqa: SLF001 - as port_shape.NodeProgram.lines reads them
+        for rule in chain._rules:  # noqa: SLF001
+            yield rule.position, rule.spec, rule
+        return
+    head = f"-A {chain.name} "
+    for position, line in enumerate(chain._lines, 1):  # noqa: SLF001
+        rest = line
+        if line.startswith("["):  # iptables-save -c: "[p:b] -A CHAIN spec"
+            close = line.find("] ")
+            rest = line[close + 2 :] if close > 0 else ""
+        if rest.startswith(head) and " -c " not in rest:
+            yield position, rest[len(head) :].strip(), line
+        else:  # another spelling: as the parser reads it
+            rule = rule_from_line(chain.table, chain.name, position, line)
+            yield position, rule.spec, rule
+
+
+def _rule(chain: Chain, position: int, line) -> Rule:
+    return line if isinstance(line, Rule) else rule_from_line(chain.table, chain.name, position, line)
