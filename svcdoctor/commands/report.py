@@ -2,14 +2,19 @@
 findings of `check`, and every service with its per-node paths and the pictures of its chains.
 
 A cluster of 10,000 services must not take much longer than `check` (benchmarks/bench_report.py). So every node's
-rules are indexed once (not once per service), each service is explained against only its own API objects, and a
-service `check` found nothing wrong with is explained on its busiest node only when the cluster is big: its other
-nodes have the rules kube-proxy would write there, and their counters are listed.
+rules are indexed once (not once per service, and without parsing them), each service is explained against only
+its own API objects, and in a big cluster a service `check` found nothing wrong with is explained on its busiest
+node only, from the rule text when its ports have the common shape (`model/quick_explain.py`: the same answer as
+`explain`, without parsing a rule), and not drawn: its other nodes have the rules kube-proxy would write there, and
+their counters are listed. The per-service work runs in forked workers, which also compress the packed sections.
 """
 
 from __future__ import annotations
 
+import gc
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -26,6 +31,7 @@ from svcdoctor.model.graph import (
     service_entry_rules,
     traffic,
 )
+from svcdoctor.model.quick_explain import QuickNode, quick_service_view
 from svcdoctor.model.service_rules import NodeServiceIndex, index_node_services
 
 # above this many services, a service without findings is explained on its busiest node only
@@ -40,7 +46,7 @@ class ServiceReport:
     pictures: list[tuple[str, list[str], nx.MultiDiGraph]]  # (node drawn, other nodes with the same chains, graph)
     entry_packets: dict[str, int]  # node -> packets counted on the service's entry rules
     explained_nodes: list[str]  # the nodes `view` covers (the busiest only, for a quiet service of a big cluster)
-
+    drawn: bool = True  # False: a quiet service of a big cluster, shown without its picture
 
 
 @dataclass(slots=True)
@@ -64,6 +70,7 @@ class ReportResult:
     services: list[ServiceEntry]  # the services with findings first, the worst first; then by name
     indexes: dict[str, NodeServiceIndex]  # node -> its rules by service port, worked out once
     generated_at: str
+    quick: dict[str, QuickNode] | None = None  # for quiet services of a big cluster (model/quick_explain.py)
 
     @property
     def all_nodes(self) -> bool:
@@ -83,25 +90,38 @@ def run_report(loaded: LoadedInput, check, nodes: list[dict]) -> ReportResult:
     keys = _service_keys(api_ports, indexes) | set(by_service)
     services = [ServiceEntry(k, api_ports.get(k, []), by_service.get(k, [])) for k in keys]
     services.sort(key=lambda s: (s.worst, s.key))
-    return ReportResult(loaded, check, nodes, services, indexes, _now())
+    result = ReportResult(loaded, check, nodes, services, indexes, _now())
+    if not result.all_nodes:
+        result.quick = {node: QuickNode(node, rules, indexes[node]) for node, rules in loaded.rules.items()}
+    return result
 
 
 def explain_service(result: ReportResult, entry: ServiceEntry) -> ServiceReport:
     return service_report(result.loaded, result.indexes, entry.key, entry.api_ports, entry.findings,
-                          result.all_nodes)
+                          result.all_nodes, result.quick)
 
 
 def service_report(loaded: LoadedInput, indexes: dict[str, NodeServiceIndex], key: str, api_ports: list,
-                   findings: list[Finding], all_nodes: bool) -> ServiceReport:
+                   findings: list[Finding], all_nodes: bool,
+                   quick: dict[str, QuickNode] | None = None) -> ServiceReport:
+    """A service with findings, or any service of a small cluster: explained on every node, with its pictures.
+    A quiet service of a big cluster: explained on its busiest node, the common shape read from the rule text
+    (`quick_service_view`, the same answer without parsing), and not drawn."""
     ns, name = key.split("/", 1)
     cluster = _only_service(loaded.cluster, api_ports)
     packets = {node: _entry_packets(ix, key) for node, ix in indexes.items()}
     nodes = list(loaded.rules)
-    if not (all_nodes or findings) and nodes:
+    full = all_nodes or bool(findings) or not nodes
+    if not full:
         nodes = [max(nodes, key=lambda n: packets[n])]
-    view = build_service_view(ns, name, {n: loaded.rules[n] for n in nodes}, cluster,
-                              indexes={n: indexes[n] for n in nodes})
-    return ServiceReport(key, view, findings, _pictures(loaded, view, nodes), packets, nodes)
+    view = None
+    if not full and quick is not None:
+        view = quick_service_view(ns, name, quick[nodes[0]], loaded.cluster, api_ports)
+    if view is None:
+        view = build_service_view(ns, name, {n: loaded.rules[n] for n in nodes}, cluster,
+                                  indexes={n: indexes[n] for n in nodes})
+    pictures = _pictures(loaded, view, nodes) if full else []
+    return ServiceReport(key, view, findings, pictures, packets, nodes, drawn=full)
 
 
 def _pictures(loaded: LoadedInput, view: ServiceView, nodes: list[str]) -> list[tuple[str, list[str], nx.MultiDiGraph]]:
@@ -157,14 +177,36 @@ def write_report(loaded: LoadedInput, check, nodes: list[dict], path: str | None
                  stream=None) -> dict:
     """Build the report and write it to ``path`` (or ``stream`` for -); returns what was written."""
     from svcdoctor.errors import InputError
-    from svcdoctor.render.report_html import report_html, service_section
+    from svcdoctor.render import report_html as page
 
-    result = run_report(loaded, check, nodes)
+    def section(entry: ServiceEntry) -> tuple[str, str]:
+        return page.service_section(explain_service(result, entry), len(result.services), len(loaded.rules))
 
-    def section(entry: ServiceEntry) -> str:
-        return service_section(explain_service(result, entry), len(result.services), len(loaded.rules))
+    def work(item: tuple[str, list[int]]) -> tuple:
+        # one service's (head, body); or a pack's heads and the pack itself, compressed in the worker (the parent
+        # then receives a tenth of the text, and gzip runs on every core)
+        kind, which = item
+        if kind == "one":
+            return section(result.services[which[0]])
+        heads, bodies = zip(*(section(result.services[i]) for i in which))
+        return list(heads), page.pack(list(bodies))
 
-    html = report_html(result, parallel_map(section, result.services), docs_url)
+    with _no_cyclic_gc():
+        result = run_report(loaded, check, nodes)
+        is_packed = page.packed(result.services)
+        in_packs = [i for i, p in enumerate(is_packed) if p]
+        items = [("one", [i]) for i, p in enumerate(is_packed) if not p]
+        items += [("pack", in_packs[k:k + page.PACK_SIZE]) for k in range(0, len(in_packs), page.PACK_SIZE)]
+        sections: list = [None] * len(result.services)
+        packs = []
+        for (kind, which), done in zip(items, parallel_map(work, items, len(sections))):
+            if kind == "one":
+                sections[which[0]] = done
+            else:
+                for i, head in zip(which, done[0]):
+                    sections[i] = (head, None)
+                packs.append(done[1])
+        html = page.report_html(result, sections, docs_url, packs)
     path = path or default_path(loaded, result.generated_at)
     if stream is not None:
         stream.write(html)
@@ -178,17 +220,32 @@ def write_report(loaded: LoadedInput, check, nodes: list[dict], path: str | None
             "findings": len(result.check.findings)}
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    # as in `check`: the report makes ~10^6 short-lived objects, none in cycles, and the cyclic collector would
+    # walk every parsed rule of every node meanwhile (two thirds of the per-service time, measured); the forked
+    # workers inherit it off, so they never touch (and copy) the parent's pages for it either
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 PARALLEL_ABOVE = 500  # services; fewer are done before a second process would have started
 
 
-def parallel_map(fn, items: list) -> list:
-    """``[fn(x) for x in items]``, on every core for a big cluster: forked workers inherit the parsed input (no
-    copy is sent), and send back only text. Where fork is missing (or one core), in this process."""
+def parallel_map(fn, items: list, services: int | None = None) -> list:
+    """``[fn(x) for x in items]``, on every core for a big cluster (``services``: how many the items hold, when not
+    one each): forked workers inherit the parsed input (no copy is sent), and send back only text. Where fork is
+    missing (or one core), in this process."""
     import multiprocessing
     import os
 
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    if len(items) < PARALLEL_ABOVE or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    if (len(items) if services is None else services) < PARALLEL_ABOVE or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return [fn(x) for x in items]
     global _WORK
     _WORK = (fn, items)

@@ -7,8 +7,10 @@ service port name. Comments vanish in large-cluster mode (docs/reference/kube-pr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
+from svcdoctor.model import rule_text
 from svcdoctor.model.hashes import chain_kind, chain_suffix, service_hash
 from svcdoctor.model.partial import is_partial
 from svcdoctor.model.rules import NodeRules, Rule
@@ -29,6 +31,8 @@ _COMMENT_WRAPPERS = (
     ("route LOCAL traffic for ", " external destinations"),
     ("other traffic to ", " will be dropped by KUBE-PROXY-FIREWALL"),
 )
+
+_QUOTED_COMMENT = re.compile(r'--comment "(?:[^"\\]|\\.)*"')
 
 # the chains where kube-proxy puts a service port's entry and blackhole rules
 NAT_ENTRY_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS")
@@ -89,8 +93,32 @@ class NodeServiceIndex:
 
 
 def _protocol(rule: Rule) -> str | None:
-    p = rule.value("-p")
+    p = rule_protocol(rule)
     return p.lower() if p else None
+
+
+def rule_comment(rule: Rule) -> str | None:
+    """``rule.comment``, read from the rule's text while the rule is still unparsed and its comment is spelled the
+    plain way (one quoted ``--comment``, as iptables-save and kube-proxy write it): indexing a node of 10,000
+    services then parses none of its rules. Any other spelling asks the parser."""
+    spec = rule.spec
+    if rule._parsed is None:  # noqa: SLF001 - a parsed rule answers at once
+        at = spec.find("--comment ")
+        if at < 0:
+            return None if "--comment" not in spec else rule.comment
+        if (spec[at + 10 : at + 11] == '"' and spec.endswith("-m comment ", 0, at)
+                and spec.find("--comment", at + 10) < 0):
+            m = _QUOTED_COMMENT.match(spec, at)
+            if m is not None and spec[m.end() : m.end() + 2] in ("", " -", " !"):
+                return rule_text.comment(spec[at : m.end()])
+    return rule.comment
+
+
+def rule_protocol(rule: Rule) -> str | None:
+    """``rule.value("-p")``, from the text while the rule is unparsed (as `rule_comment`)."""
+    if rule._parsed is None and "--protocol" not in rule.spec:  # noqa: SLF001
+        return rule_text.option(" " + rule.spec, "-p")
+    return rule.value("-p")
 
 
 def _index_chains_without_entry(nat, index: NodeServiceIndex, entry_for, interesting) -> None:
@@ -106,7 +134,7 @@ def _index_chains_without_entry(nat, index: NodeServiceIndex, entry_for, interes
         rules = chain.rules
         if interesting is not None and not any(interesting(rule) for rule in rules):
             continue
-        spn = next((found for rule in rules if (found := service_port_of_comment(rule.comment)[0])), None)
+        spn = next((found for rule in rules if (found := service_port_of_comment(rule_comment(rule))[0])), None)
         if spn is None:
             continue
         protocol = next((p for p in ("tcp", "udp", "sctp") if service_hash(spn, p) == suffix), None)
@@ -163,7 +191,7 @@ def index_node_services(
                     continue
                 if not interesting(rule) and only is not None:
                     continue
-                spn, _ = service_port_of_comment(rule.comment)
+                spn, _ = service_port_of_comment(rule_comment(rule))
                 entry_for(chain_suffix(target), spn, _protocol(rule)).nat_entries.append(rule)
     if nat is not None and is_partial(rules):
         _index_chains_without_entry(nat, index, entry_for, interesting if only is not None else None)
@@ -178,11 +206,12 @@ def index_node_services(
                     continue
                 if only is not None and not interesting(rule):
                     continue
-                spn, what = service_port_of_comment(rule.comment)
+                comment = rule_comment(rule)
+                spn, what = service_port_of_comment(comment)
                 if spn is None:
                     continue
                 suffix = None
                 if what == "firewall-drop":
-                    suffix = rule.comment.rsplit("KUBE-FW-", 1)[-1] if "KUBE-FW-" in rule.comment else None
+                    suffix = comment.rsplit("KUBE-FW-", 1)[-1] if "KUBE-FW-" in comment else None
                 entry_for(suffix, spn, _protocol(rule)).filter_rules.append(rule)
     return index

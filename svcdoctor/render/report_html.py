@@ -67,8 +67,11 @@ window.addEventListener('hashchange',follow);follow();})();
 """.replace("PACK_SIZE", str(PACK_SIZE))
 
 
-def report_html(result, sections: list[tuple[str, str]], docs_url: str | None = None) -> str:
-    """The whole page, around the services' `service_section`s (in `result.services`' order). ``docs_url``: where svcdoctor's docs/ are (a link base); without it, their paths as text."""
+def report_html(result, sections: list[tuple[str, str | None]], docs_url: str | None = None,
+                packs: list[str] | None = None) -> str:
+    """The whole page, around the services' `service_section`s (in `result.services`' order). ``docs_url``: where svcdoctor's docs/ are (a link base); without it, their paths as text.
+    ``packs``: the `pack`s of the `packed` services' bodies, made already (their bodies in ``sections`` are then
+    None); without them, they are made here."""
     loaded = result.loaded
     snapshot = loaded.snapshot
     cluster = snapshot.cluster or snapshot.source
@@ -86,7 +89,7 @@ def report_html(result, sections: list[tuple[str, str]], docs_url: str | None = 
            "Read-only: nothing on the cluster was changed.</p>"]
     out += _glance(result)
     out += _findings(result, docs_url)
-    out += _services(result, sections)
+    out += _services(result, sections, packs)
     out.append(f"<script>{SCRIPT}{UNPACK_SCRIPT}</script></body></html>")
     return "\n".join(out) + "\n"
 
@@ -165,33 +168,42 @@ def _finding(f: Finding) -> str:
 
 
 # --- services --------------------------------------------------------------------------------------------------
-def _services(result, sections: list[tuple[str, str]]) -> list[str]:
+def _services(result, sections: list[tuple[str, str | None]], packs: list[str] | None) -> list[str]:
     services = result.services
     out = ['<h2 id="services">Services</h2>',
            '<p><input id="filter" type="search" placeholder="filter: name, namespace, IP, port, node, pod, chain" '
            f'autocomplete="off"> <span id="shown">{len(services)}</span> of {len(services)} shown; '
            "those with findings first.</p>"]
-    pack = len(services) > PACK_ABOVE
-    packed: list[str] = []
-    for entry, (head, body) in zip(services, sections):
-        if pack and not entry.findings:
-            out.append(f'{head}<div class="packed" data-i="{len(packed)}">(unpacking…)</div></details>')
-            packed.append(body)
+    is_packed = packed(services)
+    bodies: list[str] = []
+    n = 0
+    for entry, (head, body), in_pack in zip(services, sections, is_packed):
+        if in_pack:
+            out.append(f'{head}<div class="packed" data-i="{n}">(unpacking…)</div></details>')
+            n += 1
+            if packs is None:
+                bodies.append(body)
         else:
             out.append(f"{head}{body}</details>")
-    out += _packs(packed)
+    if packs is None:
+        packs = [pack(bodies[start:start + PACK_SIZE]) for start in range(0, len(bodies), PACK_SIZE)]
+    out += [f'<script type="application/gzip" id="pack-{i}">{data}</script>' for i, data in enumerate(packs)]
     return out
 
 
-def _packs(bodies: list[str]) -> list[str]:
-    """The bodies of the services without findings, PACK_SIZE to a gzip member, base64: about a tenth of their
+def packed(services) -> list[bool]:
+    """Which services' bodies are packed: in a big cluster, those without findings. The n-th packed one is in pack
+    n // PACK_SIZE."""
+    big = len(services) > PACK_ABOVE
+    return [big and not entry.findings for entry in services]
+
+
+def pack(bodies: list[str]) -> str:
+    """Up to PACK_SIZE bodies of services without findings as one gzip member, base64: about a tenth of their
     size; the script inflates a pack when one of its services is opened (DecompressionStream, in every browser
     since 2023). A NUL separates the bodies: escaped HTML never holds one."""
-    out = []
-    for n, start in enumerate(range(0, len(bodies), PACK_SIZE)):
-        data = gzip.compress("\0".join(bodies[start:start + PACK_SIZE]).encode(), compresslevel=6, mtime=0)
-        out.append(f'<script type="application/gzip" id="pack-{n}">{base64.b64encode(data).decode()}</script>')
-    return out
+    data = gzip.compress("\0".join(bodies).encode(), compresslevel=6, mtime=0)
+    return base64.b64encode(data).decode()
 
 
 def service_section(s, total: int, node_count: int) -> tuple[str, str]:
@@ -226,6 +238,13 @@ def service_section(s, total: int, node_count: int) -> tuple[str, str]:
         caption = f"{s.key} on {drawn}" + (f" (the same chains on {', '.join(same)})" if same else "")
         body.append(f'<div class="pic">{to_svg(g, caption, standalone=False)}</div>')
         words += list(g.nodes)
+    if not getattr(s, "drawn", True):
+        # a quiet service of a big cluster: its table says it all; the picture is one command away
+        node = s.explained_nodes[0] if s.explained_nodes else ""
+        body.append(f'<p class="muted">Not drawn (a big cluster\'s services without findings are not, to keep the '
+                    f"report quick to write): <code>svcdoctor graph {escape(s.key)}"
+                    f"{' --node ' + escape(node) if node else ''} -o svg</code> draws its chains.</p>")
+        words += [c for pv in view.ports for c in pv.chains.values() if c]
     q = escape(" ".join(w for w in words if w).lower())
     return (f'<details class="svc" id="s-{_anchor(s.key)}" data-q="{q}"{" open" if unfold else ""}>'
             f"<summary>{marks}{' · '.join(head)}</summary>", "".join(body))
