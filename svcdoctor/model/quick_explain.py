@@ -13,8 +13,7 @@ rules have and the API has not. The caller then asks `build_service_view`.
 
 from __future__ import annotations
 
-import re
-
+from svcdoctor.model import rule_text
 from svcdoctor.model.cluster import ClusterModel, ServicePort
 from svcdoctor.model.explain import EndpointShare, Entry, NodeView, PortView, ServiceView
 from svcdoctor.model.hashes import service_hash
@@ -22,19 +21,9 @@ from svcdoctor.model.rules import Chain, NodeRules, Rule, rule_from_line
 from svcdoctor.model.service_rules import NodeServiceIndex, split_service_port_name
 
 EPSILON = 1e-9  # as the walker's (model/explain.py)
-_IPV4 = r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
-_COMMENT = r'-m comment --comment "[^"\\]*"'
-# KUBE-SERVICES: -d IP/32 -p tcp -m comment --comment "ns/name:port cluster IP" -m tcp --dport 80 -j KUBE-SVC-…
-_ENTRY = re.compile(rf'-d ({_IPV4})(?:/32)? -p (tcp|udp|sctp) -m comment --comment "([^"\\]*) cluster IP" '
-                    rf"-m \2 --dport (\d+) -j (KUBE-SVC-[A-Z0-9]{{16}})")
-# KUBE-SVC: ! -s POD_CIDR -d IP/32 -p tcp -m comment --comment "…" -m tcp --dport 80 -j KUBE-MARK-MASQ
-_SVC_MASQ = re.compile(rf"! -s ({_IPV4}/\d{{1,2}}) -d {_IPV4}(?:/32)? -p (?:tcp|udp|sctp) {_COMMENT} "
-                       r"-m (?:tcp|udp|sctp) --dport \d+ -j KUBE-MARK-MASQ")
-# KUBE-SVC: -m comment --comment "… -> IP:PORT" [-m statistic --mode random --probability P] -j KUBE-SEP-…
-_JUMP = re.compile(rf"{_COMMENT} (?:-m statistic --mode random --probability (\S+) )?-j (KUBE-SEP-[A-Z0-9]{{16}})")
-# KUBE-SEP: -s IP/32 -m comment --comment "…" -j KUBE-MARK-MASQ; -p tcp -m comment --comment "…" -m tcp -j DNAT …
-_SEP_MASQ = re.compile(rf"-s {_IPV4}(?:/32)? {_COMMENT} -j KUBE-MARK-MASQ")
-_DNAT = re.compile(rf"-p (?:tcp|udp|sctp) {_COMMENT} -m (?:tcp|udp|sctp) -j DNAT --to-destination ({_IPV4}:\d+)")
+# kube-proxy's plain spellings, matched whole: the patterns live with the one reader of rule text
+_ENTRY, _SVC_MASQ, _JUMP, _SEP_MASQ, _DNAT = (rule_text.PLAIN_ENTRY, rule_text.PLAIN_SVC_MASQ, rule_text.PLAIN_JUMP,
+                                             rule_text.PLAIN_SEP_MASQ, rule_text.PLAIN_DNAT)
 _OTHER_CHAINS = ("KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-")
 
 
@@ -187,10 +176,7 @@ def _specs(chain: Chain):
         return
     head = f"-A {chain.name} "
     for position, line in enumerate(chain._lines, 1):  # noqa: SLF001
-        rest = line
-        if line.startswith("["):  # iptables-save -c: "[p:b] -A CHAIN spec"
-            close = line.find("] ")
-            rest = line[close + 2 :] if close > 0 else ""
+        rest = rule_text.strip_counters(line)  # iptables-save -c: "[p:b] -A CHAIN spec"
         if rest.startswith(head) and " -c " not in rest:
             yield position, rest[len(head) :].strip(), line
         else:  # another spelling: as the parser reads it

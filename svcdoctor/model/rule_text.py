@@ -22,6 +22,26 @@ _ESCAPE = re.compile(r"\\(.)")
 # The same two spellings as spans to rewrite in place (collect/redact.py): group 1 the option, group 2 its value.
 COMMENT_SPAN = re.compile(r'(--comment )("(?:[^"\\]|\\.)*"|\S+)')
 TO_DESTINATION_SPAN = re.compile(r"--to-destination (\S+)")
+# kube-proxy's commonest rules as iptables-save prints them, matched whole (model/quick_explain.py: a report of
+# 10,000 services reads them without building a Rule); any other spelling goes to the tokenizer below
+_PLAIN_IPV4 = r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
+_PLAIN_COMMENT = r'-m comment --comment "[^"\\]*"'
+# KUBE-SERVICES: -d IP/32 -p tcp -m comment --comment "ns/name:port cluster IP" -m tcp --dport 80 -j KUBE-SVC-…
+PLAIN_ENTRY = re.compile(rf'-d ({_PLAIN_IPV4})(?:/32)? -p (tcp|udp|sctp) '
+                         rf'-m comment --comment "([^"\\]*) cluster IP" '
+                         rf"-m \2 --dport (\d+) -j (KUBE-SVC-[A-Z0-9]{{16}})")
+# KUBE-SVC: ! -s POD_CIDR -d IP/32 -p tcp -m comment --comment "…" -m tcp --dport 80 -j KUBE-MARK-MASQ
+PLAIN_SVC_MASQ = re.compile(rf"! -s ({_PLAIN_IPV4}/\d{{1,2}}) -d {_PLAIN_IPV4}(?:/32)? -p (?:tcp|udp|sctp) "
+                            rf"{_PLAIN_COMMENT} -m (?:tcp|udp|sctp) --dport \d+ -j KUBE-MARK-MASQ")
+# KUBE-SVC: -m comment --comment "… -> IP:PORT" [-m statistic --mode random --probability P] -j KUBE-SEP-…
+PLAIN_JUMP = re.compile(rf"{_PLAIN_COMMENT} (?:-m statistic --mode random --probability (\S+) )?"
+                        rf"-j (KUBE-SEP-[A-Z0-9]{{16}})")
+# KUBE-SEP: -s IP/32 -m comment --comment "…" -j KUBE-MARK-MASQ; -p tcp -m comment --comment "…" -m tcp -j DNAT …
+PLAIN_SEP_MASQ = re.compile(rf"-s {_PLAIN_IPV4}(?:/32)? {_PLAIN_COMMENT} -j KUBE-MARK-MASQ")
+PLAIN_DNAT = re.compile(rf"-p (?:tcp|udp|sctp) {_PLAIN_COMMENT} -m (?:tcp|udp|sctp) -j DNAT "
+                        rf"--to-destination ({_PLAIN_IPV4}:\d+)")
+_QUOTED_COMMENT = re.compile(r'--comment "(?:[^"\\]|\\.)*"')
+
 # kube-proxy's chains declared in a dump (`:KUBE-… - [0:0]`), counted without parsing it (collect/node_rules.py)
 KUBE_CHAIN_DECLARATION = re.compile(r"\n:(KUBE-[^\s]+)")
 
@@ -274,3 +294,19 @@ def hex_mark(value: str | None) -> int | None:
         return int(value.split("/")[0], 16) if value else None
     except ValueError:
         return None
+
+
+UNPLAIN = object()  # plain_comment's answer for a spelling only the tokenizer reads
+
+
+def plain_comment(spec: str):
+    """A rule's comment when it is spelled the plain way (one quoted `-m comment --comment "…"`, as iptables-save and
+    kube-proxy write it), None when the rule has no comment, UNPLAIN for any other spelling (ask the tokenizer)."""
+    at = spec.find("--comment ")
+    if at < 0:
+        return None if "--comment" not in spec else UNPLAIN
+    if spec[at + 10 : at + 11] == '"' and spec.endswith("-m comment ", 0, at) and spec.find("--comment", at + 10) < 0:
+        m = _QUOTED_COMMENT.match(spec, at)
+        if m is not None and spec[m.end() : m.end() + 2] in ("", " -", " !"):
+            return comment(spec[at : m.end()])
+    return UNPLAIN

@@ -7,7 +7,6 @@ service port name. Comments vanish in large-cluster mode (docs/reference/kube-pr
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from svcdoctor.model import rule_text
@@ -32,7 +31,6 @@ _COMMENT_WRAPPERS = (
     ("other traffic to ", " will be dropped by KUBE-PROXY-FIREWALL"),
 )
 
-_QUOTED_COMMENT = re.compile(r'--comment "(?:[^"\\]|\\.)*"')
 
 # the chains where kube-proxy puts a service port's entry and blackhole rules
 NAT_ENTRY_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS")
@@ -101,16 +99,10 @@ def rule_comment(rule: Rule) -> str | None:
     """``rule.comment``, read from the rule's text while the rule is still unparsed and its comment is spelled the
     plain way (one quoted ``--comment``, as iptables-save and kube-proxy write it): indexing a node of 10,000
     services then parses none of its rules. Any other spelling asks the parser."""
-    spec = rule.spec
     if rule._parsed is None:  # noqa: SLF001 - a parsed rule answers at once
-        at = spec.find("--comment ")
-        if at < 0:
-            return None if "--comment" not in spec else rule.comment
-        if (spec[at + 10 : at + 11] == '"' and spec.endswith("-m comment ", 0, at)
-                and spec.find("--comment", at + 10) < 0):
-            m = _QUOTED_COMMENT.match(spec, at)
-            if m is not None and spec[m.end() : m.end() + 2] in ("", " -", " !"):
-                return rule_text.comment(spec[at : m.end()])
+        found = rule_text.plain_comment(rule.spec)
+        if found is not rule_text.UNPLAIN:
+            return found
     return rule.comment
 
 
