@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from svcdoctor.collect import kube_api, node_rules, proxy_pods, rbac
+from svcdoctor.collect import debug_pods, kube_api, node_rules, proxy_pods, rbac
 from svcdoctor.collect.pod_exec import PodTarget
 from svcdoctor.collect.snapshot import NodeCapture
 from svcdoctor.errors import SvcdoctorError, UnreachableError, UsageError
@@ -150,13 +150,15 @@ def capture_nodes(
     service: str | None = None,
     progress: Callable[[object], None] | None = None,
     cancel: threading.Event | None = None,
+    helpers: debug_pods.DebugPods | None = None,
 ) -> list[NodeCapture]:
-    """Every node's capture, in the order given; a node that cannot be read carries its reason in `error`."""
+    """Every node's capture, in the order given; a node that cannot be read carries its reason in `error`.
+    With `helpers` (--debug-pod), a node without a usable kube-proxy pod is read through a helper pod instead."""
     say = progress or (lambda _p: None)
-    cancel = cancel or threading.Event()
+    cancel = helpers.cancel if helpers is not None else (cancel or threading.Event())
     results: dict[str, NodeCapture] = {}
     for node in nodes:
-        if found[node.name].pod is None:
+        if found[node.name].pod is None and helpers is None:
             results[node.name] = _failed(node, found[node.name].reason)
     todo = [n for n in nodes if n.name not in results]
     failed = len(results)
@@ -164,7 +166,7 @@ def capture_nodes(
     if todo:
         pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(todo))), thread_name_prefix="svcdoctor-exec")
         try:
-            futures = {pool.submit(_read_with_retry, session, node, found[node.name].pod, timeout, service, cancel):
+            futures = {pool.submit(_read_node_job, session, node, found[node.name], timeout, service, cancel, helpers):
                        node for node in todo}
             for future in as_completed(futures):
                 capture = future.result()
@@ -177,6 +179,22 @@ def capture_nodes(
             raise
         pool.shutdown(wait=True)
     return [results[n.name] for n in nodes]
+
+
+def _read_node_job(session, node: ApiNode, proxy: proxy_pods.NodeProxy, timeout: float, service: str | None,
+                   cancel: threading.Event, helpers: debug_pods.DebugPods | None) -> NodeCapture:
+    """One node through its kube-proxy pod, or (--debug-pod) through a helper pod made for it and deleted after."""
+    if proxy.pod is not None:
+        return _read_with_retry(session, node, proxy.pod, timeout, service, cancel)
+    try:
+        with helpers.on_node(node.name) as pod:
+            capture = _read_with_retry(session, node, pod, timeout, service, cancel)
+    except debug_pods.DebugPodError as exc:
+        return _failed(node, f"{proxy.reason}; {exc}")
+    capture.source = f"debug pod {pod.namespace}/{pod.name} (image {helpers.opts.image})"
+    capture.warnings.append(f"read through svcdoctor's debug pod {pod.namespace}/{pod.name} (deleted since): "
+                            f"{proxy.reason}")
+    return capture
 
 
 def _read_with_retry(session, node: ApiNode, pod: proxy_pods.ProxyPod, timeout: float, service: str | None,
@@ -208,6 +226,9 @@ def read_node(session, node: ApiNode, pod: proxy_pods.ProxyPod, timeout: float, 
     if capture.error and "forbidden" in capture.error:
         capture.error = rbac.forbidden("get and create", "pods/exec", namespace=pod.namespace,
                                        server_message=capture.error.split(": ", 1)[-1])
+        if pod.container == debug_pods.CONTAINER:  # the debug namespace's Role grants it, not kube-system's
+            capture.error = capture.error.replace(rbac.GRANTS[("", "pods/exec")][2],
+                                                  rbac.DEBUG_GRANTS[("", "pods/exec")][2])
     if service and not capture.error:
         scope_capture(capture, service)
     return capture

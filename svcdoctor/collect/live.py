@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from svcdoctor.collect import api_nodes, kind, kube_api, node_rules, proxy_pods
+from svcdoctor.collect import api_nodes, debug_pods, kind, kube_api, node_rules, proxy_pods
 from svcdoctor.collect.snapshot import ApiObjects, ClusterSnapshot
 from svcdoctor.errors import UnreachableError, UsageError
 
@@ -32,6 +32,7 @@ class ApiReadOptions:
     sample: int | None = None
     proxy_namespace: str = proxy_pods.DEFAULT_NAMESPACE
     proxy_selector: str = proxy_pods.DEFAULT_SELECTOR
+    debug_pod: debug_pods.DebugPodOptions | None = None  # --debug-pod IMAGE: consent to create helper pods
 
 
 def choose_via(via: str, cluster: str | None, kubeconfig: str | None, context: str | None,
@@ -89,6 +90,9 @@ def collect_live(
         return collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, api_read)
     if api_read.node_selector or api_read.sample:
         raise UsageError("--node-selector and --sample work through the API: add --via api")
+    if api_read.debug_pod is not None:
+        raise UsageError("--debug-pod reads nodes through the API (docker reads every kind node without one): "
+                         "add --via api")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svcdoctor-api") as api_pool:
         if not no_api:
             # importing the kubernetes client costs ~0.3 s of CPU: do it while docker answers, not after
@@ -150,8 +154,7 @@ def collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, o
             api_future = api_pool.submit(_read_api, None, kubeconfig, context, no_api, service, timeout, say)
             found = api_nodes.find_proxy_pods(session, targets, opts.proxy_namespace, opts.proxy_selector)
             say(f"reading {len(targets)} node(s) through their kube-proxy pods")
-            captures = api_nodes.capture_nodes(session, targets, found, parallel=opts.parallel, timeout=timeout,
-                                               service=_service_key(service), progress=say)
+            captures = _capture(session, targets, found, opts, timeout, _service_key(service), say)
             api = api_future.result()
     finally:
         session.client.close()
@@ -166,6 +169,22 @@ def collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, o
         collected_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         source="live",
     )
+
+
+def _capture(session, targets, found, opts: ApiReadOptions, timeout: float, service: str | None, say):
+    """The nodes' captures; with --debug-pod, inside the guard that deletes every helper pod on any way out."""
+    if opts.debug_pod is None:  # without consent nothing is created, and nothing is looked for
+        return api_nodes.capture_nodes(session, targets, found, parallel=opts.parallel, timeout=timeout,
+                                       service=service, progress=say)
+    helpers = debug_pods.DebugPods(session, opts.debug_pod, timeout)
+    with debug_pods.cleanup_guard(helpers):
+        helpers.sweep()
+        missing = sum(1 for f in found.values() if f.pod is None)
+        if missing:
+            say(f"{missing} node(s) without a usable kube-proxy pod: reading them through debug pods "
+                f"({opts.debug_pod.image} in namespace {opts.debug_pod.namespace})")
+        return api_nodes.capture_nodes(session, targets, found, parallel=opts.parallel, timeout=timeout,
+                                       service=service, progress=say, helpers=helpers)
 
 
 def _service_key(service) -> str | None:
