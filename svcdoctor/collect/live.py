@@ -154,7 +154,9 @@ def collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, o
             api_future = api_pool.submit(_read_api, None, kubeconfig, context, no_api, service, timeout, say)
             found = api_nodes.find_proxy_pods(session, targets, opts.proxy_namespace, opts.proxy_selector)
             say(f"reading {len(targets)} node(s) through their kube-proxy pods")
-            captures = _capture(session, targets, found, opts, timeout, _service_key(service), say)
+            key = _service_key(service)
+            captures = _capture(session, targets, found, opts, timeout, key, say,
+                                _port_hashes(session, key) if key else ())
             api = api_future.result()
     finally:
         session.client.close()
@@ -171,11 +173,29 @@ def collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, o
     )
 
 
-def _capture(session, targets, found, opts: ApiReadOptions, timeout: float, service: str | None, say):
+def _port_hashes(session, service: str) -> tuple[str, ...]:
+    """The hash suffixes of the service's ports (its KUBE-SVC/EXT/FW/SVL chains), so that each node's short read
+    (api_scoped.py) finds them where kube-proxy wrote no comments (big clusters). Best effort: one GET."""
+    from svcdoctor.model.hashes import service_hash, service_port_name
+
+    namespace, name = service.split("/", 1)
+    try:
+        doc = kube_api._raw(session.core().read_namespaced_service, session, name=name, namespace=namespace)
+    except Exception:  # noqa: BLE001 - not there, or not readable: the comments still find it
+        return ()
+    spec = doc.get("spec") or {}
+    hashes = tuple(service_hash(service_port_name(namespace, name, p.get("name")), p.get("protocol") or "TCP")
+                   for p in spec.get("ports") or [])
+    # an IPv4-only Service has nothing in ip6tables: api_scoped need not ask (the hashes then say "IPv4 only")
+    return hashes + ((api_nodes.IPV4_ONLY,) if spec.get("ipFamilies") == ["IPv4"] else ())
+
+
+def _capture(session, targets, found, opts: ApiReadOptions, timeout: float, service: str | None, say,
+             suffixes: tuple[str, ...] = ()):
     """The nodes' captures; with --debug-pod, inside the guard that deletes every helper pod on any way out."""
     if opts.debug_pod is None:  # without consent nothing is created, and nothing is looked for
         return api_nodes.capture_nodes(session, targets, found, parallel=opts.parallel, timeout=timeout,
-                                       service=service, progress=say)
+                                       service=service, progress=say, suffixes=suffixes)
     helpers = debug_pods.DebugPods(session, opts.debug_pod, timeout)
     with debug_pods.cleanup_guard(helpers):
         helpers.sweep()
@@ -184,7 +204,7 @@ def _capture(session, targets, found, opts: ApiReadOptions, timeout: float, serv
             say(f"{missing} node(s) without a usable kube-proxy pod: reading them through debug pods "
                 f"({opts.debug_pod.image} in namespace {opts.debug_pod.namespace})")
         return api_nodes.capture_nodes(session, targets, found, parallel=opts.parallel, timeout=timeout,
-                                       service=service, progress=say, helpers=helpers)
+                                       service=service, progress=say, helpers=helpers, suffixes=suffixes)
 
 
 def _service_key(service) -> str | None:

@@ -208,7 +208,7 @@ class StandinApiServer:
             return self._public(path)
         if path == "/standin/execs":  # not an API path: the stand-in's own exec counter, for benchmarks
             c = self.exec_counter
-            return 200, {"active": c.active, "peak": c.peak, "total": c.total}
+            return 200, {"active": c.active, "peak": c.peak, "total": c.total, "bytes": c.bytes}
         token = auth[len("Bearer "):] if auth and auth.startswith("Bearer ") else None
         if self.fault == "hang":
             self._release.wait(self.hang_seconds)

@@ -54,7 +54,12 @@ class ExecCounter:
     active: int = 0
     peak: int = 0
     total: int = 0
+    bytes: int = 0  # stdout and stderr sent back, every exec together (what moved through the "API server")
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sent(self, n: int) -> None:
+        with self.lock:
+            self.bytes += n
 
     def enter(self) -> None:
         with self.lock:
@@ -117,6 +122,7 @@ def serve_exec(handler, standin, path: str, query: dict[str, list[str]]) -> None
             return
         _send(protocol, sock, STDOUT, out)
         _send(protocol, sock, STDERR, err)
+        standin.exec_counter.sent(len(out) + len(err))
         protocol.send_binary(bytes([STATUS]) + json.dumps(status).encode())
         protocol.send_close(1000)
         # the exec is over once its status is out (counted before the client can see it, so that a client which

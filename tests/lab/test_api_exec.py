@@ -242,3 +242,30 @@ def test_interrupt_leaves_nothing_open(standin_exec):
     captures = api_nodes.capture_nodes(session, nodes, found, parallel=4, timeout=5, cancel=cancel)
     assert all(c.error == "interrupted" for c in captures)
     assert _settles(lambda: server.exec_counter.active == 0)
+
+
+def test_explain_reads_only_the_service_chains_through_the_api(standin_exec, tmp_path):
+    """explain SERVICE moves the service's chains, not the whole dump (collect/api_scoped.py): no whole
+    `iptables-nft-save -c`, a chain per exec, and the same explanation as through docker."""
+    server, kubeconfig = standin_exec()
+    kind_config = str(server.write_kubeconfig(tmp_path / "kind-kubeconfig"))
+    through_api = _explain(kubeconfig, "api", "svc-nodeport")
+    through_docker = _explain(kind_config, "docker", "svc-nodeport")
+    commands = [r.query["command"] for r in server.requests if r.path.endswith("/exec")]
+    assert "iptables-nft-save -c" not in commands and "iptables-legacy-save -c" not in commands
+    assert sum(c == "iptables-nft -w 5 -t nat -S KUBE-SERVICES -v" for c in commands) == len(sc.NODES)
+    assert any(c.startswith("iptables-nft -w 5 -t nat -S KUBE-SEP-") for c in commands)
+    assert through_api["ports"] == through_docker["ports"]
+    assert {k: v for k, v in through_api.items() if k not in ("ports", "source", "cluster", "collectedAt")} == {
+        k: v for k, v in through_docker.items() if k not in ("ports", "source", "cluster", "collectedAt")}
+
+
+def test_a_legacy_node_is_read_whole_for_explain(standin_exec, planted):
+    planted(sc.WORKER3, sc.LEGACY)
+    server, kubeconfig = standin_exec()
+    result = run_cli("explain", "svc-nodeport", "--kubeconfig", kubeconfig, "-o", "json")
+    assert result.exit_code == 0, result.stderr
+    commands = [(r.path.split("/")[-2], r.query["command"]) for r in server.requests if r.path.endswith("/exec")]
+    assert (_proxy_pod(sc.WORKER3), "iptables-legacy-save -c") in commands  # legacy tables: the whole read
+    assert (_proxy_pod(sc.WORKER), "iptables-nft-save -c") not in commands
+    assert sc.WORKER3 in {n["node"] for n in result.json()["ports"][0]["nodes"]}
