@@ -5,7 +5,10 @@ default --parallel: goal <= 60 s, never more open execs than --parallel, peak me
 The cluster is simulated: the stand-in API server (tests/lab/standin_apiserver.py; not a kube-apiserver) runs in
 a child process and serves N nodes, one kube-proxy pod on each, and answers every `pods/exec` over the real
 WebSocket protocol from a generated dump (benchmarks/scale_dump.py's kube-proxy-shaped rules for --services
-services) after --latency seconds, as a kubelet's round trip would. The stand-in counts open execs; svcdoctor runs
+services) after --latency seconds, as a kubelet's round trip would: the whole `iptables-nft-save -c`, or one
+chain's `iptables-nft -t nat -S CHAIN -v` and the filter table, which is what explain asks for on a plain nft node
+(svcdoctor/collect/api_scoped.py). The stand-in also counts the bytes every exec sent back: the bytes moved per
+node are reported next to the whole dump's size. The stand-in counts open execs; svcdoctor runs
 as the real CLI in a subprocess, so its wall time and peak RSS are its own.
 
     python benchmarks/bench_api_scale.py [--nodes 5000] [--small 500] [--services 50] [--latency 0.02]
@@ -60,10 +63,20 @@ def serve(n_nodes: int, services: int, latency: float, ready) -> None:
     from benchmarks.scale_dump import restore_text
     from tests.lab.standin_apiserver import StandinApiServer
 
-    dump = restore_text(services).encode()
+    text = restore_text(services)
+    dump, chains = text.encode(), chain_listings(text)
+    empty_filter = b"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
 
     def runner(pod, container, argv):
-        return (dump if argv[0] == "iptables-nft-save" else b""), b"", 0
+        if argv[0] == "iptables-nft-save":
+            return (empty_filter if "-t" in argv else dump), b"", 0
+        if argv[0] == "iptables-nft" and "-S" in argv:
+            chain = argv[argv.index("-S") + 1]
+            listed = chains.get(chain) if argv[argv.index("-t") + 1] == "nat" else None
+            if listed is None:
+                return b"", f"iptables v1.8.9 (nf_tables): chain `{chain}' does not exist\n".encode(), 1
+            return listed, b"", 0
+        return b"", b"", 0  # legacy, ip6tables: nothing there
 
     server = StandinApiServer(cluster_objects(n_nodes), exec_runner=runner, exec_latency=latency).start()
     path = os.path.join(tempfile.mkdtemp(prefix="bench-api-"), "kubeconfig")
@@ -71,6 +84,28 @@ def serve(n_nodes: int, services: int, latency: float, ready) -> None:
     ready.put((path, server.url))
     while True:
         time.sleep(3600)
+
+
+def chain_listings(text: str) -> dict[str, bytes]:
+    """What `iptables-nft -t nat -S CHAIN -v` prints for each chain of the dump (counters as `-c P B`)."""
+    out: dict[str, list[str]] = {}
+    builtins = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}
+    for line in text.splitlines():
+        if line.startswith(":"):
+            name = line[1:].split()[0]
+            out[name] = [f"-P {name} ACCEPT -c 0 0" if name in builtins else f"-N {name}"]
+        rule = line.split("] ", 1)[1] if line.startswith("[") else line
+        if rule.startswith("-A "):
+            counters = line[1:].split("]", 1)[0].split(":") if line.startswith("[") else ["0", "0"]
+            head, _, target = rule.rpartition(" -j ")
+            out[rule.split()[1]].append(f"{head} -c {counters[0]} {counters[1]} -j {target}")
+    return {name: ("\n".join(lines) + "\n").encode() for name, lines in out.items()}
+
+
+def _dump_size(services: int) -> int:
+    from benchmarks.scale_dump import restore_text
+
+    return len(restore_text(services).encode())
 
 
 def run_once(n_nodes: int, services: int, latency: float, parallel: int) -> dict:
@@ -93,7 +128,8 @@ def run_once(n_nodes: int, services: int, latency: float, parallel: int) -> dict
             execs = json.load(answer)
     finally:
         child.kill()
-    return {"nodes": n_nodes, "seconds": seconds, "rss_mb": peak_kb / 1024, "execs": execs, "shown": len(shown)}
+    return {"nodes": n_nodes, "seconds": seconds, "rss_mb": peak_kb / 1024, "execs": execs, "shown": len(shown),
+            "bytes_per_node": execs["bytes"] / n_nodes, "dump_bytes": _dump_size(services)}
 
 
 def main() -> int:
@@ -108,6 +144,8 @@ def main() -> int:
     print(f"{small['nodes']} nodes: {small['seconds']:.1f}s, {small['execs']}, peak RSS {small['rss_mb']:.0f} MB")
     big = run_once(args.nodes, args.services, args.latency, args.parallel)
     print(f"{big['nodes']} nodes: {big['seconds']:.1f}s, {big['execs']}, peak RSS {big['rss_mb']:.0f} MB")
+    print(f"moved per node: {big['bytes_per_node'] / 1024:.1f} KiB in {big['execs']['total'] / args.nodes:.1f} execs "
+          f"(the whole dump: {big['dump_bytes'] / 1024:.1f} KiB)")
     ok = report(f"explain {SERVICE} on {args.nodes} nodes", big["seconds"], TIME_GOAL, "s")
     ok &= report("peak open execs", big["execs"]["peak"], args.parallel)
     ok &= report("peak memory", big["rss_mb"], MEMORY_GOAL_MB, " MB")

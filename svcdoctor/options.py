@@ -104,6 +104,10 @@ def _shared_parameters(output_help: str, output_type: type[Enum] = OutputFormat,
         option("parallel", Annotated[int, typer.Option("--parallel", metavar="N", help="Nodes read at once through the API.")], 16),
         option("proxy_namespace", Annotated[str, typer.Option("--proxy-namespace", metavar="NAMESPACE", help="Namespace of the kube-proxy pods.")], "kube-system"),
         option("proxy_selector", Annotated[str, typer.Option("--proxy-selector", metavar="SELECTOR", help="Label selector of the kube-proxy pods.")], "k8s-app=kube-proxy"),
+        # consent to create (and always delete) helper pods on nodes without a kube-proxy pod (docs/reference/rbac.md)
+        option("debug_pod", Annotated[Optional[str], typer.Option("--debug-pod", metavar="IMAGE", help="Read nodes without a kube-proxy pod through a short-lived pod of this image (created, then deleted).")], None),
+        option("debug_namespace", Annotated[str, typer.Option("--debug-namespace", metavar="NAMESPACE", help="Namespace of the --debug-pod pods.")], "default"),
+        option("image_pull_secret", Annotated[Optional[str], typer.Option("--image-pull-secret", metavar="NAME", help="Pull secret for the --debug-pod image.")], None),
         option("output", Annotated[output_type, typer.Option(
             "-o", "--output", metavar="FORMAT", help=output_help)], output_default),
         option("color", Annotated[ColorMode, typer.Option(
@@ -146,7 +150,8 @@ def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP
                               kubeconfig=values["kubeconfig"], context=values["context"], no_api=values["no_api"],
                               nodes=list(values["node"] or []), via=values["via"].value,
                               api_read=ApiReadOptions(values["parallel"], values["node_selector"], values["sample"],
-                                                      values["proxy_namespace"], values["proxy_selector"]))
+                                                      values["proxy_namespace"], values["proxy_selector"],
+                                                      _debug_pod(values)))
         return fn(env, source, **kwargs)
 
     # typer hands a parameter annotated typer.Context the click context, and leaves it out of --help
@@ -155,6 +160,18 @@ def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP
     command.__signature__ = inspect.Signature(parameters)
     command.__annotations__ = {p.name: p.annotation for p in parameters}
     return command
+
+
+def _debug_pod(values: dict):
+    """--debug-pod IMAGE (with --debug-namespace, --image-pull-secret), or None: no consent, nothing created."""
+    from svcdoctor.collect.debug_pods import DebugPodOptions
+    from svcdoctor.errors import UsageError
+
+    if not values["debug_pod"]:
+        if values["image_pull_secret"] or values["debug_namespace"] != "default":
+            raise UsageError("--debug-namespace and --image-pull-secret go with --debug-pod IMAGE")
+        return None
+    return DebugPodOptions(values["debug_pod"], values["debug_namespace"], values["image_pull_secret"])
 
 
 def _environment(ctx: typer.Context, output: str, no_color: bool, debug: bool, color: str = "auto") -> Environment:

@@ -8,8 +8,8 @@ uses — as argv over `pods/exec` (`pod_exec.py`), in a bounded pool, with the s
 
 At scale: at most `parallel` execs are open at once (one node's reads run one after the other inside one worker),
 a node that fails is tried once more, and every node's result is kept as soon as it is in. For one service
-(`explain`), each dump is cut to that service's chains as it arrives (`model/scoped_read.py`), so what stays in
-memory per node is kilobytes, whatever the cluster's size.
+(`explain`), only that service's chains are read from a plain nft node (`api_scoped.py`), and any whole dump is cut
+to them as it arrives (`model/scoped_read.py`), so what moves and stays in memory per node is kilobytes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from svcdoctor.collect import kube_api, node_rules, proxy_pods, rbac
+from svcdoctor.collect import api_scoped, debug_pods, kube_api, node_rules, proxy_pods, rbac
 from svcdoctor.collect.pod_exec import PodTarget
 from svcdoctor.collect.snapshot import NodeCapture
 from svcdoctor.errors import SvcdoctorError, UnreachableError, UsageError
@@ -29,6 +29,10 @@ DEFAULT_PARALLEL = 16  # open execs at once: each is a long-lived request the AP
 ROLE_PREFIX = "node-role.kubernetes.io/"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 READ_VIA = "pods/exec"
+# Below this many Services in the cluster a node's whole dump is small (~1.5 KB a service): read whole, in one exec
+SCOPED_READ_MIN_SERVICES = 200
+WHOLE_DUMP = "whole-dump"  # among a service's port hashes: the cluster is small, read each node whole (live.py)
+IPV4_ONLY = "ipv4-only"  # among a service's port hashes: its Service is single-stack IPv4 (live._port_hashes)
 
 
 @dataclass(slots=True)
@@ -150,13 +154,16 @@ def capture_nodes(
     service: str | None = None,
     progress: Callable[[object], None] | None = None,
     cancel: threading.Event | None = None,
+    helpers: debug_pods.DebugPods | None = None,
+    suffixes: tuple[str, ...] = (),
 ) -> list[NodeCapture]:
-    """Every node's capture, in the order given; a node that cannot be read carries its reason in `error`."""
+    """Every node's capture, in the order given; a node that cannot be read carries its reason in `error`.
+    With `helpers` (--debug-pod), a node without a usable kube-proxy pod is read through a helper pod instead."""
     say = progress or (lambda _p: None)
-    cancel = cancel or threading.Event()
+    cancel = helpers.cancel if helpers is not None else (cancel or threading.Event())
     results: dict[str, NodeCapture] = {}
     for node in nodes:
-        if found[node.name].pod is None:
+        if found[node.name].pod is None and helpers is None:
             results[node.name] = _failed(node, found[node.name].reason)
     todo = [n for n in nodes if n.name not in results]
     failed = len(results)
@@ -164,7 +171,8 @@ def capture_nodes(
     if todo:
         pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(todo))), thread_name_prefix="svcdoctor-exec")
         try:
-            futures = {pool.submit(_read_with_retry, session, node, found[node.name].pod, timeout, service, cancel):
+            futures = {pool.submit(_read_node_job, session, node, found[node.name], timeout, service, cancel, helpers,
+                                   suffixes):
                        node for node in todo}
             for future in as_completed(futures):
                 capture = future.result()
@@ -179,12 +187,29 @@ def capture_nodes(
     return [results[n.name] for n in nodes]
 
 
+def _read_node_job(session, node: ApiNode, proxy: proxy_pods.NodeProxy, timeout: float, service: str | None,
+                   cancel: threading.Event, helpers: debug_pods.DebugPods | None,
+                   suffixes: tuple[str, ...] = ()) -> NodeCapture:
+    """One node through its kube-proxy pod, or (--debug-pod) through a helper pod made for it and deleted after."""
+    if proxy.pod is not None:
+        return _read_with_retry(session, node, proxy.pod, timeout, service, cancel, suffixes)
+    try:
+        with helpers.on_node(node.name) as pod:
+            capture = _read_with_retry(session, node, pod, timeout, service, cancel, suffixes)
+    except debug_pods.DebugPodError as exc:
+        return _failed(node, f"{proxy.reason}; {exc}")
+    capture.source = f"debug pod {pod.namespace}/{pod.name} (image {helpers.opts.image})"
+    capture.warnings.append(f"read through svcdoctor's debug pod {pod.namespace}/{pod.name} (deleted since): "
+                            f"{proxy.reason}")
+    return capture
+
+
 def _read_with_retry(session, node: ApiNode, pod: proxy_pods.ProxyPod, timeout: float, service: str | None,
-                     cancel: threading.Event) -> NodeCapture:
+                     cancel: threading.Event, suffixes: tuple[str, ...] = ()) -> NodeCapture:
     """One node, tried once more if it fails (a cut stream, a busy kubelet); a refusal (403) is not retried."""
-    capture = read_node(session, node, pod, timeout, service, cancel)
+    capture = read_node(session, node, pod, timeout, service, cancel, suffixes)
     if capture.error and "forbidden" not in capture.error and not cancel.is_set():
-        again = read_node(session, node, pod, timeout, service, cancel)
+        again = read_node(session, node, pod, timeout, service, cancel, suffixes)
         if again.error:
             again.error = f"{again.error} (tried twice)"
         capture = again
@@ -192,9 +217,56 @@ def _read_with_retry(session, node: ApiNode, pod: proxy_pods.ProxyPod, timeout: 
 
 
 def read_node(session, node: ApiNode, pod: proxy_pods.ProxyPod, timeout: float, service: str | None = None,
-              cancel: threading.Event | None = None) -> NodeCapture:
-    """The same reads, decisions and warnings as through docker (node_rules), through the node's kube-proxy pod."""
+              cancel: threading.Event | None = None, suffixes: tuple[str, ...] = ()) -> NodeCapture:
+    """The same reads, decisions and warnings as through docker (node_rules), through the node's kube-proxy pod;
+    for one service (explain) only that service's chains where the node allows it (api_scoped.py)."""
     target = PodTarget(session, pod.namespace, pod.name, pod.container, timeout=timeout)
+    scoped = service and WHOLE_DUMP not in suffixes
+    capture = _read_scoped(target, node, pod, timeout, service, suffixes) if scoped else None
+    if capture is None:
+        capture = _read_whole(target, node, pod, timeout, cancel)
+    if capture.error and "forbidden" in capture.error:
+        capture.error = rbac.forbidden("get and create", "pods/exec", namespace=pod.namespace,
+                                       server_message=capture.error.split(": ", 1)[-1])
+        if pod.container == debug_pods.CONTAINER:  # the debug namespace's Role grants it, not kube-system's
+            capture.error = capture.error.replace(rbac.GRANTS[("", "pods/exec")][2],
+                                                  rbac.DEBUG_GRANTS[("", "pods/exec")][2])
+    if service and not capture.error:
+        scope_capture(capture, service)
+    return capture
+
+
+def _read_scoped(target: PodTarget, node: ApiNode, pod: proxy_pods.ProxyPod, timeout: float, service: str,
+                 suffixes: tuple[str, ...]) -> NodeCapture | None:
+    """The service's chains only (api_scoped.py), on a plain nft node; None: read the node whole instead."""
+    (ip4, save4), (ip6, save6) = api_scoped.binaries("nft").values()
+    ipv4_only = IPV4_ONLY in suffixes
+    suffixes = tuple(s for s in suffixes if s not in (IPV4_ONLY, WHOLE_DUMP))
+    v4 = api_scoped.read_family(target, ip4, save4, service, suffixes)
+    if v4.failed:
+        capture = _failed(node, f"{v4.failed}{' (did not answer within %gs)' % timeout if v4.timed_out else ''}")
+        capture.source = f"pod {pod.namespace}/{pod.name}"
+        return capture
+    if v4.fallback:
+        return None
+    capture = NodeCapture(name=node.name, internal_ip=node.internal_ip, role=node.role, backend="nft",
+                          iptables_save=v4.text, other_backend_save="", warnings=list(v4.warnings),
+                          source=f"pod {pod.namespace}/{pod.name}", read_via=READ_VIA)
+    if ipv4_only:
+        return capture
+    v6 = api_scoped.read_family(target, ip6, save6, service, suffixes, only_if_named=True)
+    if v6.text:
+        capture.ip6tables_save = v6.text
+    elif v6.fallback and not v6.fallback.endswith("may be in the other backend)"):
+        # ip6tables answered in a way the short read does not handle: its whole dump, as before
+        node_rules.attach_ip6tables(capture, node_rules.read_backend(target, "nft",
+                                                                     argv=node_rules.IP6_SAVE_COMMANDS["nft"]))
+    return capture
+
+
+def _read_whole(target: PodTarget, node: ApiNode, pod: proxy_pods.ProxyPod, timeout: float,
+                cancel: threading.Event | None) -> NodeCapture:
+    """Both backends' whole dumps (legacy skipped when nft shows there is none), then ip6tables of the one used."""
     nft = node_rules.read_backend(target, "nft")
     if cancel is not None and cancel.is_set():
         return _failed(node, "interrupted")
@@ -205,11 +277,6 @@ def read_node(session, node: ApiNode, pod: proxy_pods.ProxyPod, timeout: float, 
     if not capture.error and capture.backend:
         ip6 = node_rules.read_backend(target, capture.backend, argv=node_rules.IP6_SAVE_COMMANDS[capture.backend])
         node_rules.attach_ip6tables(capture, ip6)
-    if capture.error and "forbidden" in capture.error:
-        capture.error = rbac.forbidden("get and create", "pods/exec", namespace=pod.namespace,
-                                       server_message=capture.error.split(": ", 1)[-1])
-    if service and not capture.error:
-        scope_capture(capture, service)
     return capture
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from svcdoctor.collect import api_nodes, kind, kube_api, node_rules, proxy_pods
+from svcdoctor.collect import api_nodes, debug_pods, kind, kube_api, node_rules, proxy_pods
 from svcdoctor.collect.snapshot import ApiObjects, ClusterSnapshot
 from svcdoctor.errors import UnreachableError, UsageError
 
@@ -32,6 +32,7 @@ class ApiReadOptions:
     sample: int | None = None
     proxy_namespace: str = proxy_pods.DEFAULT_NAMESPACE
     proxy_selector: str = proxy_pods.DEFAULT_SELECTOR
+    debug_pod: debug_pods.DebugPodOptions | None = None  # --debug-pod IMAGE: consent to create helper pods
 
 
 def choose_via(via: str, cluster: str | None, kubeconfig: str | None, context: str | None,
@@ -89,6 +90,9 @@ def collect_live(
         return collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, api_read)
     if api_read.node_selector or api_read.sample:
         raise UsageError("--node-selector and --sample work through the API: add --via api")
+    if api_read.debug_pod is not None:
+        raise UsageError("--debug-pod reads nodes through the API (docker reads every kind node without one): "
+                         "add --via api")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svcdoctor-api") as api_pool:
         if not no_api:
             # importing the kubernetes client costs ~0.3 s of CPU: do it while docker answers, not after
@@ -150,8 +154,9 @@ def collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, o
             api_future = api_pool.submit(_read_api, None, kubeconfig, context, no_api, service, timeout, say)
             found = api_nodes.find_proxy_pods(session, targets, opts.proxy_namespace, opts.proxy_selector)
             say(f"reading {len(targets)} node(s) through their kube-proxy pods")
-            captures = api_nodes.capture_nodes(session, targets, found, parallel=opts.parallel, timeout=timeout,
-                                               service=_service_key(service), progress=say)
+            key = _service_key(service)
+            captures = _capture(session, targets, found, opts, timeout, key, say,
+                                _port_hashes(session, key) if key else ())
             api = api_future.result()
     finally:
         session.client.close()
@@ -166,6 +171,56 @@ def collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, o
         collected_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         source="live",
     )
+
+
+def _port_hashes(session, service: str) -> tuple[str, ...]:
+    """The hash suffixes of the service's ports (its KUBE-SVC/EXT/FW/SVL chains), so that each node's short read
+    (api_scoped.py) finds them where kube-proxy wrote no comments (big clusters). Best effort: one GET."""
+    from svcdoctor.model.hashes import service_hash, service_port_name
+
+    namespace, name = service.split("/", 1)
+    try:
+        doc = kube_api._raw(session.core().read_namespaced_service, session, name=name, namespace=namespace)
+    except Exception:  # noqa: BLE001 - not there, or not readable: the comments still find it
+        return ()
+    spec = doc.get("spec") or {}
+    hashes = tuple(service_hash(service_port_name(namespace, name, p.get("name")), p.get("protocol") or "TCP")
+                   for p in spec.get("ports") or [])
+    # an IPv4-only Service has nothing in ip6tables: api_scoped need not ask (the hashes then say "IPv4 only")
+    hashes += (api_nodes.IPV4_ONLY,) if spec.get("ipFamilies") == ["IPv4"] else ()
+    return hashes + ((api_nodes.WHOLE_DUMP,) if _few_services(session) else ())
+
+
+def _few_services(session) -> bool:
+    """Whether the cluster has few Services: each node's whole dump is then small, and one exec for it beats a
+    dozen for the service's chains (api_scoped.py) on thousands of nodes. One GET of at most a page."""
+    try:
+        doc = kube_api._raw(session.core().list_service_for_all_namespaces, session,
+                            limit=api_nodes.SCOPED_READ_MIN_SERVICES)
+    except Exception:  # noqa: BLE001 - not listable: read the service's chains only, the safe size
+        return False
+    meta = doc.get("metadata") or {}
+    remaining = meta.get("remainingItemCount")
+    if isinstance(remaining, int):  # real API servers count what a limited list left out
+        return len(doc.get("items") or []) + remaining < api_nodes.SCOPED_READ_MIN_SERVICES
+    return not meta.get("continue")
+
+
+def _capture(session, targets, found, opts: ApiReadOptions, timeout: float, service: str | None, say,
+             suffixes: tuple[str, ...] = ()):
+    """The nodes' captures; with --debug-pod, inside the guard that deletes every helper pod on any way out."""
+    if opts.debug_pod is None:  # without consent nothing is created, and nothing is looked for
+        return api_nodes.capture_nodes(session, targets, found, parallel=opts.parallel, timeout=timeout,
+                                       service=service, progress=say, suffixes=suffixes)
+    helpers = debug_pods.DebugPods(session, opts.debug_pod, timeout)
+    with debug_pods.cleanup_guard(helpers):
+        helpers.sweep()
+        missing = sum(1 for f in found.values() if f.pod is None)
+        if missing:
+            say(f"{missing} node(s) without a usable kube-proxy pod: reading them through debug pods "
+                f"({opts.debug_pod.image} in namespace {opts.debug_pod.namespace})")
+        return api_nodes.capture_nodes(session, targets, found, parallel=opts.parallel, timeout=timeout,
+                                       service=service, progress=say, helpers=helpers, suffixes=suffixes)
 
 
 def _service_key(service) -> str | None:

@@ -24,10 +24,22 @@ GRANTS: dict[tuple[str, str], tuple[tuple[str, ...], str, str]] = {
                         "Role in the kube-proxy namespace"),
 }
 
+# Only for --debug-pod (docs/reference/rbac.md, "Only for --debug-pod"): a Role in the debug namespace. Kept apart
+# from GRANTS: without the flag svcdoctor writes nothing, and the read-only manifest has no write verb.
+DEBUG_GRANTS: dict[tuple[str, str], tuple[tuple[str, ...], str, str]] = {
+    ("", "pods"): (("create", "delete", "get"),
+                   '- {apiGroups: [""], resources: ["pods"], verbs: ["create", "delete", "get"]}',
+                   "Role svcdoctor-debug in the debug namespace"),
+    ("", "pods/exec"): (("get", "create"), '- {apiGroups: [""], resources: ["pods/exec"], verbs: ["get", "create"]}',
+                        "Role svcdoctor-debug in the debug namespace"),
+}
+DEBUG_VERBS = {"create", "delete"}
+
 
 def forbidden(verb: str, resource: str, group: str = "", namespace: str | None = None, server_message: str = "") -> str:
     """The one line a 403 becomes: what is missing, where, and the manifest line that grants it."""
-    verbs, line, scope = GRANTS.get((group, resource), ((verb,), "", ""))
+    grants = DEBUG_GRANTS if verb in DEBUG_VERBS and resource == "pods" else GRANTS
+    verbs, line, scope = grants.get((group, resource), ((verb,), "", ""))
     where = f" in namespace {namespace}" if namespace else ""
     grant = f"; docs/reference/rbac.md grants it ({scope}): {line}" if line else ""
     said = f" (the server said: {server_message})" if server_message else ""

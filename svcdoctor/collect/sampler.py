@@ -19,6 +19,13 @@ reason ip6tables is asked only about the tables the first read found in the node
 Without a service, a sample is the whole `iptables-<backend>-save -c` of every node (and `ip6tables-…-save -c` of a
 dual-stack one): that is what "the busiest rules of the cluster" takes.
 
+Through the Kubernetes API (`watch --via api`, or a context that is not a kind cluster here) the same reads go to
+each node's kube-proxy pod over `pods/exec` (collect/pod_exec.py), and there no shell may exist (distroless
+kube-proxy images): each chain is then its own exec of the iptables binary, argv only (`chain_reads`), one after
+the other per node and all nodes at once, and the answers are put together in the script's `#chain`/`#status`
+form, so that one parser reads both. A node whose kube-proxy pod is gone is reported in every sample; helper pods
+(`--debug-pod`) are not made for watch: a sample would need one alive for the whole watch.
+
 Read-only by construction: `iptables -S -v` and `iptables-*-save -c` list; nothing here zeroes a counter (`-Z`),
 changes a rule or touches conntrack. Each node's read runs in a daemon thread with a deadline, so a wedged node
 cannot hold up a sample (it is reported, and not asked again until its previous read has returned), nor Ctrl-C.
@@ -80,6 +87,20 @@ def chain_argv(backend: str, chains: list[tuple[str, str]], ipv6_chains: list[tu
     return ["sh", "-c", CHAIN_SCRIPT, "sh", IPTABLES[backend], IP6TABLES[backend], *args]
 
 
+def chain_reads(backend: str, chains: list[tuple[str, str]], ipv6_chains: list[tuple[str, str]] = ()
+                ) -> list[tuple[str, str, str, list[str]]]:
+    """Without a shell: one argv per chain, `iptables-nft -w 5 -t TABLE -S CHAIN -v` (ip6tables for IPv6), as
+    (table, chain, family, argv)."""
+    if backend not in IPTABLES:
+        raise UsageError(f"unknown iptables backend {backend!r}")
+    out = []
+    for family, binary, listed in ((IPV4, IPTABLES[backend], chains), (IPV6, IP6TABLES[backend], ipv6_chains)):
+        for table, chain in listed:
+            _chain_arg(table, chain)
+            out.append((table, chain, family, [binary, "-w", "5", "-t", table, "-S", chain, "-v"]))
+    return out
+
+
 def _chain_arg(table: str, chain: str) -> str:
     if table not in TABLES or not valid_chain_name(chain):
         raise UsageError(f"not a chain svcdoctor would read: {table}:{chain}")
@@ -121,14 +142,32 @@ def parse_chain_listings(text: str) -> dict[str, Listings]:
     return out
 
 
-class Sampler:
-    """Reads the nodes of one kind cluster, each with its own backend, in parallel."""
+def open_sampler(snapshot, opts, node_names: list[str], backends: dict[str, str], timeout: float = 10.0) -> Sampler:
+    """The sampler for the door the first read went through: kube-proxy pods if its nodes were read over
+    pods/exec, else the kind cluster's containers. `opts` is the command's InputOptions."""
+    if any(n.read_via == "pods/exec" for n in snapshot.nodes if n.name in node_names):
+        read = opts.api_read
+        return Sampler.open_api(opts.kubeconfig, opts.context, node_names, backends, timeout,
+                                getattr(read, "proxy_namespace", "kube-system"),
+                                getattr(read, "proxy_selector", "k8s-app=kube-proxy"))
+    return Sampler.open(snapshot.cluster, node_names, backends, timeout=timeout)
 
-    def __init__(self, nodes: list[kind.KindNode], backends: dict[str, str], timeout: float = 10.0, client=None):
-        self.nodes = {n.name: n for n in nodes}
+
+class Sampler:
+    """Reads the nodes of one cluster, each with its own backend, in parallel: kind nodes through docker (a
+    constant sh script per node and sample), others through their kube-proxy pods (argv only, a chain per exec)."""
+
+    def __init__(self, nodes: list[kind.KindNode], backends: dict[str, str], timeout: float = 10.0, client=None, *,
+                 targets: dict | None = None, argv_only: bool = False, unreadable: dict[str, str] | None = None,
+                 on_close=None):
+        # a target is what commands run in: a docker container, or a kube-proxy pod (pod_exec.PodTarget)
+        self.targets = dict(targets) if targets is not None else {n.name: n.container for n in nodes}
         self.backends = dict(backends)
         self.timeout = timeout
+        self.argv_only = argv_only  # no shell in the target: one exec per chain
+        self.unreadable = dict(unreadable or {})  # node -> why it has no target (reported in every sample)
         self._client = client
+        self._on_close = on_close
         self._busy: dict[tuple[str, str], threading.Thread] = {}
 
     @classmethod
@@ -144,14 +183,46 @@ class Sampler:
             raise
         return cls(nodes, backends, timeout, client)
 
+    @classmethod
+    def open_api(cls, kubeconfig: str | None, context: str | None, node_names: list[str], backends: dict[str, str],
+                 timeout: float = 10.0, proxy_namespace: str = "kube-system",
+                 proxy_selector: str = "k8s-app=kube-proxy") -> Sampler:
+        """Find the named nodes' kube-proxy pods again (the first, full read closed its session)."""
+        from svcdoctor.collect import api_nodes, kube_api
+        from svcdoctor.collect.pod_exec import PodTarget
+        from svcdoctor.errors import UnreachableError
+
+        try:
+            session = kube_api.open_session(kubeconfig, context, None, timeout=timeout)
+        except kube_api.ApiUnavailable as exc:
+            raise UnreachableError(f"cannot read nodes through the Kubernetes API: {exc}") from exc
+        try:
+            listed = {n.name: n for n in api_nodes.list_nodes(session, None)}
+            nodes = [listed[n] for n in node_names if n in listed]
+            found = api_nodes.find_proxy_pods(session, nodes, proxy_namespace, proxy_selector)
+        except BaseException:
+            session.client.close()
+            raise
+        targets = {name: PodTarget(session, p.pod.namespace, p.pod.name, p.pod.container, timeout=timeout)
+                   for name, p in found.items() if p.pod is not None}
+        unreadable = {name: p.reason or "no kube-proxy pod" for name, p in found.items() if p.pod is None}
+        unreadable.update({n: "no longer in the cluster" for n in node_names if n not in listed})
+        return cls([], backends, timeout, targets=targets, argv_only=True, unreadable=unreadable,
+                   on_close=session.client.close)
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
 
     def read_chains(self, wanted: dict[str, dict[str, list[tuple[str, str]]]]) -> dict[str, NodeReading]:
-        """node -> its listing of the given family -> (table, chain)s, both families in one exec per node."""
-        argv = {(node, IPV4): chain_argv(self.backends[node], chains.get(IPV4, []), chains.get(IPV6, []))
+        """node -> its listing of the given family -> (table, chain)s, both families in one exec per node (one exec
+        per chain where there is no shell)."""
+        make = chain_reads if self.argv_only else chain_argv
+        argv = {(node, IPV4): make(self.backends[node], chains.get(IPV4, []), chains.get(IPV6, []))
                 for node, chains in wanted.items() if any(chains.values())}
         return {node: reading for (node, _family), reading in self._parallel(argv).items()}
 
@@ -168,6 +239,9 @@ class Sampler:
         started: dict[tuple[str, str], threading.Thread] = {}
         for key, argv in argv_by_read.items():
             node = key[0]
+            if node in self.unreadable:
+                results[key] = NodeReading(node, error=self.unreadable[node], read_at=time.monotonic())
+                continue
             busy = self._busy.get(key)
             if busy is not None and busy.is_alive():
                 results[key] = NodeReading(node, error=f"still reading the previous sample (over {self.timeout:g}s)",
@@ -185,12 +259,17 @@ class Sampler:
                                            read_at=time.monotonic())
         return {key: results[key] for key in argv_by_read if key in results}
 
-    def _read(self, key: tuple[str, str], argv: list[str], results: dict[tuple[str, str], NodeReading]) -> None:
+    def _read(self, key: tuple[str, str], argv, results: dict[tuple[str, str], NodeReading]) -> None:
         node = key[0]
-        container = self.nodes[node].container
+        target = self.targets[node]
         t0 = time.monotonic()
         try:
-            result = container.exec_run(argv, demux=True)
+            if argv and isinstance(argv[0], tuple):  # one exec per chain (no shell)
+                text, warnings = _read_chain_by_chain(target, argv)
+                results.setdefault(key, NodeReading(node, text, None, time.monotonic(), time.monotonic() - t0,
+                                                    tuple(warnings)))
+                return
+            result = target.exec_run(argv, demux=True)
         except Exception as exc:  # the container stopped, the daemon went away, a socket timeout
             reason = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
             results.setdefault(key, NodeReading(node, error=(reason[0] if reason else type(exc).__name__)[:300],
@@ -205,3 +284,17 @@ class Sampler:
             first = (err_text.strip() or text.strip() or "no output").splitlines()[0][:300]
             reading.error = f"{argv[0] if argv[0] != 'sh' else argv[4]} exited {result.exit_code}: {first}"
         results.setdefault(key, reading)
+
+
+def _read_chain_by_chain(target, reads: list[tuple[str, str, str, list[str]]]) -> tuple[str, list[str]]:
+    """Each chain's own exec, the answers written as CHAIN_SCRIPT writes them (`#chain`, the listing, `#status`)."""
+    parts: list[str] = []
+    warnings: list[str] = []
+    for table, chain, family, argv in reads:
+        result = target.exec_run(argv, demux=True)
+        stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, None)
+        text, out_warnings = split_warnings((stdout or b"").decode("utf-8", "replace"))
+        _err, err_warnings = split_warnings((stderr or b"").decode("utf-8", "replace"))
+        warnings.extend(w for w in out_warnings + err_warnings if w not in warnings)
+        parts.append(f"#chain {table} {chain} {family}\n{text.rstrip()}\n#status {result.exit_code}\n")
+    return "".join(parts), warnings

@@ -56,10 +56,10 @@ def _watch(opts, service, namespace, interval, count, output, out, err, top: int
 
         ns, name = resolve_service(service, namespace, loaded)
         plan = plan_service_watch(build_view(loaded, ns, name), loaded.rules, loaded.cluster, loaded.rules6)
-    from svcdoctor.collect.sampler import Sampler
+    from svcdoctor.collect.sampler import open_sampler
 
     backends = {n.name: n.backend or "nft" for n in loaded.snapshot.nodes if n.name in loaded.rules}
-    sampler = Sampler.open(loaded.snapshot.cluster, list(loaded.rules), backends, timeout=NODE_TIMEOUT)
+    sampler = open_sampler(loaded.snapshot, opts, list(loaded.rules), backends, timeout=NODE_TIMEOUT)
     try:
         if plan is not None:
             tracker = WatchTracker(interval, plan.service)
@@ -104,12 +104,10 @@ def _isatty(file) -> bool:
 
 
 def _first_read(opts: InputOptions, err) -> LoadedInput:
-    # the samples run a small sh script per node (collect/sampler.py): docker on kind only, not kube-proxy pods,
-    # whose images may have no shell
-    if opts.via == "api":
-        raise UsageError("watch reads counters through docker on kind clusters only; --via api is not supported")
-    opts.via = "docker"
-    with err.status("collecting rules from the kind nodes…") as status:
+    # the samples go through the same door (collect/sampler.py): docker on kind, else each node's kube-proxy pod
+    if opts.api_read is not None and getattr(opts.api_read, "debug_pod", None) is not None:
+        raise UsageError("watch samples through kube-proxy pods; --debug-pod's helper pods live for one read only")
+    with err.status("collecting rules from the nodes…") as status:
         loaded = load(opts, progress=lambda msg: status.update(msg))
     print_input_report(loaded, err)
     return loaded

@@ -1,7 +1,9 @@
 """A stand-in Kubernetes API server for the lab: real HTTP on 127.0.0.1, real paths, real JSON shapes.
 
 It is not a kube-apiserver. It serves a fixed set of objects (a lab scenario's Services, EndpointSlices, Pods,
-Nodes, ConfigMaps) read-only, with what svcdoctor's client needs and what a real server would do with it:
+Nodes, ConfigMaps) read-only — except that Pods can be created and deleted (`pod_writes`), for svcdoctor's
+`--debug-pod` helper pods: a created pod is "scheduled" on the lab node container its `spec.nodeName` names, so an
+exec into it runs there; every create and delete is recorded (`created`, `deleted`), with what svcdoctor's client needs and what a real server would do with it:
 bearer-token authentication (401 for an unknown token, 403 for a known user without rights), list pagination
 with `limit`/`continue` (items in namespace/name order, as etcd keys sort), `labelSelector` and `fieldSelector`,
 `Status` objects for errors, and the discovery documents (`/version`, `/api`, `/apis`, `/api/v1`, ...).
@@ -64,6 +66,13 @@ class StandinApiServer:
     exec_latency: float = 0.0  # seconds each exec waits before running (scale simulation)
     exec_faults: object = None  # standin_exec.ExecFaults
     tls: bool = False  # HTTPS with a throwaway self-signed certificate (kubectl sends no token over plain HTTP)
+    # pods/create and pods/delete (--debug-pod); an image in `failing_images` never starts (ErrImagePull), and a
+    # created pod stays Pending for `pod_start_seconds` first, as a kubelet pulling an image would
+    pod_writes: bool = True
+    failing_images: tuple[str, ...] = ("standin.invalid/pull-fails",)
+    pod_start_seconds: float = 0.0
+    created: list[dict] = field(default_factory=list)  # every pod body a client POSTed, accepted or not
+    deleted: list[str] = field(default_factory=list)  # "namespace/name" of every pod deleted
 
     def __post_init__(self):
         self._store: dict[tuple[str, str], list[dict]] = {key: [] for key in RESOURCES}
@@ -183,15 +192,23 @@ class StandinApiServer:
         with self._lock:
             self.requests.append(RecordedRequest(method, path, query, status))
 
-    def handle(self, method: str, path: str, query: dict[str, str], auth: str | None) -> tuple[int, dict] | None:
+    def handle(self, method: str, path: str, query: dict[str, str], auth: str | None,
+               body: bytes = b"") -> tuple[int, dict] | None:
         """(HTTP status, JSON body), or None to hang without answering."""
-        if method != "GET":
+        write = self._pod_write(method, path)
+        if method == "POST" and write:
+            with self._lock:
+                try:
+                    self.created.append(json.loads(body or b"{}"))
+                except ValueError:
+                    pass
+        if method != "GET" and not write:
             return 405, _status(405, "MethodNotAllowed", f"the stand-in API server is read-only ({method} {path})")
         if path in UNAUTHENTICATED_PATHS:
             return self._public(path)
         if path == "/standin/execs":  # not an API path: the stand-in's own exec counter, for benchmarks
             c = self.exec_counter
-            return 200, {"active": c.active, "peak": c.peak, "total": c.total}
+            return 200, {"active": c.active, "peak": c.peak, "total": c.total, "bytes": c.bytes}
         token = auth[len("Bearer "):] if auth and auth.startswith("Bearer ") else None
         if self.fault == "hang":
             self._release.wait(self.hang_seconds)
@@ -202,10 +219,88 @@ class StandinApiServer:
             return 403, _status(403, "Forbidden", self._forbidden_message(path))
         if query.get("watch") in ("true", "1"):
             return 400, _status(400, "BadRequest", "watch is not supported by the stand-in API server")
+        if write == "create":
+            return self._create_pod(path, body)
+        if write == "delete":
+            return self._delete_pod(path)
         discovery = self._discovery(path)
         if discovery is not None:
             return 200, discovery
         return self._resource(path, query)
+
+    # --- pods/create and pods/delete (svcdoctor's --debug-pod) ------------------------------------------------
+    def _pod_write(self, method: str, path: str) -> str | None:
+        """"create" for POST …/namespaces/NS/pods, "delete" for DELETE …/namespaces/NS/pods/NAME, else None."""
+        parts = [p for p in path.split("/") if p]
+        if not self.pod_writes or parts[:3] != ["api", "v1", "namespaces"] or len(parts) < 5 or parts[4] != "pods":
+            return None
+        if method == "POST" and len(parts) == 5:
+            return "create"
+        if method == "DELETE" and len(parts) == 6:
+            return "delete"
+        return None
+
+    def _create_pod(self, path: str, body: bytes) -> tuple[int, dict]:
+        namespace = path.strip("/").split("/")[3]
+        try:
+            pod = json.loads(body or b"{}")
+        except ValueError:
+            return 400, _status(400, "BadRequest", "the body is not JSON")
+        meta = pod.setdefault("metadata", {})
+        name, spec = meta.get("name"), pod.get("spec") or {}
+        if not name or not spec.get("containers"):
+            return 422, _status(422, "Invalid", "a pod needs metadata.name and spec.containers")
+        if meta.get("namespace", namespace) != namespace:
+            return 400, _status(400, "BadRequest", "the namespace of the object does not match the request")
+        with self._lock:
+            if self.get_object(("v1", "pods"), namespace, name) is not None:
+                return 409, _status(409, "AlreadyExists", f'pods "{name}" already exists',
+                                    details={"name": name, "kind": "pods"})
+            meta.update(namespace=namespace, uid=_uid("pod", namespace, name, str(time.monotonic_ns())),
+                        creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), resourceVersion="1")
+            pod.update(apiVersion="v1", kind="Pod", status={"phase": "Pending"})
+            node = next((n for n in self._store[("v1", "nodes")] if n["metadata"]["name"] == spec.get("nodeName")), None)
+            if node is not None:
+                pod["status"]["hostIP"] = next((a["address"] for a in (node.get("status") or {}).get("addresses") or []
+                                                if a.get("type") == "InternalIP"), None)
+            items = self._store[("v1", "pods")]
+            items.append(pod)
+            items.sort(key=lambda o: ((o["metadata"].get("namespace") or ""), o["metadata"]["name"]))
+        if node is not None:
+            # a kubelet would now pull the image and start the container; the stand-in only flips the status
+            timer = threading.Timer(self.pod_start_seconds, self._start_pod, args=(pod,))
+            timer.daemon = True
+            timer.start()
+        return 201, copy.deepcopy(pod)
+
+    def _start_pod(self, pod: dict) -> None:
+        container = pod["spec"]["containers"][0]
+        with self._lock:
+            if container.get("image") in self.failing_images:
+                waiting = {"reason": "ErrImagePull", "message": f'failed to pull image "{container.get("image")}"'}
+                pod["status"]["containerStatuses"] = [{"name": container["name"], "ready": False,
+                                                       "state": {"waiting": waiting}}]
+                return
+            pod["status"].update(phase="Running", podIP=pod["status"].get("hostIP"),
+                                 conditions=[{"type": "Ready", "status": "True"}],
+                                 containerStatuses=[{"name": container["name"], "ready": True,
+                                                     "state": {"running": {}}}])
+
+    def _delete_pod(self, path: str) -> tuple[int, dict]:
+        parts = path.strip("/").split("/")
+        namespace, name = parts[3], parts[5]
+        with self._lock:
+            pod = self.get_object(("v1", "pods"), namespace, name)
+            if pod is None:
+                return 404, _status(404, "NotFound", f'pods "{name}" not found', details={"name": name, "kind": "pods"})
+            self._store[("v1", "pods")].remove(pod)
+            self.deleted.append(f"{namespace}/{name}")
+        return 200, copy.deepcopy(pod)
+
+    def pods_labelled(self, selector: str) -> list[dict]:
+        """The pods the stand-in holds now that match a label selector (for tests)."""
+        with self._lock:
+            return [copy.deepcopy(p) for p in self._store[("v1", "pods")] if _labels_match(p, selector)]
 
     def _forbidden_message(self, path: str) -> str:
         parts = [p for p in path.split("/") if p]
@@ -260,8 +355,9 @@ class StandinApiServer:
         kind, namespaced = RESOURCES[(gv, plural)]
         if namespace is not None and not namespaced:
             return 404, _status(404, "NotFound", "the server could not find the requested resource")
-        items = [o for o in self._store[(gv, plural)]
-                 if namespace is None or (o["metadata"].get("namespace") == namespace)]
+        with self._lock:  # pods may be created and deleted meanwhile
+            items = [o for o in self._store[(gv, plural)]
+                     if namespace is None or (o["metadata"].get("namespace") == namespace)]
         if len(rest) == 2:  # GET one object
             if namespaced and namespace is None:
                 return 404, _status(404, "NotFound", "the server could not find the requested resource")
@@ -336,7 +432,9 @@ class _Handler(BaseHTTPRequestHandler):
                 and self.headers.get("Upgrade", "").lower() == "websocket"):
             serve_exec(self, self.standin, split.path, lists)
             return
-        answer = self.standin.handle(method, split.path, query, self.headers.get("Authorization"))
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        answer = self.standin.handle(method, split.path, query, self.headers.get("Authorization"), body)
         if answer is None:  # hang: close without a word once released
             self.standin._record(method, split.path, query, 0)
             self.close_connection = True

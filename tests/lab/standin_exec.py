@@ -11,7 +11,7 @@ channel 3 a `Status` (`Success`, or `NonZeroExitCode` with `causes[{reason: Exit
 `staging/src/k8s.io/apimachinery/pkg/util/remotecommand/constants.go`, `kubelet/cri/streaming/remotecommand`), then
 a close frame.
 
-Per-pod faults (`ExecFaults`): `hang` (upgrade, then never a byte), `cut` (half of stdout, then the TCP connection
+Per-pod (or per-node) faults (`ExecFaults`): `hang` (upgrade, then never a byte), `cut` (half of stdout, then the TCP connection
 dropped without a close frame), `no-shell` (an image without a shell: `sh`/`bash` are not found, as the runtime
 says it), and 403 for pods the user may not exec into. The stand-in counts open execs and their peak, so a test
 can check that a client never has more open than it promised.
@@ -45,6 +45,7 @@ Runner = Callable[[dict, "str | None", list], tuple]
 @dataclass
 class ExecFaults:
     by_pod: dict[str, str] = field(default_factory=dict)  # pod name -> HANG | CUT | NO_SHELL
+    by_node: dict[str, str] = field(default_factory=dict)  # node name -> the same, for pods named at run time
     forbidden: set[str] = field(default_factory=set)  # pod names whose exec answers 403
 
 
@@ -53,7 +54,12 @@ class ExecCounter:
     active: int = 0
     peak: int = 0
     total: int = 0
+    bytes: int = 0  # stdout and stderr sent back, every exec together (what moved through the "API server")
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sent(self, n: int) -> None:
+        with self.lock:
+            self.bytes += n
 
     def enter(self) -> None:
         with self.lock:
@@ -93,7 +99,8 @@ def serve_exec(handler, standin, path: str, query: dict[str, list[str]]) -> None
     standin._record("GET", path, {"command": " ".join(argv)}, response.status_code)
     if response.status_code != 101:
         return
-    fault = standin.exec_faults.by_pod.get(pod_name)
+    fault = standin.exec_faults.by_pod.get(pod_name) or standin.exec_faults.by_node.get(
+        ((pod or {}).get("spec") or {}).get("nodeName"))
     standin.exec_counter.enter()
     counted = True
     try:
@@ -115,6 +122,7 @@ def serve_exec(handler, standin, path: str, query: dict[str, list[str]]) -> None
             return
         _send(protocol, sock, STDOUT, out)
         _send(protocol, sock, STDERR, err)
+        standin.exec_counter.sent(len(out) + len(err))
         protocol.send_binary(bytes([STATUS]) + json.dumps(status).encode())
         protocol.send_close(1000)
         # the exec is over once its status is out (counted before the client can see it, so that a client which

@@ -83,6 +83,14 @@ def test_byte_limit(standin_exec):
                              ["iptables-nft-save", "-c"], timeout=10, max_bytes=1000)
 
 
+def _filler_services(count: int = 200) -> list[dict]:
+    """Services of their own namespace, headless and without endpoints: they make the cluster big enough for
+    `explain` to read each node's service chains only, and change no rule."""
+    return [{"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "filler", "name": f"filler-{i}"},
+             "spec": {"type": "ClusterIP", "clusterIP": "None", "ports": [{"port": 80, "protocol": "TCP"}]}}
+            for i in range(count)]
+
+
 def _explain(kubeconfig: str, via: str, service: str = "svc-nodeport") -> dict:
     result = run_cli("explain", service, "--kubeconfig", kubeconfig, "--via", via, "-o", "json")
     assert result.exit_code == 0, result.stderr
@@ -242,3 +250,41 @@ def test_interrupt_leaves_nothing_open(standin_exec):
     captures = api_nodes.capture_nodes(session, nodes, found, parallel=4, timeout=5, cancel=cancel)
     assert all(c.error == "interrupted" for c in captures)
     assert _settles(lambda: server.exec_counter.active == 0)
+
+
+def test_explain_reads_only_the_service_chains_through_the_api(standin_exec, tmp_path):
+    """explain SERVICE moves the service's chains, not the whole dump (collect/api_scoped.py): no whole
+    `iptables-nft-save -c`, a chain per exec, and the same explanation as through docker."""
+    # 200 more Services (no endpoints, no rules): a cluster too big to read each node whole (live._few_services)
+    server, kubeconfig = standin_exec(extra=sc.kube_proxy_pods() + _filler_services())
+    kind_config = str(server.write_kubeconfig(tmp_path / "kind-kubeconfig"))
+    through_api = _explain(kubeconfig, "api", "svc-nodeport")
+    through_docker = _explain(kind_config, "docker", "svc-nodeport")
+    commands = [r.query["command"] for r in server.requests if r.path.endswith("/exec")]
+    assert "iptables-nft-save -c" not in commands and "iptables-legacy-save -c" not in commands
+    assert sum(c == "iptables-nft -w 5 -t nat -S KUBE-SERVICES -v" for c in commands) == len(sc.NODES)
+    assert any(c.startswith("iptables-nft -w 5 -t nat -S KUBE-SEP-") for c in commands)
+    assert through_api["ports"] == through_docker["ports"]
+    assert {k: v for k, v in through_api.items() if k not in ("ports", "source", "cluster", "collectedAt")} == {
+        k: v for k, v in through_docker.items() if k not in ("ports", "source", "cluster", "collectedAt")}
+
+
+def test_a_small_cluster_is_read_whole_one_exec_a_node(standin_exec, tmp_path):
+    """A few Services: each node's whole dump is small, and one exec beats a dozen on thousands of nodes."""
+    server, kubeconfig = standin_exec()
+    through_api = _explain(kubeconfig, "api", "svc-nodeport")
+    commands = [r.query["command"] for r in server.requests if r.path.endswith("/exec")]
+    assert sum(c == "iptables-nft-save -c" for c in commands) == len(sc.NODES)
+    assert not any(" -S KUBE-" in c for c in commands)
+    assert through_api["ports"]
+
+
+def test_a_legacy_node_is_read_whole_for_explain(standin_exec, planted):
+    planted(sc.WORKER3, sc.LEGACY)
+    server, kubeconfig = standin_exec(extra=sc.kube_proxy_pods() + _filler_services())
+    result = run_cli("explain", "svc-nodeport", "--kubeconfig", kubeconfig, "-o", "json")
+    assert result.exit_code == 0, result.stderr
+    commands = [(r.path.split("/")[-2], r.query["command"]) for r in server.requests if r.path.endswith("/exec")]
+    assert (_proxy_pod(sc.WORKER3), "iptables-legacy-save -c") in commands  # legacy tables: the whole read
+    assert (_proxy_pod(sc.WORKER), "iptables-nft-save -c") not in commands
+    assert sc.WORKER3 in {n["node"] for n in result.json()["ports"][0]["nodes"]}
