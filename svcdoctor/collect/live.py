@@ -179,16 +179,17 @@ def _port_hashes(session, service: str) -> tuple[str, ...]:
     from svcdoctor.model.hashes import service_hash, service_port_name
 
     namespace, name = service.split("/", 1)
+    whole = (api_nodes.WHOLE_DUMP,) if _few_services(session) else ()
     try:
         doc = kube_api._raw(session.core().read_namespaced_service, session, name=name, namespace=namespace)
     except Exception:  # noqa: BLE001 - not there, or not readable: the comments still find it
-        return ()
+        return whole
     spec = doc.get("spec") or {}
     hashes = tuple(service_hash(service_port_name(namespace, name, p.get("name")), p.get("protocol") or "TCP")
                    for p in spec.get("ports") or [])
     # an IPv4-only Service has nothing in ip6tables: api_scoped need not ask (the hashes then say "IPv4 only")
     hashes += (api_nodes.IPV4_ONLY,) if spec.get("ipFamilies") == ["IPv4"] else ()
-    return hashes + ((api_nodes.WHOLE_DUMP,) if _few_services(session) else ())
+    return hashes + whole
 
 
 def _few_services(session) -> bool:
