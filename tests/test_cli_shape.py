@@ -118,3 +118,11 @@ def test_commands_do_not_import_each_other():
         if path.name in NOT_YET_MOVED:
             continue
         assert not {m for m in imports(path) if m.startswith("svcdoctor.commands")}, path.name
+
+
+def test_nodes_wide_says_how_each_node_was_read():
+    r = run_cli("nodes", "--demo", "-o", "wide")
+    assert r.exit_code == 0
+    header, *rows = r.stdout.splitlines()
+    assert "READ VIA" in header and "READ FROM" in header
+    assert all(" bundle " in row for row in rows)
