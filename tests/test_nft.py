@@ -256,3 +256,36 @@ def test_collection_reads_both_tables_and_falls_back_to_text():
     capture = NodeCapture(name="n")
     attach_nftables(capture, tables)
     assert capture.proxy_mode == "nftables" and capture.has_nftables
+
+
+def test_affinity_is_shown_as_live_state(tmp_path):
+    """The affinity set's elements are the clients pinned right now: kube-proxy's nft rules add them with the set's
+    timeout; here one is added as those rules would, and listed back by the real nft (JSON and text)."""
+    from cli_run import run_cli
+
+    require_netns()
+    if shutil.which("nft") is None:
+        pytest.skip("nft is not installed (scripts/install-system-deps.sh installs nftables)")
+    text = ruleset(SERVICES)
+    with Namespace() as ns:
+        run = ["ip", "netns", "exec", ns.name, "nft"]
+        subprocess.run(run + ["-f", "-"], input=text, text=True, check=True, capture_output=True)
+        listed = subprocess.run(run + ["-j", "list", "table", "ip", "kube-proxy"], text=True, check=True,
+                                capture_output=True).stdout
+        (rs,) = read_listing(listed)
+        (affinity,) = [name for name in rs.sets if name.startswith("affinity-")]
+        subprocess.run(run + ["add", "element", "ip", "kube-proxy", affinity, "{ 10.0.0.5 }"], check=True,
+                       capture_output=True)
+        dumps = {ext: subprocess.run(run + args + ["list", "table", "ip", "kube-proxy"], text=True, check=True,
+                                     capture_output=True).stdout for ext, args in ((".json", ["-j"]), (".nft", []))}
+    for ext, dump in dumps.items():
+        path = tmp_path / f"node1{ext}"
+        path.write_text(dump)
+        r = run_cli("explain", "ns2/sticky", "--bundle", str(path), "-o", "json")
+        assert r.exit_code == 0, r.stderr
+        (entry,) = [e for e in r.json()["ports"][0]["nodes"][0]["entries"] if e["kind"] == "clusterIP"]
+        (pinned,) = entry["affinityClients"]
+        assert pinned["client"] == "10.0.0.5" and pinned["endpoint"] == "10.180.1.5:8080", ext
+        assert 10000 < pinned["expiresSeconds"] <= 10800, ext
+        view = run_cli("explain", "ns2/sticky", "--bundle", str(path)).stdout
+        assert "client 10.0.0.5 pinned to 10.180.1.5:8080 for 2h59m" in view, ext

@@ -91,6 +91,8 @@ class Entry:
     unmatched_share: float = 0.0  # share that no DNAT rule took
     family: str = "IPv4"  # IPv6 entries come from ip6tables
     clients: list[ClientPath] = field(default_factory=list)  # client classes with a path of their own
+    # session affinity as live state (nftables' affinity sets hold it): (client IP, endpoint, seconds left)
+    pinned: list[tuple[str, str, int | None]] = field(default_factory=list)
 
     @property
     def label(self) -> str:

@@ -74,6 +74,13 @@ def _humane_condition(text: str) -> str:
     return f"{' and '.join(out)} ({chain})"
 
 
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{secs}s" if secs or not
+                                                                                     (hours or minutes) else "")
+
+
 def _by_node(values: list, names: list[str]) -> str:
     """" (myk8s-worker 20, myk8s-worker2 15)": which folded nodes counted what."""
     if len(names) < 2:
@@ -125,6 +132,10 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: 
         if e.session_affinity_seconds:
             tree.add(Text(f"session affinity: ClientIP, {e.session_affinity_seconds}s "
                           "(a returning client skips the split)", style="blue"))
+        for client, endpoint, left in e.pinned:
+            # nftables keeps affinity in sets: who is pinned where right now, and for how long
+            more = f" for {_duration(left)} more" if left is not None else ""
+            tree.add(Hanging(Text(f"client {client} pinned to {endpoint}{more}", style="blue"), 2))
         shared = _shared_counters_line(e, peers)
         if shared is not None:
             tree.add(Hanging(shared, 2))

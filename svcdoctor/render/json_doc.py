@@ -226,6 +226,8 @@ def _entry(e) -> dict:
             {"clients": c.clients, "condition": c.condition, "target": c.target, "masquerade": c.masquerade}
             for c in e.clients
         ],
+        "affinityClients": [{"client": client, "endpoint": endpoint, "expiresSeconds": left}
+                            for client, endpoint, left in e.pinned],
         "endpoints": [
             {
                 "ip": ep.ip,

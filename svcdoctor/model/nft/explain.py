@@ -126,6 +126,7 @@ class _Walker:
         self.notes: list[str] = []
         self.path: list[str] = []
         self.affinity: int | None = None
+        self.pinned: list[tuple[str, str, int | None]] = []
         self.verdicts: dict[str, float] = {}
         self.drop_rule: Rule | None = None
         self.clients: list[ClientPath] = []
@@ -225,6 +226,12 @@ class _Walker:
                 nset = self.rs.set(s.value)
                 if nset is not None and nset.timeout:
                     self.affinity = nset.timeout
+                if nset is not None:
+                    # the set's elements are the clients pinned to the endpoint this rule goes to, with the time
+                    # they have left: kube-proxy's session affinity as it stands now
+                    endpoint = _endpoint_of_chain(rule.verdict.target if rule.verdict else None)
+                    for element in nset.elements:
+                        self.pinned.append((str(element.key), endpoint, element.expires))
 
     def _note_client_class(self, rule: Rule, masq: str, chain: str, remaining: float, depth: int) -> None:
         condition = _condition_text(rule)
@@ -277,6 +284,14 @@ class _Walker:
     def _endpoint(self, chain: str, rule: Rule, ip: str, port: int | None, share: float, masq: str) -> None:
         self.endpoints.append(EndpointShare(ip=ip, port=port, chain=chain, probability=share, rule_probability=None,
                                             packets=None, bytes=None, masquerade=masq, dnat_rule=rule))
+
+
+def _endpoint_of_chain(chain: str | None) -> str:
+    """`endpoint-H-ns/name/tcp/p80__10.180.0.1/80` -> "10.180.0.1:80" (kube-proxy names the endpoint in the chain)."""
+    if not chain or "__" not in chain:
+        return chain or "?"
+    ip, _, port = chain.rsplit("__", 1)[1].rpartition("/")
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _kind(name: str) -> str | None:
@@ -355,6 +370,7 @@ def _walk_entry(rs: NftRuleset, kind: str, destination: str, start: str, evidenc
                   path=walker.path, masquerade="never", packets=None, bytes=None, endpoints=walker.endpoints,
                   entry_rule=evidence, masquerade_when=walker.masq_when, notes=walker.notes,
                   session_affinity_seconds=walker.affinity, unmatched_share=max(0.0, left), clients=walker.clients,
+                  pinned=walker.pinned,
                   family=rs.address_family)
     if walker.verdicts and not walker.endpoints:
         entry.verdict = max(walker.verdicts, key=walker.verdicts.get)

@@ -112,8 +112,15 @@ def _set(obj: dict, is_map: bool) -> NftSet:
             nset.elements.append(Element(key, _map_value(raw[1]), comment))
         else:
             key, comment = _element_key(raw)
-            nset.elements.append(Element(key, None, comment))
+            nset.elements.append(Element(key, None, comment, _expires(raw)))
     return nset
+
+
+def _expires(raw) -> int | None:
+    """The seconds an element has left (`{"elem": {"val": …, "timeout": 10800, "expires": 10790}}`)."""
+    inner = raw.get("elem") if isinstance(raw, dict) else None
+    expires = inner.get("expires") if isinstance(inner, dict) else None
+    return expires if isinstance(expires, int) else None
 
 
 def _element_key(raw) -> tuple:

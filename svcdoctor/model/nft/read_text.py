@@ -249,16 +249,19 @@ def _elements(words: list[str], is_map: bool) -> list[Element]:
             at = part.index("comment")
             comment = _unquote(part[at + 1])
             part = part[:at] + part[at + 2:]
+        expires = None
         for cut in ("timeout", "expires"):
             if cut in part:
                 at = part.index(cut)
+                if cut == "expires" and at + 1 < len(part):
+                    expires = parse_duration(part[at + 1])
                 part = part[:at] + part[at + 2:]
         value = None
         if is_map and ":" in part:
             at = part.index(":")
             value = _verdict_or_value(part[at + 1:])
             part = part[:at]
-        out.append(Element(_concat_value(part), value, comment))
+        out.append(Element(_concat_value(part), value, comment, expires))
     return out
 
 

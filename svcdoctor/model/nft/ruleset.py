@@ -180,6 +180,7 @@ class Element:
     key: Value
     value: Verdict | Value | None = None  # maps only
     comment: str | None = None
+    expires: int | None = None  # seconds left, for an element a rule added with a timeout (session affinity)
 
     def text(self) -> str:
         out = _value_text(self.key)
