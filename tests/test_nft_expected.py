@@ -126,6 +126,8 @@ def run_flows(services: list[dict], slices: list[dict], settings: NftProxySettin
                                       TRACER_NODE_IPS)
             want = ", ".join(sorted(x.strip() for x in flow["output"].split(","))) if flow["output"] else ""
             got = (_answer(result), result.masquerade)
+            if result.uncertain:
+                failures.append(f"{form}: {flow['name']}: uncertain rules {result.uncertain}")
             if got != (want, flow["masq"]):
                 failures.append(f"{form}: {flow['name']}: got {got}, kube-proxy {(want, flow['masq'])}")
     assert not failures, "\n".join(failures) + "\n" + text
@@ -137,6 +139,20 @@ def _flows(case: str) -> dict:
 
 
 # --- 02 … 11 -----------------------------------------------------------------------------------------------
+@needs_cases
+def test_every_flow_of_the_cases_is_run():
+    """The tests below take variants by index: every variant and flow of the cases is one of theirs (207 flows)."""
+    total = 0
+    for folder in sorted(CASES.glob("[01][0-9]-*")):
+        if not "02" <= folder.name[:2] <= "11":
+            continue
+        doc = _flows(folder.name)
+        variants = doc.get("variants") or [{"flows": doc["flows"]}]
+        assert len(variants) == (4 if folder.name[:2] in ("05", "08", "09", "10", "11") else 1), folder.name
+        total += sum(len(v["flows"]) + len(v.get("afterEndpointSliceDeleted", [])) for v in variants)
+    assert total == 207
+
+
 @needs_cases
 def test_02_no_endpoints_reject():
     svcs = [service("ns1", "svc1", "172.30.0.41", [port(node_port=3001)], "LoadBalancer", ["1.2.3.4"],
