@@ -1,0 +1,328 @@
+"""kube-proxy's nftables proxier as svcdoctor models it (svcdoctor/model/nft/expected.py), checked against kube-proxy's
+own tests (pkg/proxy/nftables/proxier_test.go, v1.34–1.35 layout):
+
+* TestOverallNFTablesRules: the generated ruleset equals kube-proxy's expected text (same declarations, same rules
+  per chain in order, same elements per set or map).
+* The flows-only tests (TestNoEndpointsReject … TestInternalExternalMasquerade): each test's Services and
+  EndpointSlices (written here as API objects) → generated ruleset → loaded into a real kernel with `nft -f` →
+  listed back as JSON and as text → every packet flow of the test traced, with kube-proxy's answer (endpoint set or
+  DROP / REJECT, and masquerade).
+
+The flows come from the reference cases (SVCDOCTOR_NFT_CASES, docs/explanation/kube-proxy-nftables.md); without
+them these tests skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from netns import Namespace, require_netns
+
+from svcdoctor.model.cluster import build_cluster_model
+from svcdoctor.model.nft import kube_proxy_tables, read_listing
+from svcdoctor.model.nft.expected import NftProxySettings, expected_ruleset
+from svcdoctor.model.nft_trace import trace_nft_packet
+
+CASES = Path(os.environ.get("SVCDOCTOR_NFT_CASES", "/work/shared/reference/kube-proxy-nft-cases"))
+needs_cases = pytest.mark.skipif(not CASES.is_dir(), reason=f"reference cases not on this machine ({CASES})")
+
+# NewFakeProxier (proxier_test.go): its interfaces, and the addresses kube-proxy's test tracer takes as local
+INTERFACE_IPS = ("192.168.0.2", "192.168.1.2", "192.168.99.11", "2001:db8::1", "2001:db8:1::2")
+TRACER_NODE_IPS = list(INTERFACE_IPS)
+
+
+def fake_settings(family: str = "IPv4", node_port_addresses=("192.168.0.2/32", "2001:db8::1/128"),
+                  masquerade_all: bool = False, local_detector: bool = True) -> NftProxySettings:
+    ipv6 = family == "IPv6"
+    return NftProxySettings(
+        node_name="test-node",
+        node_ips=INTERFACE_IPS,
+        pod_cidrs=(("fd00:10::/64",) if ipv6 else ("10.0.0.0/8",)) if local_detector else (),
+        service_cidrs=("fd00:10:96::/112",) if ipv6 else ("172.30.0.0/16",),
+        node_port_addresses=tuple(node_port_addresses),
+        masquerade_all=masquerade_all,
+        ip_family=family,
+    )
+
+
+# --- API objects, as the tests build them ------------------------------------------------------------------
+def service(ns: str, name: str, cluster_ip: str, ports: list[dict], type_: str | None = None,
+            ingress: list[str] = (), **spec) -> dict:
+    obj = {"metadata": {"namespace": ns, "name": name},
+           "spec": {"clusterIP": cluster_ip, "ports": ports, **spec},
+           "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ingress]}}}
+    if type_:
+        obj["spec"]["type"] = type_
+    return obj
+
+
+def port(name: str = "p80", number: int = 80, protocol: str = "TCP", node_port: int | None = None,
+         target: int | None = None) -> dict:
+    p = {"name": name, "port": number, "protocol": protocol, "targetPort": target or number}
+    if node_port:
+        p["nodePort"] = node_port
+    return p
+
+
+def endpoint_slice(ns: str, svc: str, endpoints: list[dict], ports: list[dict], address_type: str = "IPv4",
+                   suffix: str = "1") -> dict:
+    return {"metadata": {"namespace": ns, "name": f"{svc}-{suffix}",
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": address_type, "endpoints": endpoints, "ports": ports}
+
+
+def ep(ip: str, node: str | None = None, ready=None, serving=None, terminating=None) -> dict:
+    out = {"addresses": [ip]}
+    if node:
+        out["nodeName"] = node
+    cond = {k: v for k, v in (("ready", ready), ("serving", serving), ("terminating", terminating)) if v is not None}
+    if cond:
+        out["conditions"] = cond
+    return out
+
+
+def eport(name: str = "p80", number: int = 80, protocol: str = "TCP") -> dict:
+    return {"name": name, "port": number, "protocol": protocol}
+
+
+# --- load, list, trace ---------------------------------------------------------------------------------------
+def _listings(text: str, family: str) -> tuple[str, str]:
+    require_netns()
+    if shutil.which("nft") is None:
+        pytest.skip("nft is not installed (scripts/install-system-deps.sh installs nftables)")
+    with Namespace() as ns:
+        run = ["ip", "netns", "exec", ns.name, "nft"]
+        loaded = subprocess.run(run + ["-f", "-"], input=text, text=True, capture_output=True)
+        assert loaded.returncode == 0, loaded.stderr + "\n" + text
+        table = ["table", "ip6" if family == "IPv6" else "ip", "kube-proxy"]
+        as_json = subprocess.run(run + ["-j", "list", *table], text=True, check=True, capture_output=True).stdout
+        as_text = subprocess.run(run + ["list", *table], text=True, check=True, capture_output=True).stdout
+    return as_json, as_text
+
+
+def _answer(result) -> str:
+    """kube-proxy's tracer's form: the DNAT destinations, or DROP / REJECT, or ""."""
+    if result.endpoints:
+        return ", ".join(sorted(e.address for e in result.endpoints))
+    return result.verdict.upper() if result.verdict in ("drop", "reject") else ""
+
+
+def run_flows(services: list[dict], slices: list[dict], settings: NftProxySettings, flows: list[dict]) -> int:
+    model = build_cluster_model(services, slices)
+    assert not model.warnings
+    text = expected_ruleset(model.service_ports, settings)
+    as_json, as_text = _listings(text, settings.ip_family)
+    failures = []
+    for form, listing in (("json", as_json), ("text", as_text)):
+        (rs,) = kube_proxy_tables(read_listing(listing))
+        for flow in flows:
+            result = trace_nft_packet(rs, flow["sourceIP"], flow["destIP"], flow["destPort"], flow["protocol"],
+                                      TRACER_NODE_IPS)
+            want = ", ".join(sorted(x.strip() for x in flow["output"].split(","))) if flow["output"] else ""
+            got = (_answer(result), result.masquerade)
+            if result.uncertain:
+                failures.append(f"{form}: {flow['name']}: uncertain rules {result.uncertain}")
+            if got != (want, flow["masq"]):
+                failures.append(f"{form}: {flow['name']}: got {got}, kube-proxy {(want, flow['masq'])}")
+    assert not failures, "\n".join(failures) + "\n" + text
+    return len(flows)
+
+
+def _flows(case: str) -> dict:
+    return json.loads((CASES / case / "flows.json").read_text())
+
+
+# --- 02 … 11 -----------------------------------------------------------------------------------------------
+@needs_cases
+def test_every_flow_of_the_cases_is_run():
+    """The tests below take variants by index: every variant and flow of the cases is one of theirs (207 flows)."""
+    total = 0
+    for folder in sorted(CASES.glob("[01][0-9]-*")):
+        if not "02" <= folder.name[:2] <= "11":
+            continue
+        doc = _flows(folder.name)
+        variants = doc.get("variants") or [{"flows": doc["flows"]}]
+        assert len(variants) == (4 if folder.name[:2] in ("05", "08", "09", "10", "11") else 1), folder.name
+        total += sum(len(v["flows"]) + len(v.get("afterEndpointSliceDeleted", [])) for v in variants)
+    assert total == 207
+
+
+@needs_cases
+def test_02_no_endpoints_reject():
+    svcs = [service("ns1", "svc1", "172.30.0.41", [port(node_port=3001)], "LoadBalancer", ["1.2.3.4"],
+                    externalIPs=["192.168.99.11"])]
+    run_flows(svcs, [], fake_settings(), _flows("02-no-endpoints-reject")["flows"])
+
+
+@needs_cases
+def test_03_clusterip_general():
+    svcs = [
+        service("ns1", "svc1", "172.30.0.41", [port("http")]),
+        service("ns2", "svc2", "172.30.0.42", [port("http"), port("https", 443, target=8443),
+                                               port("dns-udp", 53, "UDP"), port("dns-tcp", 53, target=5353),
+                                               port("dns-sctp", 53, "SCTP")]),
+    ]
+    slices = [
+        endpoint_slice("ns1", "svc1", [ep("10.180.0.1", "test-node")], [eport("http")]),
+        endpoint_slice("ns2", "svc2", [ep("10.180.0.1", "test-node"), ep("10.180.2.1", "node2")],
+                       [eport("http"), eport("https", 8443), eport("dns-udp", 53, "UDP"),
+                        eport("dns-tcp", 5353), eport("dns-sctp", 53, "SCTP")]),
+    ]
+    run_flows(svcs, slices, fake_settings(), _flows("03-clusterip-general")["flows"])
+
+
+@needs_cases
+@pytest.mark.parametrize("index", range(4))
+def test_05_nodeports(index):
+    variant = _flows("05-nodeports")["variants"][index]
+    ipv6 = variant["family"] == "IPv6"
+    if ipv6:
+        svcs = [service("ns1", "svc1", "fd00:172:30::41", [port(node_port=3001)], "NodePort",
+                        ipFamilies=["IPv6"])]
+        eps = [ep("fd00:10:180::1"), ep("fd00:10:180::2:1", "test-node")]
+    else:
+        svcs = [service("ns1", "svc1", "172.30.0.41", [port(node_port=3001)], "NodePort")]
+        eps = [ep("10.180.0.1"), ep("10.180.2.1", "test-node")]
+    slices = [endpoint_slice("ns1", "svc1", eps, [eport()], "IPv6" if ipv6 else "IPv4")]
+    settings = fake_settings(variant["family"], variant["nodePortAddresses"])
+    run_flows(svcs, slices, settings, variant["flows"])
+
+
+def _lb_svc1(etp: str | None, health: int | None = 30000) -> dict:
+    extra = {"externalTrafficPolicy": etp} if etp else {}
+    if etp == "Local" and health:
+        extra["healthCheckNodePort"] = health
+    return service("ns1", "svc1", "172.30.0.41", [port(node_port=3001)], "LoadBalancer", ["1.2.3.4"],
+                   externalIPs=["192.168.99.11"], **extra)
+
+
+@needs_cases
+def test_06_etp_local():
+    slices = [endpoint_slice("ns1", "svc1", [ep("10.180.0.1"), ep("10.180.2.1", "test-node")], [eport()])]
+    run_flows([_lb_svc1("Local")], slices, fake_settings(), _flows("06-etp-local")["flows"])
+
+
+@needs_cases
+def test_07_etp_cluster():
+    slices = [endpoint_slice("ns1", "svc1", [ep("10.180.0.1"), ep("10.180.2.1", "test-node")], [eport()])]
+    run_flows([_lb_svc1("Cluster")], slices, fake_settings(), _flows("07-etp-cluster")["flows"])
+
+
+@needs_cases
+def test_04_loadbalancer_source_ranges():
+    svcs = [service("ns1", "svc1", "172.30.0.41", [port(node_port=3001)], "LoadBalancer", ["1.2.3.4", "5.6.7.8"],
+                    loadBalancerSourceRanges=["192.168.0.0/24", " 203.0.113.0/25"])]
+    slices = [endpoint_slice("ns1", "svc1", [ep("10.180.0.1")], [eport()])]
+    run_flows(svcs, slices, fake_settings(), _flows("04-loadbalancer-source-ranges")["flows"])
+
+
+def _variant_endpoints(variant: dict) -> list[dict]:
+    return [ep(e["ip"], e.get("nodeName"), e.get("ready"), e.get("serving"), e.get("terminating"))
+            for e in variant["endpoints"]]
+
+
+@needs_cases
+@pytest.mark.parametrize("index", range(4))
+def test_08_internal_traffic_policy(index):
+    variant = _flows("08-internal-traffic-policy")["variants"][index]
+    svcs = [service("ns1", "svc1", "172.30.1.1", [port("")], selector={"foo": "bar"},
+                    internalTrafficPolicy=variant["internalTrafficPolicy"])]
+    slices = [endpoint_slice("ns1", "svc1", _variant_endpoints(variant), [eport("")])]
+    run_flows(svcs, slices, fake_settings(), variant["flows"])
+    run_flows(svcs, [], fake_settings(), variant["afterEndpointSliceDeleted"])
+
+
+@needs_cases
+@pytest.mark.parametrize("case", ["09-terminating-etp-local", "10-terminating-etp-cluster"])
+@pytest.mark.parametrize("index", range(4))
+def test_09_10_terminating_endpoints(case, index):
+    variant = _flows(case)["variants"][index]
+    etp = "Local" if case.startswith("09") else "Cluster"
+    extra = {"healthCheckNodePort": 30000} if etp == "Local" else {}
+    svcs = [service("ns1", "svc1", "172.30.1.1", [port("")], "LoadBalancer", ["1.2.3.4"],
+                    externalTrafficPolicy=etp, **extra)]
+    slices = [endpoint_slice("ns1", "svc1", _variant_endpoints(variant), [eport("")])]
+    run_flows(svcs, slices, fake_settings(), variant["flows"])
+    run_flows(svcs, [], fake_settings(), variant["afterEndpointSliceDeleted"])
+
+
+@needs_cases
+@pytest.mark.parametrize("index", range(4))
+def test_11_internal_external_masquerade(index):
+    variant = _flows("11-internal-external-masquerade")["variants"][index]
+    svcs = [
+        service("ns1", "svc1", "172.30.0.41", [port(node_port=3001)], "LoadBalancer", ["1.2.3.4"],
+                healthCheckNodePort=30001),
+        service("ns2", "svc2", "172.30.0.42", [port(node_port=3002)], "LoadBalancer", ["5.6.7.8"],
+                healthCheckNodePort=30002, externalTrafficPolicy="Local"),
+        service("ns3", "svc3", "172.30.0.43", [port(node_port=3003)], "LoadBalancer", ["9.10.11.12"],
+                healthCheckNodePort=30003, internalTrafficPolicy="Local"),
+    ]
+    slices = [endpoint_slice(f"ns{i}", f"svc{i}", [ep(f"10.180.0.{i}", "test-node"), ep(f"10.180.1.{i}", "remote")],
+                             [eport()]) for i in (1, 2, 3)]
+    settings = fake_settings(masquerade_all=variant["masqueradeAll"], local_detector=variant["localDetector"])
+    run_flows(svcs, slices, settings, variant["flows"])
+
+
+# --- 01: the whole ruleset ---------------------------------------------------------------------------------
+def _parts(text: str) -> tuple[set[str], dict[str, list[str]], dict[str, set[str]]]:
+    """Declarations; rules per chain (in order, as nft runs them); elements per set or map (unordered)."""
+    decls: set[str] = set()
+    rules: dict[str, list[str]] = defaultdict(list)
+    elements: dict[str, set[str]] = defaultdict(set)
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        words = line.split(" ", 5)
+        if words[:2] == ["add", "rule"]:
+            rules[words[4]].append(words[5])
+        elif words[:2] == ["add", "element"]:
+            elements[words[4]].add(words[5])
+        else:
+            decls.add(line)
+    return decls, dict(rules), dict(elements)
+
+
+@needs_cases
+def test_01_overall_ruleset_is_kube_proxys():
+    svcs = [
+        service("ns1", "svc1", "172.30.0.41", [port()]),
+        service("ns2", "svc2", "172.30.0.42", [port(node_port=3001)], "LoadBalancer", ["1.2.3.4"],
+                externalTrafficPolicy="Local", externalIPs=["192.168.99.22"], healthCheckNodePort=30000),
+        service("ns3", "svc3", "172.30.0.43", [port(node_port=3003)], "NodePort"),
+        service("ns4", "svc4", "172.30.0.44", [port()], "NodePort", externalIPs=["192.168.99.33"]),
+        service("ns5", "svc5", "172.30.0.45", [port(node_port=3002)], "LoadBalancer", ["5.6.7.8"],
+                externalTrafficPolicy="Cluster", healthCheckNodePort=30000,
+                loadBalancerSourceRanges=[" 203.0.113.0/25"], sessionAffinity="ClientIP",
+                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}}),
+        service("ns6", "svc6", "172.30.0.46", [port()], "ClusterIP"),
+    ]
+    slices = [
+        endpoint_slice("ns1", "svc1", [ep("10.180.0.1")], [eport()]),
+        endpoint_slice("ns2", "svc2", [ep("10.180.0.2")], [eport()]),
+        endpoint_slice("ns3", "svc3", [ep("10.180.0.3")], [eport()]),
+        endpoint_slice("ns4", "svc4", [ep("10.180.0.4"), ep("10.180.0.5", "test-node")], [eport()]),
+        endpoint_slice("ns5", "svc5", [ep("10.180.0.3")], [eport()]),
+    ]
+    model = build_cluster_model(svcs, slices)
+    text = expected_ruleset(model.service_ports, fake_settings())
+    folder = CASES / "01-overall-v1.34-1.35"
+    mine, theirs = _parts(text), _parts((folder / "ruleset.nft").read_text())
+    assert mine[0] == theirs[0]
+    assert mine[1] == theirs[1]
+    assert mine[2] == theirs[2]
+    # and as the kernel lists them back: the same table as kube-proxy's own text loaded (chain order aside)
+    for listed, reference in zip(_listings(text, "IPv4"), ("listed.json", "listed.txt")):
+        (a,), (b,) = (kube_proxy_tables(read_listing(t)) for t in (listed, (folder / reference).read_text()))
+        assert set(a.chains) == set(b.chains)
+        for name, chain in a.chains.items():
+            assert [r.text for r in chain.rules] == [r.text for r in b.chains[name].rules], name
+        assert set(a.sets) == set(b.sets)
+        for name, nset in a.sets.items():
+            assert sorted(map(repr, nset.elements)) == sorted(map(repr, b.sets[name].elements)), name
