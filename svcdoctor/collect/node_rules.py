@@ -109,9 +109,9 @@ def read_backend(container, backend: str, attempts: int = 3, argv: list[str] | N
         if not _complete(out_text):
             problem = "the output ended in the middle of a table"
             continue
-        if not _starts_well(out_text):
-            # the same docker-py misreading at the start of the stream: frame bytes left in the text ("4959")
-            problem = "the output did not start as iptables-save's does"
+        if not _starts_well(out_text) or not rule_text.save_lines_well_formed(out_text):
+            # the same docker-py misreading: frame bytes left in the text ("4959"), at the start or inside
+            problem = "the output held lines iptables-save does not print"
             continue
         dump.warnings = out_warnings + err_warnings
         dump.set_text(out_text)

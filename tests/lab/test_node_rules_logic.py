@@ -139,3 +139,15 @@ def test_a_timeout_fails_the_node_even_when_the_other_backend_answered():
     })
     captures = node_rules.capture_nodes([node(container)], timeout=2)
     assert captures[0].error == "iptables-nft-save did not answer within 2s"
+
+
+def test_frame_bytes_left_inside_the_text_are_read_again():
+    garbled = NFT_KUBE.replace("COMMIT\n", "\x01\x00\x00\x00\x00\x00\x12\x9fCOMMIT\n", 1).replace(
+        ":OUTPUT", "4959:OUTPUT", 1)
+    container = ScriptedContainer({
+        "iptables-nft-save": [(garbled.encode(), None), (NFT_KUBE.encode(), None)],
+        "iptables-legacy-save": [(None, None)],
+    })
+    capture = node_rules.capture_node(node(container))
+    assert capture.error is None and capture.iptables_save == NFT_KUBE
+    assert container.calls.count("iptables-nft-save") == 2
