@@ -448,7 +448,13 @@ class Lab:
         return buf.getvalue()
 
     def _exec(self, name: str, argv: list[str], check: bool = True) -> str:
-        result = self.container(name).exec_run(argv, demux=True)
+        for attempt in range(3):
+            try:
+                result = self.container(name).exec_run(argv, demux=True)
+                break
+            except ValueError:  # docker-py misread the exec's stream ("N is not a valid stream", docker-py#3160)
+                if attempt == 2:
+                    raise
         out, err = result.output if isinstance(result.output, tuple) else (result.output, b"")
         text = (out or b"").decode(errors="replace")
         if check and result.exit_code != 0:
@@ -524,7 +530,15 @@ class Lab:
         def read(node: sc.NodeSpec) -> str:
             if self.faults.get(node.name) == sc.STOPPED:
                 return ""
-            return self._exec(node.name, ["sh", "/lab/counts.sh"])
+            # the same answer twice in a row: a read docker cut short or garbled under load is not taken for the
+            # count (the counts only grow, and nothing is sent while they are read)
+            last = self._exec(node.name, ["sh", "/lab/counts.sh"])
+            for _ in range(3):
+                again = self._exec(node.name, ["sh", "/lab/counts.sh"])
+                if again == last:
+                    break
+                last = again
+            return last
 
         out: dict[str, list[str]] = {p.name: [] for p in self.scenario.pods}
         with ThreadPoolExecutor(max_workers=len(sc.NODES)) as pool:
