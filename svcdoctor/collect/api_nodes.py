@@ -277,6 +277,11 @@ def _read_whole(target: PodTarget, node: ApiNode, pod: proxy_pods.ProxyPod, time
     if not capture.error and capture.backend:
         ip6 = node_rules.read_backend(target, capture.backend, argv=node_rules.IP6_SAVE_COMMANDS[capture.backend])
         node_rules.attach_ip6tables(capture, ip6)
+    if not capture.error and ":KUBE-SERVICES" not in capture.iptables_save:
+        # no kube-proxy chains in iptables: kube-proxy may run in nftables mode; its pod has nft (the mode needs it)
+        from svcdoctor.collect.nft_rules import attach_nftables, docker_runner, read_nft_tables
+
+        attach_nftables(capture, read_nft_tables(docker_runner(target)))  # exec_run as docker's, argv only
     return capture
 
 
