@@ -50,3 +50,20 @@ class UnreachableError(SvcdoctorError):
     """What the command needs cannot be reached: docker daemon, kind cluster, API server."""
 
     exit_status = ExitStatus.UNREACHABLE
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line for an error message: its text (or its type), first line, at most 300 characters."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def is_timeout(exc: BaseException | None) -> bool:
+    """Whether an exception, or one it was raised from, is a timeout (requests.ReadTimeout, urllib3's
+    ReadTimeoutError, socket.timeout, websocket's, any of them wrapped in a ConnectionError)."""
+    while exc is not None:
+        if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+

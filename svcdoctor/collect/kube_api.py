@@ -19,7 +19,7 @@ from pathlib import Path
 
 from svcdoctor.collect.kind import KIND_CONTEXT_PREFIX, kubeconfig_paths
 from svcdoctor.collect.snapshot import ApiObjects
-from svcdoctor.errors import InputError, UsageError
+from svcdoctor.errors import InputError, UsageError, first_line
 
 DEFAULT_PAGE_SIZE = 500  # kubectl's --chunk-size default
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -75,7 +75,7 @@ def open_session(
     try:
         contexts, active = config.list_kube_config_contexts(config_file=config_file)
     except (ConfigException, OSError, ValueError) as exc:
-        raise ApiUnavailable(f"kubeconfig {paths[0]}: {_first_line(exc)}") from exc
+        raise ApiUnavailable(f"kubeconfig {paths[0]}: {first_line(exc)}") from exc
     names = [c.get("name") for c in contexts or []]
     if context is not None:
         if context not in names:
@@ -93,7 +93,7 @@ def open_session(
             config_file=config_file, context=context, client_configuration=configuration, persist_config=False
         )
     except (ConfigException, OSError, ValueError) as exc:
-        raise ApiUnavailable(f"kube context {context}: {_first_line(exc)}") from exc
+        raise ApiUnavailable(f"kube context {context}: {first_line(exc)}") from exc
     # No urllib3 retries: a hung API server must cost one timeout, not four.
     configuration.retries = 0
     return ApiSession(
@@ -103,11 +103,6 @@ def open_session(
         timeout=timeout,
         page_size=page_size,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def describe_failure(exc: BaseException, session: ApiSession | None, what: str) -> str:
@@ -131,7 +126,7 @@ def describe_failure(exc: BaseException, session: ApiSession | None, what: str) 
     if reason is not None and "Timeout" in type(reason).__name__:
         seconds = f" within {session.timeout:g}s" if session else ""
         return f"no answer from {where}{seconds} (timed out trying to {what})"
-    return f"cannot reach {where}: {_first_line(reason or exc)}"
+    return f"cannot reach {where}: {first_line(reason or exc)}"
 
 
 def _status_message(exc) -> str:

@@ -22,6 +22,8 @@ import json
 import time
 from dataclasses import dataclass
 
+from svcdoctor.errors import first_line, is_timeout
+
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # a 100,000-service node prints ~30 MB; anything past this is not iptables-save
 STDOUT, STDERR, STATUS = 1, 2, 3
 
@@ -90,9 +92,9 @@ def exec_in_pod(session, namespace: str, pod: str, argv: list[str], *, container
             try:
                 client.update(timeout=min(left, 1.0))
             except Exception as exc:  # noqa: BLE001 - websocket-client raises a zoo of socket errors
-                if _looks_like_timeout(exc):
+                if is_timeout(exc):
                     continue  # the socket timeout fired between frames; the loop checks the deadline
-                raise ExecFailed(f"the exec stream of pod {namespace}/{pod} broke: {_first_line(exc)}") from exc
+                raise ExecFailed(f"the exec stream of pod {namespace}/{pod} broke: {first_line(exc)}") from exc
             size = len(client.peek_channel(STDOUT)) + len(client.peek_channel(STDERR))
             if size > max_bytes:
                 raise ExecFailed(f"{argv[0]} in pod {namespace}/{pod} printed more than {max_bytes} bytes")
@@ -142,9 +144,9 @@ def _connect(configuration, url: str, timeout: float, where: str):
     except websocket.WebSocketBadStatusException as exc:
         raise ExecFailed(_refusal(exc, where), status=exc.status_code) from exc
     except Exception as exc:  # noqa: BLE001 - connection refused, TLS, DNS, …
-        if _looks_like_timeout(exc):
+        if is_timeout(exc):
             raise ExecTimeout(f"no answer to the exec request for pod {where} within {timeout:g}s") from exc
-        raise ExecFailed(f"cannot open an exec stream to pod {where}: {_first_line(exc)}") from exc
+        raise ExecFailed(f"cannot open an exec stream to pod {where}: {first_line(exc)}") from exc
     return client
 
 
@@ -160,16 +162,3 @@ def _refusal(exc, where: str) -> str:
     code = exc.status_code
     label = {403: "forbidden", 401: "unauthorized", 404: "not found"}.get(code, "refused")
     return f"exec into pod {where} {label} (HTTP {code}){': ' + message[:300] if message else ''}"
-
-
-def _looks_like_timeout(exc: BaseException) -> bool:
-    while exc is not None:
-        if "timeout" in type(exc).__name__.lower() or "timed out" in str(exc).lower():
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

@@ -7,10 +7,7 @@ trouble (no kube-proxy rules, rules in the wrong iptables backend) comes from `c
 
 from __future__ import annotations
 
-import gc
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from svcdoctor.checks.engine import (
     FAMILIES,
@@ -29,7 +26,7 @@ from svcdoctor.checks.findings import (
     dedupe_findings,
     sort_findings,
 )
-from svcdoctor.inputs import LoadedInput
+from svcdoctor.inputs import LoadedInput, no_cyclic_gc
 from svcdoctor.results import CheckResult
 from svcdoctor.errors import UsageError
 from svcdoctor.model.proxy_settings import ProxySettings
@@ -46,7 +43,7 @@ def run_check(
     requirements = parse_selector(selector) if selector else None
     if requirements is not None and loaded.cluster is None:
         raise UsageError("-l/--selector needs the Services from the API (the input has none, or --no-api was given)")
-    with _no_cyclic_gc():
+    with no_cyclic_gc():
         result = _run(loaded, namespace, requirements, settings or {})
     if namespace is not None and result.services == 0:
         _refuse_unknown_namespace(loaded, namespace)
@@ -142,19 +139,6 @@ def _configured_mode(loaded: LoadedInput) -> str | None:
 def failing(result: CheckResult, fail_on: str) -> bool:
     limit = SEVERITY_RANK[fail_on]
     return any(SEVERITY_RANK.get(f.severity, 9) <= limit for f in result.findings)
-
-
-@contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    # the check makes ~10^5 short-lived objects on a big cluster, none of them in cycles; the cyclic collector
-    # would walk the parsed rules of every node again and again meanwhile (a third of the run time, measured)
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _key(item: dict) -> str:

@@ -11,17 +11,14 @@ their counters are listed. The per-service work runs in forked workers, which al
 
 from __future__ import annotations
 
-import gc
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import networkx as nx
 
 from svcdoctor.checks.findings import SEVERITY_RANK, Finding
-from svcdoctor.inputs import LoadedInput
+from svcdoctor.inputs import LoadedInput, no_cyclic_gc
 from svcdoctor.model.cluster import ClusterModel
 from svcdoctor.model.explain import ServiceView, build_service_view
 from svcdoctor.model.graph import (
@@ -191,7 +188,7 @@ def write_report(loaded: LoadedInput, check, nodes: list[dict], path: str | None
         heads, bodies = zip(*(section(result.services[i]) for i in which))
         return list(heads), page.pack(list(bodies))
 
-    with _no_cyclic_gc():
+    with no_cyclic_gc():
         result = run_report(loaded, check, nodes)
         is_packed = page.packed(result.services)
         in_packs = [i for i, p in enumerate(is_packed) if p]
@@ -218,20 +215,6 @@ def write_report(loaded: LoadedInput, check, nodes: list[dict], path: str | None
             raise InputError(f"{path}: cannot write: {e.strerror}") from None
     return {"path": path, "bytes": len(html.encode()), "services": len(result.services),
             "findings": len(result.check.findings)}
-
-
-@contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    # as in `check`: the report makes ~10^6 short-lived objects, none in cycles, and the cyclic collector would
-    # walk every parsed rule of every node meanwhile (two thirds of the per-service time, measured); the forked
-    # workers inherit it off, so they never touch (and copy) the parent's pages for it either
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 PARALLEL_ABOVE = 500  # services; fewer are done before a second process would have started
