@@ -28,12 +28,13 @@ before (api_nodes.read_node), both backends, with every decision and warning tha
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from svcdoctor.collect import node_rules
 from svcdoctor.collect.sampler import IP6TABLES, IPTABLES, valid_chain_name
-from svcdoctor.model.hashes import LEGACY_XLB_PREFIX, SERVICE_CHAIN_PREFIXES
+from svcdoctor.errors import is_timeout
+from svcdoctor.model import rule_text
+from svcdoctor.model.hashes import LEGACY_XLB_PREFIX, SERVICE_CHAIN_PREFIXES, chain_kind
 from svcdoctor.model.scoped_read import service_chains
 
 ENTRY = "KUBE-SERVICES"
@@ -44,9 +45,6 @@ TARGETS = frozenset({"ACCEPT", "DROP", "RETURN", "REJECT", "QUEUE", "DNAT", "SNA
                      "CONNMARK", "LOG", "NFLOG", "NOTRACK", "CT", "TPROXY", "TCPMSS", "CLASSIFY", "DSCP", "TOS",
                      "NETMAP", "TTL", "HL", "SET", "AUDIT", "CHECKSUM", "TRACE", "ULOG", "NFQUEUE", "SECMARK",
                      "CONNSECMARK", "IDLETIMER", "LED", "RATEEST", "SYNPROXY", "TEE", "HMARK"})
-_HASHED = re.compile(r"KUBE-(?:SVC|SVL|EXT|FW|SEP|XLB)-[A-Z0-9]{16}$")
-_JUMP = re.compile(r" -[jg] (\S+)")
-_COUNTERS = re.compile(r" -c (\d+) (\d+)(?= |$)")
 ATTEMPTS = 3  # a listing cut short is asked for again (it only reads)
 MAX_ROUNDS = 6  # builtins -> KUBE-SERVICES -> EXT -> SVL/SVC -> SEP, with one to spare
 
@@ -103,8 +101,13 @@ def _service_names(text: str, service_key: str, suffixes) -> set[str]:
     """The service's hashed chains named in these listings: by comment, or by the hashes of its ports."""
     names = service_chains(text, service_key)
     hashed = {prefix + s for s in suffixes for prefix in SERVICE_CHAIN_PREFIXES + (LEGACY_XLB_PREFIX,)}
-    names |= {t for t in _JUMP.findall(text) if t in hashed}
+    names |= {t for t in _targets(text) if t in hashed}
     return names
+
+
+def _targets(text: str) -> list[str]:
+    """The -j/-g targets of a listing's rules (model/rule_text.py reads them)."""
+    return [t for line in text.splitlines() if line.startswith("-A ") and (t := rule_text.target_name(line))]
 
 
 def _next_chains(listed: dict[str, str], own: set[str]) -> set[str]:
@@ -112,11 +115,11 @@ def _next_chains(listed: dict[str, str], own: set[str]) -> set[str]:
     target extensions; a hashed chain jumped to from one of the service's own is the service's too (its SEPs)."""
     out: set[str] = set()
     for chain, text in listed.items():
-        for target in _JUMP.findall(text):
+        for target in _targets(text):
             if target in TARGETS or target in BUILTIN or not valid_chain_name(target):
                 continue
-            if _HASHED.match(target):
-                if target in own or _HASHED.match(chain) and chain in own:
+            if chain_kind(target) is not None:
+                if target in own or chain_kind(chain) is not None and chain in own:
                     out.add(target)
                     own.add(target)
             else:
@@ -173,7 +176,7 @@ def _run(target, argv: list[str], out: ScopedRead):
     try:
         result = target.exec_run(argv, demux=True)
     except Exception as exc:  # noqa: BLE001 - a broken stream, a timeout: the whole read says why
-        out.timed_out = node_rules._is_timeout(exc)
+        out.timed_out = is_timeout(exc)
         out.failed = out.fallback = f"{argv[0]}: {node_rules._exec_failure(exc)}"
         return None
     stdout, stderr = result.output
@@ -198,12 +201,8 @@ def _as_save(table: str, listed: dict[str, str]) -> str:
             elif line.startswith("-N "):
                 declarations.append(f":{line[3:].strip()} - [0:0]")
             elif line.startswith("-A "):
-                found = list(_COUNTERS.finditer(line))
-                if found:
-                    m = found[-1]  # iptables prints the counters after the matches (and comments), before -j
-                    rules.append(f"[{m.group(1)}:{m.group(2)}] {line[:m.start()]}{line[m.end():]}")
-                else:
-                    rules.append(f"[0:0] {line}")
+                rule, packets, nbytes = rule_text.split_counted_line(line)  # `… -c P B -j …` -> `[P:B] -A …`
+                rules.append(f"[{packets or 0}:{nbytes or 0}] {rule}")
     return "\n".join([f"*{table}", *declarations, *rules, "COMMIT", ""])
 
 
