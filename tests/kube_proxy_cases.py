@@ -101,3 +101,16 @@ def iter_cases() -> Iterator[KubeProxyCase]:
 
 def case_names() -> list[str]:
     return [case.name for case in iter_cases()]
+
+
+def case_bundle(case: KubeProxyCase, path) -> str:
+    """A bundle directory of the case: one node named as kube-proxy's tests name it (its local endpoints are local
+    there), the case's dump, and its API objects."""
+    from svcdoctor.collect.bundle import write_bundle
+    from svcdoctor.collect.snapshot import ClusterSnapshot, NodeCapture
+
+    node = NodeCapture(name=case.settings.node_name, iptables_save=case.restore_text, internal_ip=case.node_ip,
+                       backend="nft", proxy_mode="iptables")
+    write_bundle(ClusterSnapshot(cluster="cases", nodes=[node], api=case.api_objects(),
+                                 collected_at="2026-11-26T00:00:00Z"), path)
+    return str(path)

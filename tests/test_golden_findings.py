@@ -12,22 +12,11 @@ from pathlib import Path
 import pytest
 
 from cli_run import run_cli
-from kube_proxy_cases import iter_cases
-from svcdoctor.collect.bundle import write_bundle
-from svcdoctor.collect.snapshot import ClusterSnapshot, NodeCapture
+from kube_proxy_cases import case_bundle, iter_cases
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "check-findings.json"
 UPDATE = os.environ.get("SVCDOCTOR_UPDATE_GOLDEN") == "1"
 CASES = [c for c in iter_cases() if c.api_objects().services]
-
-
-def _case_bundle(case, path: Path) -> str:
-    node = NodeCapture(name=case.settings.node_name, iptables_save=case.restore_text, internal_ip=case.node_ip,
-                       backend="nft",
-                       proxy_mode="iptables")
-    write_bundle(ClusterSnapshot(cluster="cases", nodes=[node], api=case.api_objects(),
-                                 collected_at="2026-11-26T00:00:00Z"), path)
-    return str(path)
 
 
 def _checked(*args: str) -> dict:
@@ -40,7 +29,7 @@ def _checked(*args: str) -> dict:
 def test_check_findings_match_golden(tmp_path):
     got = {"demo": _checked("--demo"), "demo --no-api": _checked("--demo", "--no-api")}
     for case in CASES:
-        bundle = _case_bundle(case, tmp_path / case.name)
+        bundle = case_bundle(case, tmp_path / case.name)
         got[case.name] = _checked("--bundle", bundle)
         got[f"{case.name} --no-api"] = _checked("--bundle", bundle, "--no-api")
     if UPDATE or not GOLDEN.exists():

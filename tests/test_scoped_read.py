@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from kube_proxy_cases import iter_cases
-from svcdoctor.collect.bundle import demo_bundle_path, write_bundle
-from svcdoctor.collect.snapshot import ClusterSnapshot, NodeCapture
+from kube_proxy_cases import case_bundle, iter_cases
+from svcdoctor.collect.bundle import demo_bundle_path
 from svcdoctor.commands.explain import explain
 from svcdoctor.inputs import InputOptions, load
 from svcdoctor.model.explain import known_services
@@ -16,15 +15,6 @@ from svcdoctor.model.scoped_read import scope_to_service
 from svcdoctor.render.json_doc import explain_document
 
 CASES = [c for c in iter_cases() if c.api_objects().services]
-
-
-def _case_bundle(case, path) -> str:
-    node = NodeCapture(name=case.settings.node_name, iptables_save=case.restore_text, internal_ip=case.node_ip,
-                       backend="nft",
-                       proxy_mode="iptables")
-    write_bundle(ClusterSnapshot(cluster="cases", nodes=[node], api=case.api_objects(),
-                                 collected_at="2026-11-26T00:00:00Z"), path)
-    return str(path)
 
 
 def _explained(bundle: str, service: str, no_api: bool, scoped: bool) -> dict:
@@ -50,7 +40,7 @@ def test_demo_every_service_same_as_whole_dump(no_api):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_kube_proxy_cases_every_service_same_as_whole_dump(case, tmp_path):
-    bundle = _case_bundle(case, tmp_path / "b")
+    bundle = case_bundle(case, tmp_path / "b")
     _assert_same_for_every_service(bundle, no_api=False)
     _assert_same_for_every_service(bundle, no_api=True)
 

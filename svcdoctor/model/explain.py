@@ -387,10 +387,17 @@ def _walk_entry(rules: NodeRules, kind: str, destination: str, start: str | None
         unmatched_share=max(0.0, left),
         clients=walker.clients,
     )
-    if walker.verdicts and not walker.endpoints:
-        entry.verdict = max(walker.verdicts, key=walker.verdicts.get)
-        entry.blackhole_rule = walker.drop_rule
-    masqs = {ep.masquerade for ep in walker.endpoints}
+    return settle_entry(entry, walker.endpoints, walker.verdicts, walker.drop_rule)
+
+
+def settle_entry(entry: Entry, endpoints: list[EndpointShare], verdicts: dict[str, float], drop_rule) -> Entry:
+    """An entry's verdict and masquerade once its walk is done, whatever backend was walked (the nftables reader
+    uses it too): a drop or reject takes the entry when no endpoint does, and the masquerade is the endpoints'
+    own when they agree, else conditional."""
+    if verdicts and not endpoints:
+        entry.verdict = max(verdicts, key=verdicts.get)
+        entry.blackhole_rule = drop_rule
+    masqs = {ep.masquerade for ep in endpoints}
     entry.masquerade = masqs.pop() if len(masqs) == 1 else ("conditional" if masqs else "never")
     return entry
 

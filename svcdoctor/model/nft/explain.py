@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from svcdoctor.model.cluster import ClusterModel, ServicePort
-from svcdoctor.model.explain import ClientPath, EndpointShare, Entry
+from svcdoctor.model.explain import ClientPath, EndpointShare, Entry, settle_entry
 from svcdoctor.model.nft.names import HashedName, parse_name
 from svcdoctor.model.nft.ruleset import Dnat, Element, MarkSet, Match, NftRuleset, Rule, Verdict, VMap
 
@@ -372,12 +372,7 @@ def _walk_entry(rs: NftRuleset, kind: str, destination: str, start: str, evidenc
                   session_affinity_seconds=walker.affinity, unmatched_share=max(0.0, left), clients=walker.clients,
                   pinned=walker.pinned,
                   family=rs.address_family)
-    if walker.verdicts and not walker.endpoints:
-        entry.verdict = max(walker.verdicts, key=walker.verdicts.get)
-        entry.blackhole_rule = walker.drop_rule
-    masqs = {ep.masquerade for ep in walker.endpoints}
-    entry.masquerade = masqs.pop() if len(masqs) == 1 else ("conditional" if masqs else "never")
-    return entry
+    return settle_entry(entry, walker.endpoints, walker.verdicts, walker.drop_rule)
 
 
 def _ip_kind(rs: NftRuleset, ip: str, target: HashedName, lb_ips: set[str]) -> str:

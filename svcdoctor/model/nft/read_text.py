@@ -461,16 +461,7 @@ class _RuleParser:
         if t is None:
             return ""
         if t == "{":
-            self.take()
-            words = []
-            depth = 1
-            while self.peek() is not None:
-                w = self.take()
-                depth += (w == "{") - (w == "}")
-                if depth == 0:
-                    break
-                words.append(w)
-            return [_concat_value(part) for part in _split_top(words)]
+            return [_concat_value(part) for part in _split_top(self.braced())]
         parts = [literal(self.take())]
         while self.peek() == "." and self.peek(1) is not None and self.peek(1) not in SELECTOR_STARTS:
             self.take()
@@ -484,7 +475,8 @@ class _RuleParser:
             items.append(literal(self.take()))
         return items
 
-    def anonymous_map(self) -> list[tuple]:
+    def braced(self) -> list[str]:
+        """The words between a `{` (the next word) and the `}` that closes it."""
         self.take()  # {
         words = []
         depth = 1
@@ -494,6 +486,10 @@ class _RuleParser:
             if depth == 0:
                 break
             words.append(w)
+        return words
+
+    def anonymous_map(self) -> list[tuple]:
+        words = self.braced()
         pairs = []
         for part in _split_top(words):
             if ":" not in part:
