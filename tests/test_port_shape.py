@@ -125,3 +125,86 @@ def test_pre_1_24_xlb_drop_is_an_etp_local_drop():
     assert shape.xlb == xlb and len(shape.xlb_drops) == 1
     rejects, drops = blackholes(shape)
     assert rejects == [] and [d for d, _ in drops] == [("nodePort", "", "30080")]
+
+
+# --- kube-proxy's plan: the shape from its decisions equals the shape read from its written rules --------------
+
+def _comparable(shape) -> dict:
+    """Everything of a shape but its evidence lines (and rule counters: a plan has none), in order."""
+    return {
+        "nat": [(dest, hop.target, hop.packets) for dest, hop in shape.nat.items()],
+        "filter": [(dest, hop.target, hop.packets) for dest, hop in shape.filter.items()],
+        "balancers": {role: [(j.sep, j.probability) for j in jumps] for role, jumps in shape.balancers.items()},
+        "balancer_chains": shape.balancer_chains,
+        "affinity": shape.affinity,
+        "seps": [(sep, dest) for sep, (dest, _) in shape.seps.items()],
+        "ext": (shape.ext, shape.ext_final, shape.ext_masquerade),
+        "fw": (shape.fw, shape.fw_sources),
+        "xlb": (shape.xlb, shape.xlb_drops),
+    }
+
+
+def _settings_variants(settings: ProxySettings) -> list[ProxySettings]:
+    """The case's settings, on another node (other endpoints are local), for no node in particular (how `check`
+    plans ports whose rules are the same on every node), and as 1.30 (parsed addresses) and 1.31 (nfacct) write."""
+    from dataclasses import replace
+
+    return [settings, replace(settings, node_name="some-other-node"), replace(settings, node_name="-", node_ips=()),
+            replace(settings, kube_minor=30), replace(settings, kube_minor=31, nfacct=True)]
+
+
+def _ports_of_every_kind() -> list[ServicePort]:
+    """What kube-proxy's cases lack: IPv6 and dual-stack ports, a source range holding the node's IP (KUBE-FW
+    lets the node's own VIP traffic in), affinity with only local endpoints, an endpoint listed twice."""
+    ready = [Endpoint("10.244.1.5", 8080, node="node-1"), Endpoint("10.244.2.5", 8080, node="node-2")]
+    v6 = [Endpoint("fd00:10:244::5", 8080, node="node-1"), Endpoint("fd00:10:244:1::5", 8080, node="node-2")]
+    lb = dict(type="LoadBalancer", node_port=30080, load_balancer_ips=["203.0.113.7", "2001:db8::7"],
+              load_balancer_source_ranges=["172.18.0.0/16", "2001:db8::/64", "198.51.100.0/24"])
+    return [
+        _port(cluster_ips=["fd00:10:96::a"], endpoints=v6, external_ips=["FD00:0:0:0::0001", "2001:db8::5"]),
+        _port(cluster_ips=["10.96.0.10", "fd00:10:96::a"], endpoints=ready + v6, **lb),
+        _port(external_traffic_policy="Local", session_affinity="ClientIP", health_check_node_port=32000,
+              endpoints=ready + v6, **lb),
+        _port(internal_traffic_policy="Local", external_traffic_policy="Local", type="NodePort", node_port=30081,
+              session_affinity="ClientIP", endpoints=ready + [Endpoint("10.244.1.5", 8080, node="node-1")]),
+        _port(type="NodePort", node_port=30082, external_ips=["10.96.0.10", "192.0.2.9"],
+              endpoints=[Endpoint("10.244.1.5", 8080, node="node-1", ready=False, serving=True, terminating=True)]),
+        _port(external_traffic_policy="Local", endpoints=[Endpoint("10.244.2.5", 8080, node="node-2", ready=False)],
+              **lb),
+    ]
+
+
+def _every_plan():
+    from kube_proxy_cases import iter_cases
+
+    for case in iter_cases():
+        for settings in _settings_variants(case.settings):
+            for sp in case.cluster_model().service_ports:
+                yield case.name, sp, settings
+    v6 = ProxySettings(node_name="node-1", node_ips=("fd00:172:18::2", "172.18.0.2"), cluster_cidr="fd00:10:244::/56",
+                       ip_family="IPv6")
+    for settings in _settings_variants(SETTINGS) + _settings_variants(v6):
+        for sp in _ports_of_every_kind():
+            yield "every kind", sp, settings
+
+
+def test_the_plan_from_kube_proxys_decisions_is_the_plan_read_from_its_rules():
+    from svcdoctor.model.expected import decide_service_port
+    from svcdoctor.model.port_shape import expect_decisions
+
+    compared = 0
+    for name, sp, settings in _every_plan():
+        for large in (False, True):
+            written = plan_service_port(sp, settings, large)
+            decided = decide_service_port(sp, settings)
+            assert (written is None) == (decided is None), (name, sp.svc_port_name)
+            if written is None:
+                continue
+            read, quick = expect_port(written), expect_decisions(decided, settings, large)
+            where = (name, sp.svc_port_name, settings.node_name, settings.kube_minor, large)
+            assert _comparable(quick.shape) == _comparable(read.shape), where
+            assert (quick.suffix, quick.chains) == (read.suffix, read.chains), where
+            # the rules written for a finding's evidence are those the plan reads from
+            assert quick.written().expected_lines == read.expected_lines, where
+            compared += 1
+    assert compared > 300  # every case's ports, on five settings each, with and without large-cluster mode

@@ -19,7 +19,7 @@ from svcdoctor.checks.findings import Finding, finding
 from svcdoctor.checks.port_findings import check_split, comment_port, legacy_drops, local_drops
 from svcdoctor.model import rule_text
 from svcdoctor.model.cluster import ClusterModel, ServicePort
-from svcdoctor.model.expected import LARGE_CLUSTER_ENDPOINTS, ExpectedServicePort, plan_service_port
+from svcdoctor.model.expected import LARGE_CLUSTER_ENDPOINTS, ExpectedServicePort, decide_service_port
 from svcdoctor.model.hashes import (
     ENDPOINT_CHAIN_PREFIX,
     HASHED_PREFIXES,
@@ -41,7 +41,7 @@ from svcdoctor.model.port_shape import (
     describe,
     dnat_of,
     evidence,
-    expect_port,
+    expect_decisions,
     nat_dest,
 )
 from svcdoctor.model.proxy_settings import ProxySettings
@@ -98,15 +98,20 @@ class Planner:
             if chosen is not None and index not in chosen:
                 out.append(None)
             elif _node_dependent(sp):
-                plan = plan_service_port(sp, settings, large)
-                out.append(expect_port(plan) if plan is not None else None)
+                out.append(_expect(sp, settings, large))
             else:
                 exp = shared[index]
                 if exp is _UNPLANNED:
-                    plan = plan_service_port(sp, generic, large)
-                    exp = shared[index] = expect_port(plan) if plan is not None else None
+                    exp = shared[index] = _expect(sp, generic, large)
                 out.append(exp)
         return out
+
+
+def _expect(sp: ServicePort, settings: ProxySettings, large: bool) -> ExpectedPort | None:
+    # kube-proxy's decisions, in the shape a node's rules are read into; its rules are written only for a port
+    # that differs from the node's (ExpectedPort.written)
+    plan = decide_service_port(sp, settings)
+    return expect_decisions(plan, settings, large) if plan is not None else None
 
 
 # --- one port on one node -----------------------------------------------------------------------------------
@@ -132,7 +137,7 @@ def compare_port(ctx: PortContext, exp: ExpectedPort, act: PortShape) -> list[Fi
                 if split is not None:
                     out.append(split)
         return out
-    return _PortComparison(ctx, exp, act).findings()
+    return _PortComparison(ctx, exp.written(), act).findings()
 
 
 def _usable(sp: ServicePort) -> dict[str, str]:
@@ -572,6 +577,7 @@ def _no_endpoints(no_endpoints: dict[str, tuple[ExpectedPort, list[str]]]) -> li
     """no-endpoints once per port kube-proxy has no endpoint for, whatever the nodes do about it."""
     out = []
     for spn, (exp, lines) in sorted(no_endpoints.items()):
+        exp = exp.written()  # its evidence lines
         ports_desc = describe(next(iter(exp.shape.filter), ("clusterIP", exp.plan.cluster_ip, "")))
         out.append(finding(
             "no-endpoints", None, exp.plan.service_port.service_key,

@@ -82,6 +82,7 @@ class ExpectedServicePort:
     internal_filter: str | None  # "REJECT" | "DROP" | None: filter verdict for ClusterIP traffic
     external_filter: str | None  # "REJECT" | "DROP" | None: filter verdict for outside external traffic
     external_policy_local: bool = False  # externalTrafficPolicy Local, on a Service reachable from outside
+    firewall_admits_node: bool = False  # a source range holds the node's IP: KUBE-FW lets its own VIP traffic in
     nat_chains: list[str] = field(default_factory=list)  # declared for this port, in write order
     rules: list[tuple[str, str, str]] = field(default_factory=list)  # (table, chain, "-A chain …"), write order
 
@@ -127,7 +128,7 @@ def _family_cidrs(cidrs: Iterable[str], ipv6: bool, normalise: bool) -> list[str
     return out
 
 
-def _probability(n: int) -> str:
+def split_probability(n: int) -> str:
     # computeProbability: fmt.Sprintf("%0.10f", 1.0/float64(n)); Python rounds the double the same way
     return f"{1.0 / n:0.10f}"
 
@@ -215,10 +216,23 @@ def plan_service_port(
 ) -> ExpectedServicePort | None:
     """What kube-proxy writes for one service port, or None when kube-proxy does not proxy it at all
     (headless, ExternalName, or no cluster IP of this proxier's family)."""
+    plan = decide_service_port(sp, settings)
+    if plan is not None:
+        write_service_port(plan, settings, large_cluster)
+    return plan
+
+
+def decide_service_port(sp: ServicePort, settings: ProxySettings) -> ExpectedServicePort | None:
+    """kube-proxy's decisions for one service port, with no rule written (`rules` and `nat_chains` stay empty):
+    what `check` compares a node with (model/port_shape.py: expect_decisions); None as for `plan_service_port`."""
     cluster_ip = proxied_cluster_ip(sp, settings)
     if cluster_ip is None:
         return None
-    plan = _decide(sp, settings, cluster_ip)
+    return _decide(sp, settings, cluster_ip)
+
+
+def write_service_port(plan: ExpectedServicePort, settings: ProxySettings, large_cluster: bool = False) -> None:
+    """Write the rules of a decided port into its plan, in syncProxyRules' order."""
     writer = _PortRuleWriter(plan, settings, large_cluster)
     writer.entry_rules()
     writer.external_entry_rules()
@@ -228,7 +242,6 @@ def plan_service_port(
     writer.firewall_chain()
     writer.balancing_chains()
     writer.endpoint_chains()
-    return plan
 
 
 def _decide(sp: ServicePort, settings: ProxySettings, cluster_ip: str) -> ExpectedServicePort:
@@ -264,6 +277,7 @@ def _decide(sp: ServicePort, settings: ProxySettings, cluster_ip: str) -> Expect
         external_filter = None if has_external else "DROP"
     if not externally_accessible:
         external_filter = None  # kube-proxy computes a target but has no external destination to use it on
+    uses_fw_chain = eps.has_any and bool(lb_ips) and bool(source_ranges)
     return ExpectedServicePort(
         service_port=sp,
         name=name,
@@ -286,13 +300,23 @@ def _decide(sp: ServicePort, settings: ProxySettings, cluster_ip: str) -> Expect
         uses_cluster_chain=bool(eps.cluster) and uses_cluster_endpoints,
         uses_local_chain=bool(eps.local) and uses_local_endpoints,
         uses_external_chain=eps.has_any and externally_accessible,
-        uses_fw_chain=eps.has_any and bool(lb_ips) and bool(source_ranges),
+        uses_fw_chain=uses_fw_chain,
         internal_chain=svl_chain if itp_local else svc_chain,
         external_policy_chain=svl_chain if etp_local else svc_chain,
         internal_filter=internal_filter,
         external_filter=external_filter,
         external_policy_local=etp_local,
+        firewall_admits_node=uses_fw_chain and _in_any(settings.node_ip, source_ranges),
     )
+
+
+def _in_any(ip: str | None, cidrs: list[str]) -> bool:
+    """Whether an address is in one of the CIDRs (kube-proxy: a node's request to its own LB IP loops back with the
+    VIP as source, so KUBE-FW lets the VIPs in too when a source range holds the node's IP)."""
+    if not ip:
+        return False
+    addr = ipaddress.ip_address(ip)
+    return any(addr in ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
 class _PortRuleWriter:
@@ -419,13 +443,9 @@ class _PortRuleWriter:
         fw_chain = plan.fw_chain
         plan.nat_chains.append(fw_chain)
         fw = ("-m", "comment", "--comment", _q(f"{plan.name} loadbalancer IP"))
-        node_ip = self.settings.node_ip
-        allow_from_node = False
         for cidr in plan.source_ranges:
             self.nat(fw_chain, *fw, "-s", cidr, "-j", plan.ext_chain)
-            if node_ip and ipaddress.ip_address(node_ip) in ipaddress.ip_network(cidr, strict=False):
-                allow_from_node = True
-        if allow_from_node:
+        if plan.firewall_admits_node:
             # a node's request to its own VIP loops back with the VIP as source
             for ip in plan.load_balancer_ips:
                 self.nat(fw_chain, *fw, "-s", ip, "-j", plan.ext_chain)
@@ -468,7 +488,7 @@ def _service_to_endpoint_rules(plan, nat, chain: str, endpoints: list[ExpectedEn
                 "-j", e.chain)  # fmt: skip
     n = len(endpoints)
     for i, e in enumerate(endpoints):
-        stat = ("-m", "statistic", "--mode", "random", "--probability", _probability(n - i)) if i < n - 1 else ()
+        stat = ("-m", "statistic", "--mode", "random", "--probability", split_probability(n - i)) if i < n - 1 else ()
         nat(chain, *comment(e), *stat, "-j", e.chain)
 
 

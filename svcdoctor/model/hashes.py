@@ -6,7 +6,6 @@ servicePortName is "ns/name" + (":" + portName only when the port has a name); p
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from functools import lru_cache
 
@@ -35,9 +34,18 @@ def service_port_name(namespace: str, name: str, port_name: str | None) -> str:
     return f"{base}:{port_name}" if port_name else base
 
 
+# base32 (RFC 4648) by pairs of characters: ten bits at a time
+_BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_BASE32_PAIRS = tuple(a + b for a in _BASE32 for b in _BASE32)
+
+
 def _hash16(text: str) -> str:
-    # 10 bytes are exactly 16 base32 characters: the same prefix as encoding all 32, in half the time
-    return base64.b32encode(hashlib.sha256(text.encode("utf-8")).digest()[:10]).decode("ascii")
+    # 10 bytes are exactly 16 base32 characters, the same prefix as encoding all 32. base64.b32encode is a Python
+    # loop: reading it as one 80-bit number, eight lookups, is four times faster (check hashes 40,000 names)
+    n = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:10], "big")
+    pairs = _BASE32_PAIRS
+    return (pairs[n >> 70] + pairs[n >> 60 & 1023] + pairs[n >> 50 & 1023] + pairs[n >> 40 & 1023]
+            + pairs[n >> 30 & 1023] + pairs[n >> 20 & 1023] + pairs[n >> 10 & 1023] + pairs[n & 1023])
 
 
 @lru_cache(maxsize=65536)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from svcdoctor.model import rule_text
-from svcdoctor.model.expected import ExpectedServicePort
+from svcdoctor.model.expected import ExpectedServicePort, plan_service_port, split_probability
 from svcdoctor.model.hashes import (
     CLUSTER_CHAIN_PREFIX,
     ENDPOINT_CHAIN_PREFIX,
@@ -34,6 +34,7 @@ from svcdoctor.model.hashes import (
     chain_suffix,
     service_hash,
 )
+from svcdoctor.model.proxy_settings import ProxySettings
 from svcdoctor.model.rules import Chain, NodeRules
 from svcdoctor.model.service_rules import FILTER_ENTRY_CHAINS, NAT_ENTRY_CHAINS, service_port_of_comment
 
@@ -376,14 +377,30 @@ def _names_one_of(line: str, services: frozenset[str]) -> bool:
 
 @dataclass(slots=True)
 class ExpectedPort:
-    """kube-proxy's plan for one service port on a node, read into the same shape as the node's rules."""
+    """kube-proxy's plan for one service port on a node, read into the same shape as the node's rules.
+
+    Read from the rules kube-proxy would write (`expect_port`), or worked out from its decisions alone
+    (`expect_decisions`, what `check` compares 10,000 ports a node with): then the shape has no evidence lines,
+    and `written()` writes the port's rules when a finding needs to quote them."""
 
     plan: ExpectedServicePort
     suffix: str
     addrs: Addresses
     shape: PortShape
     chains: frozenset[str]  # every nat chain kube-proxy would create for the port on the node
-    expected_lines: dict[str, list[str]]  # chain -> "-A …" lines, for evidence
+    expected_lines: dict[str, list[str]] | None  # chain -> "-A …" lines, for evidence; None: not written yet
+    settings: ProxySettings | None = None  # what the decisions were made with, to write them out later
+    large_cluster: bool = False
+    _written: ExpectedPort | None = None
+
+    def written(self) -> ExpectedPort:
+        """This plan read from its rules (evidence lines and all): itself when it was, else written now, once."""
+        if self.expected_lines is not None:
+            return self
+        if self._written is None:
+            plan = plan_service_port(self.plan.service_port, self.settings, self.large_cluster)
+            self._written = expect_port(plan)
+        return self._written
 
 
 def expect_port(plan: ExpectedServicePort) -> ExpectedPort:
@@ -403,3 +420,92 @@ def expect_port(plan: ExpectedServicePort) -> ExpectedPort:
     for chain, line in nat_entries + filter_entries:
         lines.setdefault(chain, []).append(line)
     return ExpectedPort(plan, suffix, addrs, shape, frozenset(plan.nat_chains), lines)
+
+
+def expect_decisions(plan: ExpectedServicePort, settings: ProxySettings, large_cluster: bool = False) -> ExpectedPort:
+    """kube-proxy's plan for a port (`model/expected.py: decide_service_port`, no rule written) in the shape
+    `expect_port` reads from its written rules, evidence lines left empty. Writing 10,000 ports' rules only to
+    read them straight back cost `check` more than comparing them with a node's (tests/test_port_shape.py holds
+    both shapes equal on kube-proxy's own test cases). Each step names the writer's step whose rules it reads."""
+    addrs = Addresses(plan.cluster_ip, plan.external_ips, plan.load_balancer_ips)
+    shape = PortShape()
+    _planned_entries(shape, plan, addrs)
+    _planned_verdicts(shape, plan, addrs)
+    for role, chain, endpoints, used in (("svc", plan.svc_chain, plan.cluster_endpoints, plan.uses_cluster_chain),
+                                         ("svl", plan.svl_chain, plan.local_endpoints, plan.uses_local_chain)):
+        if used:
+            _planned_balancer(shape, role, chain, endpoints, plan.service_port.session_affinity == "ClientIP")
+    if plan.uses_external_chain:  # external_chain: outside clients are masqueraded unless the policy is Local
+        shape.ext = plan.ext_chain
+        shape.ext_masquerade = not plan.external_policy_local
+        if plan.has_external_endpoints:
+            shape.ext_final = chain_kind(plan.external_policy_chain)
+    if plan.uses_fw_chain:  # firewall_chain: the source ranges, and the node's own VIPs when a range holds it
+        shape.fw = plan.fw_chain
+        sources = list(plan.source_ranges) + (plan.load_balancer_ips if plan.firewall_admits_node else [])
+        shape.fw_sources = frozenset(rule_text.network(source) for source in sources)
+    chains = [plan.ext_chain] if plan.uses_external_chain else []
+    chains += [plan.fw_chain] if plan.uses_fw_chain else []
+    chains += [chain for chain, used in ((plan.svc_chain, plan.uses_cluster_chain),
+                                         (plan.svl_chain, plan.uses_local_chain)) if used]
+    chains += [e.chain for e in plan.reachable_endpoints]
+    suffix = service_hash(plan.name, plan.protocol)
+    return ExpectedPort(plan, suffix, addrs, shape, frozenset(chains), None, settings, large_cluster)
+
+
+def _planned_entries(shape: PortShape, plan: ExpectedServicePort, addrs: Addresses) -> None:
+    """entry_rules, external_entry_rules, node_port_rules (nat): where each destination goes first; the first
+    rule for a destination counts, as `_read_nat_entries` reads them."""
+    port = str(plan.service_port.port)
+    hops: list[tuple[Dest, str]] = []
+    if plan.has_internal_endpoints:
+        hops.append((_planned_dest(plan.cluster_ip, port, addrs), plan.internal_chain))
+    if plan.has_endpoints:
+        hops += [(_planned_dest(ip, port, addrs), plan.ext_chain) for ip in plan.external_ips]
+        lb_chain = plan.fw_chain if plan.uses_fw_chain else plan.ext_chain
+        hops += [(_planned_dest(ip, port, addrs), lb_chain) for ip in plan.load_balancer_ips]
+        if plan.service_port.node_port:  # (1.31's localhost copy takes the node port's path: not a destination)
+            hops.append((("nodePort", "", str(plan.service_port.node_port)), plan.ext_chain))
+    for dest, target in hops:
+        if dest not in shape.nat:
+            shape.nat[dest] = Hop(target, "")
+
+
+def _planned_verdicts(shape: PortShape, plan: ExpectedServicePort, addrs: Addresses) -> None:
+    """The filter rules of entry_rules, external_entry_rules and node_port_rules, as `_read_filter_entries`
+    reads them."""
+    port = str(plan.service_port.port)
+    verdicts: list[tuple[Dest, str]] = []
+    if not plan.has_internal_endpoints:
+        verdicts.append((_planned_dest(plan.cluster_ip, port, addrs), plan.internal_filter))
+    if not plan.has_external_endpoints:
+        verdicts += [(_planned_dest(ip, port, addrs), plan.external_filter) for ip in plan.external_ips]
+    if plan.uses_fw_chain:
+        verdicts += [(("firewall", rule_text.address(ip), port), "DROP") for ip in plan.load_balancer_ips]
+    if not plan.has_external_endpoints:
+        verdicts += [(_planned_dest(ip, port, addrs), plan.external_filter) for ip in plan.load_balancer_ips]
+        if plan.service_port.node_port:
+            verdicts.append((("nodePort", "", str(plan.service_port.node_port)), plan.external_filter))
+    if plan.health_check_node_port:
+        verdicts.append((("healthCheck", "", str(plan.health_check_node_port)), "ACCEPT"))
+    for dest, target in verdicts:
+        if dest not in shape.filter:
+            shape.filter[dest] = Hop(target, "")
+
+
+def _planned_dest(ip: str, port: str, addrs: Addresses) -> Dest:
+    ip = rule_text.address(ip)  # as the rule's `-d` is read back
+    return (addrs.kind(ip, ""), ip, port)
+
+
+def _planned_balancer(shape: PortShape, role: str, chain: str, endpoints: list, affinity: bool) -> None:
+    """balancing_chains and endpoint_chains: the 1/(n-i) split over the chain's endpoints (ClientIP affinity
+    checks beside it), each endpoint chain DNATing to its endpoint, as `_read_balancer` reads them."""
+    n = len(endpoints)
+    shape.balancers[role] = [Jump(e.chain, float(split_probability(n - i)) if i < n - 1 else None, "")
+                             for i, e in enumerate(endpoints)]
+    shape.balancer_chains[role] = chain
+    shape.affinity[role] = affinity
+    for e in endpoints:
+        if e.chain not in shape.seps:
+            shape.seps[e.chain] = (e.endpoint.address, "")
