@@ -141,17 +141,16 @@ def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP
 
     @functools.wraps(fn)
     def command(ctx: typer.Context, **kwargs):
-        from svcdoctor.collect.live import ApiReadOptions
         from svcdoctor.inputs import InputOptions
 
         values = {name: kwargs.pop(name) for name in names}
         env = _environment(ctx, values["output"].value, values["no_color"], values["debug"], values["color"].value)
+        debug_pod = _debug_pod(values)
+        live = not (values["bundle"] or values["demo"])
         source = InputOptions(bundle=values["bundle"], demo=values["demo"], cluster=values["cluster"],
                               kubeconfig=values["kubeconfig"], context=values["context"], no_api=values["no_api"],
                               nodes=list(values["node"] or []), via=values["via"].value,
-                              api_read=ApiReadOptions(values["parallel"], values["node_selector"], values["sample"],
-                                                      values["proxy_namespace"], values["proxy_selector"],
-                                                      _debug_pod(values)))
+                              api_read=_api_read(values, debug_pod) if live else None)
         return fn(env, source, **kwargs)
 
     # typer hands a parameter annotated typer.Context the click context, and leaves it out of --help
@@ -162,15 +161,24 @@ def shared_options(fn: Callable | None = None, *, output_help: str = OUTPUT_HELP
     return command
 
 
+def _api_read(values: dict, debug_pod):
+    """How nodes are read through the API (a live input only: collect/live.py, which a bundle does not import)."""
+    from svcdoctor.collect.live import ApiReadOptions
+
+    return ApiReadOptions(values["parallel"], values["node_selector"], values["sample"], values["proxy_namespace"],
+                          values["proxy_selector"], debug_pod)
+
+
 def _debug_pod(values: dict):
     """--debug-pod IMAGE (with --debug-namespace, --image-pull-secret), or None: no consent, nothing created."""
-    from svcdoctor.collect.debug_pods import DebugPodOptions
     from svcdoctor.errors import UsageError
 
     if not values["debug_pod"]:
         if values["image_pull_secret"] or values["debug_namespace"] != "default":
             raise UsageError("--debug-namespace and --image-pull-secret go with --debug-pod IMAGE")
         return None
+    from svcdoctor.collect.debug_pods import DebugPodOptions
+
     return DebugPodOptions(values["debug_pod"], values["debug_namespace"], values["image_pull_secret"])
 
 

@@ -70,6 +70,13 @@ class Planner:
         self.cluster = cluster
         self._shared: dict[ProxySettings, list] = {}  # settings without the node's name and IPs -> plans
         self._large: dict[str, bool] = {}
+        self._hashes: dict[str, ServicePort] | None = None
+
+    def hashes(self) -> dict[str, ServicePort]:
+        """{hash suffix: service port} of every port of the cluster (kube-proxy's chain names)."""
+        if self._hashes is None:
+            self._hashes = {service_hash(sp.svc_port_name, sp.protocol): sp for sp in self.cluster.service_ports}
+        return self._hashes
 
     def large_cluster(self, settings: ProxySettings) -> bool:
         # kube-proxy's largeClusterMode counts the endpoints of every port it proxies, usable or not
@@ -519,7 +526,7 @@ def diff_nodes(
         named = frozenset([service])
     planner = planner or Planner(cluster)
     out: list[Finding] = []
-    all_suffixes = {service_hash(sp.svc_port_name, sp.protocol): sp for sp in cluster.service_ports}
+    all_suffixes = planner.hashes()
     no_endpoints: dict[str, tuple[ExpectedPort, list[str]]] = {}
     for node in nodes:
         program = NodeProgram(node.name, node.rules, only, named or frozenset())

@@ -108,11 +108,15 @@ def diff_nodes_in_parallel(nodes: list[NodeInput], cluster: ClusterModel, ports:
     the parsed rules and the plan without copying, and send back only their findings. A port without endpoints
     is reported by every worker that saw it; the same finding once is kept by dedupe_findings.
     """
-    workers = min(len(nodes), os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
     rules = sum(node.rules.rule_count for node in nodes)
-    if workers < 2 or rules < PARALLEL_MIN_RULES or "fork" not in multiprocessing.get_all_start_methods():
+    if (cores < 2 or len(nodes) < 2 or rules < PARALLEL_MIN_RULES
+            or "fork" not in multiprocessing.get_all_start_methods()):
         return diff_nodes(nodes, cluster, ports, report_orphans)
+    # a worker per node, up to two per core: three nodes on two cores then take one and a half node's time, not two
+    workers = min(len(nodes), 2 * cores)
     planner = Planner(cluster)
+    planner.hashes()
     for node in nodes:
         if node.settings is not None:
             planner.ports(node.settings)  # as diff_nodes asks for it when it checks the whole cluster
