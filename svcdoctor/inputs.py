@@ -124,17 +124,13 @@ def no_cyclic_gc() -> Iterator[None]:
 
 
 def load(opts: InputOptions, progress=None) -> LoadedInput:
-    """Read the input and parse it. The cyclic garbage collector is paused while files are read (JSON documents of
-    100,000s of objects: a third of reading them, measured) and while the rules are parsed (no_cyclic_gc); a live
-    read runs network code for minutes and keeps it. What was read is then frozen out of the collector's sight
-    (gc.freeze): it lives until the command ends and holds no cycles, and the first full collection after the
-    pause would walk all of it once more (0.2 s on three nodes of 10,000 services)."""
+    """Read the input and parse it. The cyclic garbage collector is paused while a bundle's files are read (JSON
+    documents of 100,000s of objects: a third of reading them, measured) and while the rules are parsed
+    (no_cyclic_gc); a live read runs network code for minutes and keeps it."""
     live = not (opts.bundle or opts.demo)
     snapshot = read_snapshot(opts, progress) if live else None
     with no_cyclic_gc():
-        loaded = _parse_snapshot(opts, snapshot or read_snapshot(opts, progress))
-        gc.freeze()  # before the collector is back: its first allocation would start the walk
-    return loaded
+        return _parse_snapshot(opts, snapshot or read_snapshot(opts, progress))
 
 
 def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInput:

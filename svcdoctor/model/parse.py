@@ -119,7 +119,7 @@ def parse_rules(text: str, source: str = "<input>") -> NodeRules:
         result.format = "iptables-S"
     elif _looks_like_restore_input(result):  # also with `[p:b]` counters, as `iptables-restore -c` takes them
         result.format = "restore-input"
-    if not tables or result.rule_count == 0 and not any(t.chains for t in tables.values()):
+    if not tables or not any(t.chains for t in tables.values()) and result.rule_count == 0:
         raise InputError(f"{source}: no iptables rules found")
     result.has_counters = counters
     return result
