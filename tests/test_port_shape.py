@@ -200,11 +200,45 @@ def test_the_plan_from_kube_proxys_decisions_is_the_plan_read_from_its_rules():
             assert (written is None) == (decided is None), (name, sp.svc_port_name)
             if written is None:
                 continue
-            read, quick = expect_port(written), expect_decisions(decided, settings, large)
+            read, quick = expect_port(written), expect_decisions(decided, large)
             where = (name, sp.svc_port_name, settings.node_name, settings.kube_minor, large)
             assert _comparable(quick.shape) == _comparable(read.shape), where
             assert (quick.suffix, quick.chains) == (read.suffix, read.chains), where
             # the rules written for a finding's evidence are those the plan reads from
-            assert quick.written().expected_lines == read.expected_lines, where
+            assert quick.written(settings).expected_lines == read.expected_lines, where
             compared += 1
     assert compared > 300  # every case's ports, on five settings each, with and without large-cluster mode
+
+
+def test_a_shared_plan_is_every_node_plan_it_is_shared_with():
+    """check plans a port whose policies are Cluster once for every node with the same `_shared_key` (address
+    family, and 1.30's parsed addresses where the port has any), before reading any node (checks/compare_api.py:
+    Planner): the plan with any other such node's settings must be the same."""
+    from dataclasses import replace
+
+    from svcdoctor.checks.compare_api import _node_dependent, _shared_key
+    from svcdoctor.model.expected import decide_service_port
+    from svcdoctor.model.port_shape import expect_decisions
+
+    def planned(sp, settings):
+        plan = decide_service_port(sp, replace(settings, node_name="-", node_ips=()))
+        if plan is None:
+            return None
+        exp = expect_decisions(plan)
+        return _comparable(exp.shape), exp.chains, exp.suffix, (exp.addrs.cluster_ip, exp.addrs.external,
+                                                               exp.addrs.load_balancer)
+
+    others = [ProxySettings(node_name="other", node_ips=("192.0.2.1",), masquerade_all=True, random_fully=False,
+                            masquerade_bit=5, node_port_addresses=("192.0.2.0/24",)),
+              ProxySettings(node_name="other", kube_minor=29, conntrack_tcp_be_liberal=True, local_interface="cbr0")]
+    compared = 0
+    for name, sp, settings in _every_plan():
+        if _node_dependent(sp):
+            continue
+        for other in others:
+            for minor in (28, 29, 30, 31):  # either side of 1.30's parsed addresses
+                other = replace(other, ip_family=settings.ip_family, kube_minor=minor, nfacct=minor >= 31)
+                if _shared_key(sp, other) == _shared_key(sp, settings):
+                    assert planned(sp, other) == planned(sp, settings), (name, sp.svc_port_name, minor)
+                    compared += 1
+    assert compared > 400  # the ports of every case that are not node-dependent, on five settings each

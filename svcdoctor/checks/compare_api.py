@@ -59,16 +59,26 @@ def _node_dependent(sp: ServicePort) -> bool:
             or bool(sp.load_balancer_source_ranges and sp.load_balancer_ips))
 
 
+def _shared_key(sp: ServicePort, settings: ProxySettings) -> tuple[str, bool | None]:
+    """What kube-proxy's decisions for a port that is not node-dependent take from the node's settings
+    (model/expected.py: _decide): the address family, and whether addresses are printed parsed (1.30+), which
+    only the external and load-balancer IPs and the source ranges are."""
+    prints_addresses = bool(sp.external_ips or sp.load_balancer_ips or sp.load_balancer_source_ranges)
+    return settings.ip_family, (settings.kube_minor >= 30 if prints_addresses else None)
+
+
 _UNPLANNED = object()
 
 
 class Planner:
-    """Plans service ports for every node, once per distinct answer: with the same settings, a port whose
-    policies are Cluster gets the same rules on every node (the common case, and 10,000 plans are not free)."""
+    """Plans service ports for every node, once per distinct answer: a port whose policies are Cluster gets the
+    same decisions on every node of an address family (the common case, and 10,000 plans are not free). Those
+    depend on no more of a node than `_shared_key` says, so they can be made before any node's rules are read
+    (`share`: check's workers read their own node, checks/engine.py)."""
 
     def __init__(self, cluster: ClusterModel):
         self.cluster = cluster
-        self._shared: dict[ProxySettings, list] = {}  # settings without the node's name and IPs -> plans
+        self._shared: dict[tuple[str, bool | None], list] = {}  # _shared_key -> plans, one slot per port
         self._large: dict[str, bool] = {}
         self._hashes: dict[str, ServicePort] | None = None
 
@@ -96,10 +106,6 @@ class Planner:
         port kube-proxy does not proxy, or one not among the `chosen` indexes), in the order of
         `cluster.service_ports`."""
         large = self.large_cluster(settings)
-        generic = replace(settings, node_name="-", node_ips=())
-        shared = self._shared.get(generic)
-        if shared is None:
-            shared = self._shared[generic] = [_UNPLANNED] * len(self.cluster.service_ports)
         out: list[ExpectedPort | None] = []
         for index, sp in enumerate(self.cluster.service_ports):
             if chosen is not None and index not in chosen:
@@ -107,18 +113,39 @@ class Planner:
             elif _node_dependent(sp):
                 out.append(_expect(sp, settings, large))
             else:
-                exp = shared[index]
-                if exp is _UNPLANNED:
-                    exp = shared[index] = _expect(sp, generic, large)
-                out.append(exp)
+                out.append(self._shared_plan(index, sp, settings, large))
         return out
+
+    def share(self, settings: ProxySettings) -> None:
+        """Plan ahead every port that is planned the same on every node like `settings` (all but the
+        node-dependent ones)."""
+        large = self.large_cluster(settings)
+        for index, sp in enumerate(self.cluster.service_ports):
+            if not _node_dependent(sp):
+                self._shared_plan(index, sp, settings, large)
+
+    def _shared_plan(self, index: int, sp: ServicePort, settings: ProxySettings, large: bool) -> ExpectedPort | None:
+        key = _shared_key(sp, settings)
+        shared = self._shared.get(key)
+        if shared is None:
+            shared = self._shared[key] = [_UNPLANNED] * len(self.cluster.service_ports)
+        exp = shared[index]
+        if exp is _UNPLANNED:
+            exp = shared[index] = _expect(sp, replace(settings, node_name="-", node_ips=()), large)
+        return exp
+
+
+def plan_settings(sp: ServicePort, settings: ProxySettings) -> ProxySettings:
+    """The settings a port's rules are written with on a node (a finding's evidence): the node's, or for a port
+    planned the same on every node, the node's without its name and addresses."""
+    return settings if _node_dependent(sp) else replace(settings, node_name="-", node_ips=())
 
 
 def _expect(sp: ServicePort, settings: ProxySettings, large: bool) -> ExpectedPort | None:
     # kube-proxy's decisions, in the shape a node's rules are read into; its rules are written only for a port
     # that differs from the node's (ExpectedPort.written)
     plan = decide_service_port(sp, settings)
-    return expect_decisions(plan, settings, large) if plan is not None else None
+    return expect_decisions(plan, large) if plan is not None else None
 
 
 # --- one port on one node -----------------------------------------------------------------------------------
@@ -130,6 +157,7 @@ class PortContext:
     service: str  # "ns/name"
     protocol: str
     node_ip_known: bool = True  # whether the settings know the node's IP (the LB firewall lets the node in)
+    plan_settings: ProxySettings | None = None  # what kube-proxy's rules are written with, for evidence
 
 
 def compare_port(ctx: PortContext, exp: ExpectedPort, act: PortShape) -> list[Finding]:
@@ -144,7 +172,7 @@ def compare_port(ctx: PortContext, exp: ExpectedPort, act: PortShape) -> list[Fi
                 if split is not None:
                     out.append(split)
         return out
-    return _PortComparison(ctx, exp.written(), act).findings()
+    return _PortComparison(ctx, exp.written(ctx.plan_settings), act).findings()
 
 
 def _usable(sp: ServicePort) -> dict[str, str]:
@@ -515,53 +543,108 @@ def diff_nodes(
     the rules of that service are read, so left-over chains are those of its ports' hashes and of the entry
     rules that name it.
     """
-    scoped = service is not None
-    chosen = None
-    if ports is not None:
-        selected = set(map(id, ports))
-        chosen = {i for i, sp in enumerate(cluster.service_ports) if id(sp) in selected}
-    only = named = None
-    if service is not None:
-        only = frozenset(service_hash(sp.svc_port_name, sp.protocol) for sp in ports or ())
-        named = frozenset([service])
+    scope = DiffScope.of(cluster, ports, report_orphans, service)
     planner = planner or Planner(cluster)
-    out: list[Finding] = []
-    all_suffixes = planner.hashes()
-    no_endpoints: dict[str, tuple[ExpectedPort, list[str]]] = {}
-    for node in nodes:
-        program = NodeProgram(node.name, node.rules, only, named or frozenset())
-        if not program.has_rules:
-            continue
-        accounted: set[str] = set()
-        expected_suffixes: set[str] = set(all_suffixes) if scoped else set()
-        plans: list[tuple[ServicePort, ExpectedPort]] = []
-        planned = planner.ports(node.settings, chosen if scoped else None)
-        for index, (sp, exp) in enumerate(zip(cluster.service_ports, planned)):
-            if exp is None:
-                continue
-            expected_suffixes.add(exp.suffix)
-            accounted.update(exp.chains)
-            if chosen is None or index in chosen:
-                plans.append((sp, exp))
-        # entries whose comment names a port but whose chain is not its hash
-        renamed = _renamed_entries(program, expected_suffixes, {p.suffix: p for _, p in plans})
-        for sp, exp in plans:
-            out.extend(_check_port(program, node, sp, exp, renamed.get(exp.suffix, ()), accounted, no_endpoints))
-        candidates = None if only is None else [p + s for s in sorted(only | set(program.entries))
-                                                for p in HASHED_PREFIXES]
-        out.extend(_orphans(program, accounted, all_suffixes, report_orphans, candidates))
-    out.extend(_no_endpoints(no_endpoints))
+    return merge_diffs([diff_node(node, scope, planner) for node in nodes])
+
+
+@dataclass(slots=True)
+class DiffScope:
+    """What `diff_nodes` compares on each node (the same for all of them)."""
+
+    cluster: ClusterModel
+    chosen: set[int] | None  # indexes of the ports compared (None: all)
+    report_orphans: Callable[[str | None], bool]
+    only: frozenset[str] | None = None  # explain of one service: its ports' hash suffixes,
+    named: frozenset[str] = frozenset()  # and its name
+
+    @classmethod
+    def of(cls, cluster: ClusterModel, ports: list[ServicePort] | None, report_orphans: Callable[[str | None], bool],
+           service: str | None = None) -> DiffScope:
+        chosen = None
+        if ports is not None:
+            selected = set(map(id, ports))
+            chosen = {i for i, sp in enumerate(cluster.service_ports) if id(sp) in selected}
+        if service is None:
+            return cls(cluster, chosen, report_orphans)
+        only = frozenset(service_hash(sp.svc_port_name, sp.protocol) for sp in ports or ())
+        return cls(cluster, chosen, report_orphans, only, frozenset([service]))
+
+
+@dataclass(slots=True)
+class NoEndpoints:
+    """A port kube-proxy has no endpoint for, as one node has it. `no-endpoints` is told once per port, whatever
+    the nodes do about it (merge_diffs)."""
+
+    service: str
+    where: str  # what kube-proxy rejects connections to, in words
+    rejects: list[str]  # the node's REJECT rules for it (a name's TCP and UDP ports are one port name)
+    expected: list[str]  # the rule kube-proxy would write, as evidence when no node has one
+
+
+@dataclass(slots=True)
+class NodeDiff:
+    """One node's findings, and the ports it has without endpoints (told once for all nodes)."""
+
+    findings: list[Finding]
+    no_endpoints: dict[str, NoEndpoints]  # service port name -> how this node has it
+
+
+def merge_diffs(diffs: list[NodeDiff]) -> list[Finding]:
+    """The nodes' findings in order, then `no-endpoints` once per port, with the first REJECT rule a node has."""
+    out = [f for diff in diffs for f in diff.findings]
+    ports: dict[str, tuple[NoEndpoints, list[str]]] = {}
+    for diff in diffs:
+        for spn, seen in diff.no_endpoints.items():
+            ports.setdefault(spn, (seen, []))[1].extend(seen.rejects)
+    for spn, (first, rejects) in sorted(ports.items()):
+        out.append(finding(
+            "no-endpoints", None, first.service,
+            f"{spn} has no usable endpoint (no ready or serving pod in its EndpointSlices): kube-proxy rejects "
+            f"connections to {first.where}", rejects[:1] or first.expected))
     return out
+
+
+def diff_node(node: NodeInput, scope: DiffScope, planner: Planner) -> NodeDiff:
+    """Desired against programmed on one node (`diff_nodes`)."""
+    cluster, chosen, only = scope.cluster, scope.chosen, scope.only
+    scoped = only is not None
+    diff = NodeDiff([], {})
+    program = NodeProgram(node.name, node.rules, only, scope.named)
+    if not program.has_rules:
+        return diff
+    all_suffixes = planner.hashes()
+    accounted: set[str] = set()
+    expected_suffixes: set[str] = set(all_suffixes) if scoped else set()
+    plans: list[tuple[ServicePort, ExpectedPort]] = []
+    planned = planner.ports(node.settings, chosen if scoped else None)
+    for index, (sp, exp) in enumerate(zip(cluster.service_ports, planned)):
+        if exp is None:
+            continue
+        expected_suffixes.add(exp.suffix)
+        accounted.update(exp.chains)
+        if chosen is None or index in chosen:
+            plans.append((sp, exp))
+    # entries whose comment names a port but whose chain is not its hash
+    renamed = _renamed_entries(program, expected_suffixes, {p.suffix: p for _, p in plans})
+    for sp, exp in plans:
+        diff.findings.extend(_check_port(program, node, sp, exp, renamed.get(exp.suffix, ()), accounted,
+                                         diff.no_endpoints))
+    candidates = None if only is None else [p + s for s in sorted(only | set(program.entries))
+                                            for p in HASHED_PREFIXES]
+    diff.findings.extend(_orphans(program, accounted, all_suffixes, scope.report_orphans, candidates))
+    return diff
 
 
 def _check_port(program: NodeProgram, node: NodeInput, sp: ServicePort, exp: ExpectedPort,
                 extra: Iterable[tuple[str, str, str]], accounted: set[str],
-                no_endpoints: dict[str, tuple[ExpectedPort, list[str]]]) -> list[Finding]:
+                no_endpoints: dict[str, NoEndpoints]) -> list[Finding]:
     """One service port on one node against its plan; what it accounts for is added to `accounted`."""
     out: list[Finding] = []
     act = program.shape(exp.suffix, exp.addrs, extra)
     ctx = PortContext(node.name, exp.plan.name, sp.service_key, exp.plan.protocol,
-                      node_ip_known=node.settings.node_ip is not None)
+                      node_ip_known=node.settings.node_ip is not None,
+                      plan_settings=plan_settings(sp, node.settings))
     for _, line, target in extra:
         out.append(finding(
             "hash-mismatch", node.name, sp.service_key,
@@ -573,24 +656,22 @@ def _check_port(program: NodeProgram, node: NodeInput, sp: ServicePort, exp: Exp
     accounted.update(act.seps)
     accounted.update(act.balancer_chains.values())
     if not exp.plan.has_endpoints:
-        hop = next((h for h in act.filter.values() if h.target == "REJECT"), None)
-        seen = no_endpoints.setdefault(exp.plan.name, (exp, []))[1]
-        if hop is not None:
-            seen.append(hop.line)
+        _no_endpoints(ctx, exp, act, no_endpoints)
     return out
 
 
-def _no_endpoints(no_endpoints: dict[str, tuple[ExpectedPort, list[str]]]) -> list[Finding]:
-    """no-endpoints once per port kube-proxy has no endpoint for, whatever the nodes do about it."""
-    out = []
-    for spn, (exp, lines) in sorted(no_endpoints.items()):
-        exp = exp.written()  # its evidence lines
-        ports_desc = describe(next(iter(exp.shape.filter), ("clusterIP", exp.plan.cluster_ip, "")))
-        out.append(finding(
-            "no-endpoints", None, exp.plan.service_port.service_key,
-            f"{spn} has no usable endpoint (no ready or serving pod in its EndpointSlices): kube-proxy rejects "
-            f"connections to {ports_desc}", lines[:1] or [f"expected {h.line}" for h in exp.shape.filter.values()][:1]))
-    return out
+def _no_endpoints(ctx: PortContext, exp: ExpectedPort, act: PortShape, seen: dict[str, NoEndpoints]) -> None:
+    """Note how the node has a port without endpoints (its REJECT rule, if any), for merge_diffs."""
+    reject = next((hop.line for hop in act.filter.values() if hop.target == "REJECT"), None)
+    port = seen.get(exp.plan.name)
+    if port is None:
+        where = describe(next(iter(exp.shape.filter), ("clusterIP", exp.plan.cluster_ip, "")))
+        expected = []
+        if reject is None:  # (written only when it may be needed as evidence)
+            expected = [f"expected {hop.line}" for hop in exp.written(ctx.plan_settings).shape.filter.values()][:1]
+        port = seen[exp.plan.name] = NoEndpoints(exp.plan.service_port.service_key, where, [], expected)
+    if reject is not None:
+        port.rejects.append(reject)
 
 
 def _renamed_entries(program: NodeProgram, expected: set[str], wanted: dict[str, ExpectedPort]

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from svcdoctor.checks.compare_api import Planner, diff_nodes
+from svcdoctor.checks.compare_api import DiffScope, Planner, diff_node, diff_nodes, merge_diffs
 from svcdoctor.checks.drift import NodeInput, compare_nodes
 from svcdoctor.checks.findings import Finding, dedupe_findings, sort_findings
 from svcdoctor.model.cluster import ClusterModel, ServicePort
@@ -95,38 +95,33 @@ def _name(item: dict) -> str:
     return (item.get("metadata") or {}).get("name") or ""
 
 
-# Below this many rules on the nodes together, forking costs more than it saves.
-PARALLEL_MIN_RULES = 100_000
-
-
 def diff_nodes_in_parallel(nodes: list[NodeInput], cluster: ClusterModel, ports: list[ServicePort] | None,
                            report_orphans: Callable[[str | None], bool]) -> list[Finding]:
     """`diff_nodes` with the work per node spread over the machine's cores.
 
     kube-proxy's plan is worked out once here, for every distinct set of proxy settings (on a cluster they are
     nearly always the same), then each node's rules are compared with it in a forked worker: the workers inherit
-    the parsed rules and the plan without copying, and send back only their findings. A port without endpoints
-    is reported by every worker that saw it; the same finding once is kept by dedupe_findings.
+    the parsed rules and the plan without copying, and send back only their findings, merged as `diff_nodes`
+    merges them.
     """
-    cores = os.cpu_count() or 1
-    if (cores < 2 or len(nodes) < 2 or not _at_least_rules(nodes, PARALLEL_MIN_RULES)
-            or "fork" not in multiprocessing.get_all_start_methods()):
+    if not _worth_forking(len(nodes)) or not _at_least_rules(nodes, PARALLEL_MIN_RULES):
         return diff_nodes(nodes, cluster, ports, report_orphans)
-    # a worker per node, up to two per core: three nodes on two cores then take one and a half node's time, not two
-    workers = min(len(nodes), 2 * cores)
+    scope = DiffScope.of(cluster, ports, report_orphans)
     planner = Planner(cluster)
     planner.hashes()
     for node in nodes:
         if node.settings is not None:
             planner.ports(node.settings)  # as diff_nodes asks for it when it checks the whole cluster
-    global _WORK
-    _WORK = (nodes, cluster, ports, report_orphans, planner)
-    try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            per_node = pool.map(_diff_one_node, range(len(nodes)), chunksize=1)
-    finally:
-        _WORK = None
-    return [f for found in per_node for f in found]
+    return merge_diffs(in_workers(lambda node: diff_node(node, scope, planner), nodes))
+
+
+# Below this many rules on the nodes together, forking costs more than it saves.
+PARALLEL_MIN_RULES = 100_000
+
+
+def _worth_forking(tasks: int) -> bool:
+    return (tasks >= 2 and (os.cpu_count() or 1) >= 2
+            and "fork" in multiprocessing.get_all_start_methods())
 
 
 def _at_least_rules(nodes: list[NodeInput], limit: int) -> bool:
@@ -141,12 +136,25 @@ def _at_least_rules(nodes: list[NodeInput], limit: int) -> bool:
     return False
 
 
-_WORK: tuple | None = None  # what the forked workers inherit (never pickled: closures and big parsed rules)
+def in_workers(work: Callable, items: list) -> list:
+    """[work(item) for item in items], each in a forked worker: a worker per item, up to two per core (three
+    nodes on two cores then take one and a half node's time, not two). The workers inherit everything `work`
+    needs without copying (closures and big parsed rules are never pickled) and send back only its result."""
+    global _WORK
+    _WORK = (work, items)
+    try:
+        with multiprocessing.get_context("fork").Pool(min(len(items), 2 * (os.cpu_count() or 1))) as pool:
+            return pool.map(_work_on, range(len(items)), chunksize=1)
+    finally:
+        _WORK = None
 
 
-def _diff_one_node(index: int) -> list[Finding]:
-    nodes, cluster, ports, report_orphans, planner = _WORK
-    return diff_nodes([nodes[index]], cluster, ports, report_orphans, planner=planner)
+_WORK: tuple | None = None  # what the forked workers inherit
+
+
+def _work_on(index: int):
+    work, items = _WORK
+    return work(items[index])
 
 
 def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: str | None = None) -> list[Finding]:

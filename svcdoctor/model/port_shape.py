@@ -389,18 +389,15 @@ class ExpectedPort:
     shape: PortShape
     chains: frozenset[str]  # every nat chain kube-proxy would create for the port on the node
     expected_lines: dict[str, list[str]] | None  # chain -> "-A …" lines, for evidence; None: not written yet
-    settings: ProxySettings | None = None  # what the decisions were made with, to write them out later
-    large_cluster: bool = False
-    _written: ExpectedPort | None = None
+    large_cluster: bool = False  # kube-proxy's largeClusterMode (its rules then have fewer comments)
 
-    def written(self) -> ExpectedPort:
-        """This plan read from its rules (evidence lines and all): itself when it was, else written now, once."""
+    def written(self, settings: ProxySettings | None) -> ExpectedPort:
+        """This plan read from its rules, evidence lines and all: itself when it was, else kube-proxy's rules for
+        the port written now with the node's `settings` (the decisions are the same: they depend on no more of
+        the settings than what they were made with)."""
         if self.expected_lines is not None:
             return self
-        if self._written is None:
-            plan = plan_service_port(self.plan.service_port, self.settings, self.large_cluster)
-            self._written = expect_port(plan)
-        return self._written
+        return expect_port(plan_service_port(self.plan.service_port, settings, self.large_cluster))
 
 
 def expect_port(plan: ExpectedServicePort) -> ExpectedPort:
@@ -422,7 +419,7 @@ def expect_port(plan: ExpectedServicePort) -> ExpectedPort:
     return ExpectedPort(plan, suffix, addrs, shape, frozenset(plan.nat_chains), lines)
 
 
-def expect_decisions(plan: ExpectedServicePort, settings: ProxySettings, large_cluster: bool = False) -> ExpectedPort:
+def expect_decisions(plan: ExpectedServicePort, large_cluster: bool = False) -> ExpectedPort:
     """kube-proxy's plan for a port (`model/expected.py: decide_service_port`, no rule written) in the shape
     `expect_port` reads from its written rules, evidence lines left empty. Writing 10,000 ports' rules only to
     read them straight back cost `check` more than comparing them with a node's (tests/test_port_shape.py holds
@@ -450,7 +447,7 @@ def expect_decisions(plan: ExpectedServicePort, settings: ProxySettings, large_c
                                          (plan.svl_chain, plan.uses_local_chain)) if used]
     chains += [e.chain for e in plan.reachable_endpoints]
     suffix = service_hash(plan.name, plan.protocol)
-    return ExpectedPort(plan, suffix, addrs, shape, frozenset(chains), None, settings, large_cluster)
+    return ExpectedPort(plan, suffix, addrs, shape, frozenset(chains), None, large_cluster)
 
 
 def _planned_entries(shape: PortShape, plan: ExpectedServicePort, addrs: Addresses) -> None:
