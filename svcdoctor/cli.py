@@ -135,10 +135,15 @@ def check(
     from svcdoctor.render.check_view import render_check
     from svcdoctor.render.json_doc import check_document
 
-    loaded = _load(env, source)
-    if all_namespaces and namespace:
-        raise UsageError("-n and -A exclude each other")
-    result = run_check(loaded, namespace=namespace, selector=selector)
+    loaded = _load(env, source, defer=True)
+    owed = bool(loaded.deferred)  # a big bundle's nodes are read by run_check: what they say is said after
+    try:
+        if all_namespaces and namespace:
+            raise UsageError("-n and -A exclude each other")
+        result = run_check(loaded, namespace=namespace, selector=selector)
+    finally:
+        if owed:
+            _report_deferred(env, loaded)
     scope = f"namespace {namespace}" if namespace else "every namespace"
     env.show(result, partial(check_document, loaded=loaded, namespace=namespace), partial(render_check, scope=scope))
     if failing(result, fail_on.value):
@@ -328,20 +333,32 @@ _full_summaries()
 
 
 # --- the steps the commands share ------------------------------------------------------------------------------
-def _load(env: Environment, source: InputOptions) -> LoadedInput:
-    """Read and parse the input; then say on stderr what every command says: warnings, and unreadable nodes."""
+def _load(env: Environment, source: InputOptions, defer: bool = False) -> LoadedInput:
+    """Read and parse the input; then say on stderr what every command says: warnings, and unreadable nodes.
+    `defer` (check): a big bundle's rules may be left for check's workers to read; then this is said when the
+    command has read them (_report_deferred)."""
     from svcdoctor.inputs import load
     from svcdoctor.render.console import print_input_report
 
     if source.bundle or source.demo:
-        loaded = load(source)
+        loaded = load(source, defer=defer)
     else:  # a live read takes seconds (minutes on thousands of nodes): show what it is doing
         from svcdoctor.render.progress import collection_progress
 
         with collection_progress(env.stderr) as progress:
-            loaded = load(source, progress=progress)
-    print_input_report(loaded, env.stderr)
+            loaded = load(source, progress=progress, defer=defer)
+    if not loaded.deferred:
+        print_input_report(loaded, env.stderr)
     return loaded
+
+
+def _report_deferred(env: Environment, loaded: LoadedInput) -> None:
+    """What `_load` did not say for the nodes it left unread, once they are read (here, when the command stopped
+    before reading them): the same lines, in the same order."""
+    from svcdoctor.render.console import print_input_report
+
+    loaded.read_deferred()
+    print_input_report(loaded, env.stderr)
 
 
 def _status(loaded: LoadedInput) -> ExitStatus:

@@ -47,6 +47,29 @@ class LoadedInput:
     nft: dict[str, list] = field(default_factory=dict)
     # per-service rule indexes, worked out once per run (resolving a name and explaining it use the same one)
     index_cache: dict = field(default_factory=dict)
+    # nodes whose rules load left unread (load(defer=True)): `check` reads each in the worker that compares it,
+    # and files only what the reading said (`take`: warnings, failures); read_deferred() reads them here
+    deferred: dict[str, NodeCapture] = field(default_factory=dict)
+
+    def take(self, read: NodeRead) -> None:
+        """File what reading one node gave."""
+        if read.failure is not None:
+            self.failed[read.name] = read.failure
+            return
+        if read.nft is not None:
+            self.nft[read.name] = read.nft
+        self.warnings.extend(read.warnings)
+        if read.rules is not None:
+            self.rules[read.name] = read.rules
+        if read.other is not None:
+            self.other_backend[read.name] = read.other
+        if read.rules6 is not None:
+            self.rules6[read.name] = read.rules6
+
+    def read_deferred(self) -> None:
+        """Read here the nodes load left unread, as load would have."""
+        for name in list(self.deferred):
+            self.take(read_node(self.deferred.pop(name)))
 
     def rules_for(self, address: str) -> dict[str, NodeRules]:
         """The nodes' rules for one address family: ip6tables for an IPv6 address, iptables otherwise."""
@@ -123,17 +146,20 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def load(opts: InputOptions, progress=None) -> LoadedInput:
+def load(opts: InputOptions, progress=None, defer: bool = False) -> LoadedInput:
     """Read the input and parse it. The cyclic garbage collector is paused while a bundle's files are read (JSON
     documents of 100,000s of objects: a third of reading them, measured) and while the rules are parsed
-    (no_cyclic_gc); a live read runs network code for minutes and keeps it."""
+    (no_cyclic_gc); a live read runs network code for minutes and keeps it.
+
+    `defer`: when every node is an iptables node checked against the API objects, leave the rules unread
+    (LoadedInput.deferred): `check` reads each node in the worker that compares it (checks/engine.py)."""
     live = not (opts.bundle or opts.demo)
     snapshot = read_snapshot(opts, progress) if live else None
     with no_cyclic_gc():
-        return _parse_snapshot(opts, snapshot or read_snapshot(opts, progress))
+        return _parse_snapshot(opts, snapshot or read_snapshot(opts, progress), defer)
 
 
-def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInput:
+def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot, defer: bool = False) -> LoadedInput:
     warnings: list[str] = []
     if opts.nodes:
         known = {n.name for n in snapshot.nodes}
@@ -141,63 +167,90 @@ def _parse_snapshot(opts: InputOptions, snapshot: ClusterSnapshot) -> LoadedInpu
         if unknown:
             raise UsageError(f"no node named {', '.join(unknown)}; nodes: {', '.join(sorted(known))}")
         snapshot.nodes = [n for n in snapshot.nodes if n.name in set(opts.nodes)]
-    rules: dict[str, NodeRules] = {}
-    rules6: dict[str, NodeRules] = {}
-    other: dict[str, NodeRules] = {}
-    failed: dict[str, str] = {}
     single_file = len(snapshot.nodes) == 1 and snapshot.cluster is None
     cluster = None
     api = snapshot.api
     if api.available and not opts.no_api:
         cluster = build_cluster_model(api.services, api.endpointslices, api.pods, api.nodes)
         warnings.extend(cluster.warnings)
+    loaded = LoadedInput(snapshot, {}, {}, {}, cluster, warnings)
+    if defer and opts.service is None and cluster is not None and _checked_iptables_nodes(snapshot.nodes):
+        loaded.deferred = {node.name: node for node in snapshot.nodes}
+        return loaded
     read = _rules_reader(opts.service, cluster, pasted=single_file)
-    nft: dict[str, list] = {}
     for node in snapshot.nodes:
-        if node.error:
-            failed[node.name] = node.error
-            continue
-        if node.has_nftables:
-            try:
-                nft[node.name] = _read_nft(node)
-            except SvcdoctorError as e:
-                if single_file:
-                    raise
-                failed[node.name] = f"unreadable nftables listing: {e}"
-                continue
-            if not node.iptables_save.strip():
-                rules[node.name] = NodeRules()  # kubelet's iptables chains were not read; kube-proxy's are in nft
-                continue
-        try:
-            parsed = read(node.iptables_save, node.source or node.name)
-        except SvcdoctorError as e:
-            if single_file:
-                raise
-            failed[node.name] = f"unreadable rules: {e}"
-            continue
-        parsed.backend_warnings.extend(w for w in node.warnings if w not in parsed.backend_warnings)
-        warnings.extend(parsed.warnings)
-        missing = missing_pieces(parsed)
-        if missing:
-            warnings.append(f"{node.source or node.name}: a partial dump, without {'; '.join(missing)}: what is in it "
-                            "is explained, and nothing missing is taken to be absent from the node")
-        rules[node.name] = parsed
-        if node.other_backend_save:
-            try:
-                other[node.name] = parse_rules(node.other_backend_save, f"{node.name} (other backend)")
-            except SvcdoctorError as e:
-                warnings.append(f"{node.name}: the other backend's rules could not be read: {e}")
-        if node.ip6tables_save and node.ip6tables_save.strip():
-            try:
-                v6 = read(node.ip6tables_save, f"{node.name} (ip6tables)")
-                if v6.has_kube_proxy_rules():  # kubelet's chains alone say nothing about services
-                    rules6[node.name] = v6
-            except SvcdoctorError as e:
-                warnings.append(f"{node.name}: its ip6tables rules could not be read: {e}")
+        loaded.take(read_node(node, read, single_file))
     if cluster is None and not opts.no_api and snapshot.source == "live":
         warnings.append(f"Kubernetes API not used ({api.status}): working from the rules alone "
                         "(comments and hashes); endpoint pods, nodes and API cross-checks are not shown")
-    return LoadedInput(snapshot, rules, other, failed, cluster, warnings, rules6, nft=nft)
+    return loaded
+
+
+def _checked_iptables_nodes(nodes: list[NodeCapture]) -> bool:
+    """Whether the nodes are several, each read and in iptables mode (what check compares node by node)."""
+    return len(nodes) >= 2 and all(
+        not node.error and not node.has_nftables and (node.proxy_mode or "iptables") == "iptables"
+        and node.iptables_save.strip() for node in nodes)
+
+
+@dataclass(slots=True)
+class NodeRead:
+    """What reading one node's capture gave: its rules, or why they could not be read, and what to warn about."""
+
+    name: str
+    rules: NodeRules | None = None
+    rules6: NodeRules | None = None  # its ip6tables rules, when they hold kube-proxy's
+    other: NodeRules | None = None  # the other iptables backend's rules
+    nft: list | None = None  # kube-proxy's nftables tables
+    failure: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_node(node: NodeCapture, read=parse_rules, single_file: bool = False) -> NodeRead:
+    """Read one node's capture (`read`: how to parse its dumps, inputs._rules_reader). A single file's errors are
+    raised; a node of a bundle that cannot be read is named as such."""
+    out = NodeRead(node.name)
+    if node.error:
+        out.failure = node.error
+        return out
+    if node.has_nftables:
+        try:
+            out.nft = _read_nft(node)
+        except SvcdoctorError as e:
+            if single_file:
+                raise
+            out.failure = f"unreadable nftables listing: {e}"
+            return out
+        if not node.iptables_save.strip():
+            out.rules = NodeRules()  # kubelet's iptables chains were not read; kube-proxy's are in nft
+            return out
+    try:
+        parsed = read(node.iptables_save, node.source or node.name)
+    except SvcdoctorError as e:
+        if single_file:
+            raise
+        out.failure = f"unreadable rules: {e}"
+        return out
+    parsed.backend_warnings.extend(w for w in node.warnings if w not in parsed.backend_warnings)
+    out.warnings.extend(parsed.warnings)
+    missing = missing_pieces(parsed)
+    if missing:
+        out.warnings.append(f"{node.source or node.name}: a partial dump, without {'; '.join(missing)}: what is in "
+                            "it is explained, and nothing missing is taken to be absent from the node")
+    out.rules = parsed
+    if node.other_backend_save:
+        try:
+            out.other = parse_rules(node.other_backend_save, f"{node.name} (other backend)")
+        except SvcdoctorError as e:
+            out.warnings.append(f"{node.name}: the other backend's rules could not be read: {e}")
+    if node.ip6tables_save and node.ip6tables_save.strip():
+        try:
+            v6 = read(node.ip6tables_save, f"{node.name} (ip6tables)")
+            if v6.has_kube_proxy_rules():  # kubelet's chains alone say nothing about services
+                out.rules6 = v6
+        except SvcdoctorError as e:
+            out.warnings.append(f"{node.name}: its ip6tables rules could not be read: {e}")
+    return out
 
 
 def _read_nft(node: NodeCapture) -> list:

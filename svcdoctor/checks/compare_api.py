@@ -157,7 +157,11 @@ class PortContext:
     service: str  # "ns/name"
     protocol: str
     node_ip_known: bool = True  # whether the settings know the node's IP (the LB firewall lets the node in)
-    plan_settings: ProxySettings | None = None  # what kube-proxy's rules are written with, for evidence
+    settings: ProxySettings | None = None  # the node's: kube-proxy's rules are written with them for evidence
+
+    def written(self, exp: ExpectedPort) -> ExpectedPort:
+        """The plan with its rules written (and read back), as kube-proxy would write them on the node."""
+        return exp.written(plan_settings(exp.plan.service_port, self.settings) if self.settings else None)
 
 
 def compare_port(ctx: PortContext, exp: ExpectedPort, act: PortShape) -> list[Finding]:
@@ -172,7 +176,7 @@ def compare_port(ctx: PortContext, exp: ExpectedPort, act: PortShape) -> list[Fi
                 if split is not None:
                     out.append(split)
         return out
-    return _PortComparison(ctx, exp.written(ctx.plan_settings), act).findings()
+    return _PortComparison(ctx, ctx.written(exp), act).findings()
 
 
 def _usable(sp: ServicePort) -> dict[str, str]:
@@ -643,8 +647,7 @@ def _check_port(program: NodeProgram, node: NodeInput, sp: ServicePort, exp: Exp
     out: list[Finding] = []
     act = program.shape(exp.suffix, exp.addrs, extra)
     ctx = PortContext(node.name, exp.plan.name, sp.service_key, exp.plan.protocol,
-                      node_ip_known=node.settings.node_ip is not None,
-                      plan_settings=plan_settings(sp, node.settings))
+                      node_ip_known=node.settings.node_ip is not None, settings=node.settings)
     for _, line, target in extra:
         out.append(finding(
             "hash-mismatch", node.name, sp.service_key,
@@ -668,7 +671,7 @@ def _no_endpoints(ctx: PortContext, exp: ExpectedPort, act: PortShape, seen: dic
         where = describe(next(iter(exp.shape.filter), ("clusterIP", exp.plan.cluster_ip, "")))
         expected = []
         if reject is None:  # (written only when it may be needed as evidence)
-            expected = [f"expected {hop.line}" for hop in exp.written(ctx.plan_settings).shape.filter.values()][:1]
+            expected = [f"expected {hop.line}" for hop in ctx.written(exp).shape.filter.values()][:1]
         port = seen[exp.plan.name] = NoEndpoints(exp.plan.service_port.service_key, where, [], expected)
     if reject is not None:
         port.rejects.append(reject)

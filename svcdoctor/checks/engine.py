@@ -7,13 +7,17 @@ import ipaddress
 import multiprocessing
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from svcdoctor.checks.compare_api import DiffScope, Planner, diff_node, diff_nodes, merge_diffs
+from svcdoctor.checks.compare_api import DiffScope, NodeDiff, Planner, diff_node, diff_nodes, merge_diffs
 from svcdoctor.checks.drift import NodeInput, compare_nodes
-from svcdoctor.checks.findings import Finding, dedupe_findings, sort_findings
+from svcdoctor.checks.findings import Finding, check_node_health, dedupe_findings, sort_findings
+from svcdoctor.collect.snapshot import NodeCapture
+from svcdoctor.inputs import NodeRead, read_node
 from svcdoctor.model.cluster import ClusterModel, ServicePort
 from svcdoctor.model.proxy_settings import ProxySettings, node_settings
+from svcdoctor.model.rules import NodeRules
 
 if TYPE_CHECKING:
     from svcdoctor.inputs import LoadedInput
@@ -59,24 +63,24 @@ def nodes_without_api(loaded: LoadedInput, checked: list[str], family: str = "IP
 
 def nodes_with_api(loaded: LoadedInput, checked: list[str], overrides: dict[str, ProxySettings],
                    family: str = "IPv4") -> list[NodeInput]:
-    """Each node with its proxy settings: given, else from kube-proxy's ConfigMap, else read from its rules.
-    kube-proxy runs one proxier per family; the IPv6 one is told apart by an IPv6 node address first."""
-    api = loaded.snapshot.api
+    """Each node with its proxy settings: given, else from kube-proxy's ConfigMap, else read from its rules."""
     rules = family_rules(loaded, family)
+    return [node_with_api(loaded, node, rules[node], overrides, family) for node in checked if node in rules]
+
+
+def node_with_api(loaded: LoadedInput, node: str, rules: NodeRules, overrides: dict[str, ProxySettings],
+                  family: str = "IPv4") -> NodeInput:
+    """One node with its proxy settings (nodes_with_api). kube-proxy runs one proxier per family; the IPv6 one is
+    told apart by an IPv6 node address first."""
+    if node in overrides and family == "IPv4":
+        return NodeInput(node, rules, overrides[node], "given")
+    api = loaded.snapshot.api
     pod_cidrs = {_name(item): list((item.get("spec") or {}).get("podCIDRs") or []) for item in api.nodes or []}
-    inputs: list[NodeInput] = []
-    for node in checked:
-        if node not in rules:
-            continue
-        if node in overrides and family == "IPv4":
-            inputs.append(NodeInput(node, rules[node], overrides[node], "given"))
-            continue
-        ips = _addresses(loaded.node_ips.get(node, []) + (loaded.cluster.node_ips.get(node, []) if loaded.cluster
-                                                              else []))
-        ips = sorted(dict.fromkeys(ips), key=lambda ip: (":" in ip) != (family == "IPv6"))
-        s, source = node_settings(node, rules[node], ips, api.kube_proxy_config, pod_cidrs.get(node))
-        inputs.append(NodeInput(node, rules[node], s, source))
-    return inputs
+    ips = _addresses(loaded.node_ips.get(node, []) + (loaded.cluster.node_ips.get(node, []) if loaded.cluster
+                                                      else []))
+    ips = sorted(dict.fromkeys(ips), key=lambda ip: (":" in ip) != (family == "IPv6"))
+    s, source = node_settings(node, rules, ips, api.kube_proxy_config, pod_cidrs.get(node))
+    return NodeInput(node, rules, s, source)
 
 
 def _addresses(ips: list[str]) -> list[str]:
@@ -155,6 +159,68 @@ _WORK: tuple | None = None  # what the forked workers inherit
 def _work_on(index: int):
     work, items = _WORK
     return work(items[index])
+
+
+# --- a big bundle: each node read in the worker that checks it ----------------------------------------------------
+
+@dataclass(slots=True)
+class NodeCheck:
+    """What `check` found on one node it read in a worker (its rules stay there)."""
+
+    read: NodeRead  # what reading the node said (its rules left out)
+    health: list[Finding] = field(default_factory=list)  # check_node_health
+    has_kube_proxy_rules: bool = False
+    settings_source: str = ""  # where its IPv4 proxier's settings came from
+    diff: NodeDiff | None = None  # against kube-proxy's plan, IPv4
+    diff6: NodeDiff | None = None  # and IPv6, on a node with kube-proxy's ip6tables rules
+
+
+def reads_in_workers(loaded: LoadedInput) -> bool:
+    """Whether check reads the nodes load left unread (LoadedInput.deferred) in forked workers: big enough,
+    and cores to share them (else they are read and checked here, as any other input)."""
+    lines = sum(node.iptables_save.count("\n") for node in loaded.deferred.values())
+    return _worth_forking(len(loaded.deferred)) and lines >= PARALLEL_MIN_RULES
+
+
+def check_deferred_nodes(loaded: LoadedInput, overrides: dict[str, ProxySettings], ports: list[ServicePort] | None,
+                         report_orphans: Callable[[str | None], bool]) -> list[NodeCheck]:
+    """Read and check each node load left unread in a forked worker of its own (the snapshot's order), and file
+    what the readings said in `loaded` (warnings, failures; not the rules, which stay in the workers).
+
+    kube-proxy's plans are made here first, for the nodes' address families (a node's settings change nothing
+    in them but what Planner's `_shared_key` says): the workers inherit them, read their node's dumps (parsing
+    a big dump costs as much as comparing it), work out its settings and compare its rules with the plans."""
+    planner = Planner(loaded.cluster)
+    planner.hashes()
+    planner.share(ProxySettings(node_name="-"))
+    if any((node.ip6tables_save or "").strip() for node in loaded.deferred.values()):
+        planner.share(ProxySettings(node_name="-", ip_family="IPv6"))
+    scope = DiffScope.of(loaded.cluster, ports, report_orphans)
+    checks = in_workers(lambda capture: _read_and_check(loaded, capture, overrides, scope, planner),
+                        list(loaded.deferred.values()))
+    loaded.deferred = {}
+    for check in checks:
+        loaded.take(check.read)
+    return checks
+
+
+def _read_and_check(loaded: LoadedInput, capture: NodeCapture, overrides: dict[str, ProxySettings],
+                    scope: DiffScope, planner: Planner) -> NodeCheck:
+    """What `check` works out for one node (commands/check.py: _run), from its capture."""
+    read = read_node(capture)
+    check = NodeCheck(read)
+    if read.failure is None:
+        rules = read.rules
+        check.health = check_node_health(capture.name, rules, capture.proxy_mode, read.other, capture.backend)
+        check.has_kube_proxy_rules = rules.has_kube_proxy_rules()
+        node = node_with_api(loaded, capture.name, rules, overrides)
+        check.settings_source = node.settings_source
+        check.diff = diff_node(node, scope, planner)
+        if read.rules6 is not None:
+            check.diff6 = diff_node(node_with_api(loaded, capture.name, read.rules6, overrides, "IPv6"), scope,
+                                    planner)
+    read.rules = read.rules6 = read.other = None  # not sent back: parsed again there, they would cost as much
+    return check
 
 
 def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: str | None = None) -> list[Finding]:

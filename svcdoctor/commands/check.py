@@ -8,13 +8,17 @@ trouble (no kube-proxy rules, rules in the wrong iptables backend) comes from `c
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
+from svcdoctor.checks.compare_api import merge_diffs
 from svcdoctor.checks.engine import (
     FAMILIES,
+    check_deferred_nodes,
     diff_nodes_in_parallel,
     nft_findings,
     nodes_with_api,
     nodes_without_api,
+    reads_in_workers,
     skipped_nodes,
 )
 from svcdoctor.checks.drift import compare_nodes
@@ -29,6 +33,7 @@ from svcdoctor.checks.findings import (
 from svcdoctor.inputs import LoadedInput, no_cyclic_gc
 from svcdoctor.results import CheckResult
 from svcdoctor.errors import UsageError
+from svcdoctor.model.cluster import ServicePort
 from svcdoctor.model.proxy_settings import ProxySettings
 
 
@@ -66,6 +71,10 @@ def _refuse_unknown_namespace(loaded: LoadedInput, namespace: str) -> None:
 
 def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: dict[str, ProxySettings]
          ) -> CheckResult:
+    if loaded.deferred:
+        if reads_in_workers(loaded):
+            return _run_in_workers(loaded, namespace, requirements, overrides)
+        loaded.read_deferred()
     captures = {n.name: n for n in loaded.snapshot.nodes}
     findings: list[Finding] = []
     for node, rules in loaded.rules.items():
@@ -87,31 +96,68 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         return CheckResult(dedupe_findings(sort_findings(findings)), len(services), names, dict(loaded.failed),
                            service_ports=0, api=False, skipped=skipped)
 
-    api = loaded.snapshot.api
-    labels = {_key(item): (item.get("metadata") or {}).get("labels") or {} for item in api.services or []}
-    ports = [sp for sp in cluster.service_ports
-             if _in_namespace(sp.service_key, namespace)
-             and (requirements is None or _matches(requirements, labels.get(sp.service_key, {})))]
-    chosen = {sp.service_key for sp in ports}
+    scope = _Scope.of(loaded, namespace, requirements)
     inputs = nodes_with_api(loaded, checked, overrides)
     sources = {n.name: n.settings_source for n in inputs}
     inputs6 = nodes_with_api(loaded, checked, overrides, "IPv6")
-    filtered = namespace is not None or requirements is not None
-
-    def report_orphan(service: str | None) -> bool:
-        # a left-over chain of a deleted Service has no labels to match; under -n it counts if its comment agrees
-        if not filtered:
-            return True
-        if requirements is not None:
-            return service in chosen
-        return service is not None and _in_namespace(service, namespace)
-
-    findings.extend(diff_nodes_in_parallel(inputs, cluster, ports if filtered else None, report_orphan))
-    findings.extend(nft_findings(loaded, lambda service: service in chosen))  # nftables nodes: by their routes
+    findings.extend(diff_nodes_in_parallel(inputs, cluster, scope.compared, scope.report_orphan))
+    findings.extend(nft_findings(loaded, lambda service: service in scope.chosen))  # nftables nodes: by their routes
     if inputs6:
-        findings.extend(diff_nodes_in_parallel(inputs6, cluster, ports if filtered else None, report_orphan))
-    return CheckResult(dedupe_findings(sort_findings(findings)), len(chosen), names, dict(loaded.failed),
-                       service_ports=len(ports), settings=sources, api=True, skipped=skipped)
+        findings.extend(diff_nodes_in_parallel(inputs6, cluster, scope.compared, scope.report_orphan))
+    return CheckResult(dedupe_findings(sort_findings(findings)), len(scope.chosen), names, dict(loaded.failed),
+                       service_ports=len(scope.ports), settings=sources, api=True, skipped=skipped)
+
+
+def _run_in_workers(loaded: LoadedInput, namespace: str | None, requirements,
+                    overrides: dict[str, ProxySettings]) -> CheckResult:
+    """`_run` on a big bundle whose nodes load left unread: each is read and checked in a worker of its own
+    (checks/engine.py: check_deferred_nodes). The findings are put together in `_run`'s order: every node is an
+    iptables node checked against the API objects (inputs.load), so none is skipped and none is nftables'."""
+    scope = _Scope.of(loaded, namespace, requirements)
+    checks = check_deferred_nodes(loaded, overrides, scope.compared, scope.report_orphan)
+    readable = [check for check in checks if check.read.failure is None]  # (the snapshot's order)
+    findings = [f for check in readable for f in check.health]
+    modes = {check.read.name: "iptables" for check in readable if check.has_kube_proxy_rules}  # as _modes says
+    findings.extend(proxy_mode_findings(modes, _configured_mode(loaded)))
+    checked = sorted(readable, key=lambda check: check.read.name)
+    findings.extend(merge_diffs([check.diff for check in checked]))
+    findings.extend(merge_diffs([check.diff6 for check in checked if check.diff6 is not None]))
+    return CheckResult(dedupe_findings(sort_findings(findings)), len(scope.chosen),
+                       [check.read.name for check in checked], dict(loaded.failed), service_ports=len(scope.ports),
+                       settings={check.read.name: check.settings_source for check in checked}, api=True, skipped={})
+
+
+@dataclass(slots=True)
+class _Scope:
+    """The service ports checked (-n, -l), and which left-over chains are reported."""
+
+    ports: list[ServicePort]
+    chosen: set[str]  # their services, "ns/name"
+    filtered: bool
+    namespace: str | None
+    requirements: list | None
+
+    @classmethod
+    def of(cls, loaded: LoadedInput, namespace: str | None, requirements) -> _Scope:
+        labels = {_key(item): (item.get("metadata") or {}).get("labels") or {}
+                  for item in loaded.snapshot.api.services or []}
+        ports = [sp for sp in loaded.cluster.service_ports
+                 if _in_namespace(sp.service_key, namespace)
+                 and (requirements is None or _matches(requirements, labels.get(sp.service_key, {})))]
+        return cls(ports, {sp.service_key for sp in ports}, namespace is not None or requirements is not None,
+                   namespace, requirements)
+
+    @property
+    def compared(self) -> list[ServicePort] | None:
+        return self.ports if self.filtered else None
+
+    def report_orphan(self, service: str | None) -> bool:
+        # a left-over chain of a deleted Service has no labels to match; under -n it counts if its comment agrees
+        if not self.filtered:
+            return True
+        if self.requirements is not None:
+            return service in self.chosen
+        return service is not None and _in_namespace(service, self.namespace)
 
 
 def _modes(loaded: LoadedInput) -> dict[str, str]:
