@@ -106,6 +106,7 @@ class Planner:
         port kube-proxy does not proxy, or one not among the `chosen` indexes), in the order of
         `cluster.service_ports`."""
         large = self.large_cluster(settings)
+        generic = replace(settings, node_name="-", node_ips=())
         out: list[ExpectedPort | None] = []
         for index, sp in enumerate(self.cluster.service_ports):
             if chosen is not None and index not in chosen:
@@ -113,25 +114,27 @@ class Planner:
             elif _node_dependent(sp):
                 out.append(_expect(sp, settings, large))
             else:
-                out.append(self._shared_plan(index, sp, settings, large))
+                out.append(self._shared_plan(index, sp, generic, large))
         return out
 
     def share(self, settings: ProxySettings) -> None:
         """Plan ahead every port that is planned the same on every node like `settings` (all but the
         node-dependent ones)."""
         large = self.large_cluster(settings)
+        generic = replace(settings, node_name="-", node_ips=())
         for index, sp in enumerate(self.cluster.service_ports):
             if not _node_dependent(sp):
-                self._shared_plan(index, sp, settings, large)
+                self._shared_plan(index, sp, generic, large)
 
-    def _shared_plan(self, index: int, sp: ServicePort, settings: ProxySettings, large: bool) -> ExpectedPort | None:
-        key = _shared_key(sp, settings)
+    def _shared_plan(self, index: int, sp: ServicePort, generic: ProxySettings, large: bool) -> ExpectedPort | None:
+        # `generic`: the node's settings without its name and addresses
+        key = _shared_key(sp, generic)
         shared = self._shared.get(key)
         if shared is None:
             shared = self._shared[key] = [_UNPLANNED] * len(self.cluster.service_ports)
         exp = shared[index]
         if exp is _UNPLANNED:
-            exp = shared[index] = _expect(sp, replace(settings, node_name="-", node_ips=()), large)
+            exp = shared[index] = _expect(sp, generic, large)
         return exp
 
 
