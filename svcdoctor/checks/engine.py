@@ -8,19 +8,15 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from svcdoctor.checks.compare_api import DiffScope, NodeDiff, Planner, diff_node, diff_nodes, merge_diffs
 from svcdoctor.checks.drift import NodeInput, compare_nodes
 from svcdoctor.checks.findings import Finding, check_node_health, dedupe_findings, sort_findings
 from svcdoctor.collect.snapshot import NodeCapture
-from svcdoctor.inputs import NodeRead, read_node
+from svcdoctor.inputs import LoadedInput, NodeRead, read_node
 from svcdoctor.model.cluster import ClusterModel, ServicePort
 from svcdoctor.model.proxy_settings import ProxySettings, node_settings
 from svcdoctor.model.rules import NodeRules
-
-if TYPE_CHECKING:
-    from svcdoctor.inputs import LoadedInput
 
 
 def check_service(loaded: LoadedInput, service: str) -> list[Finding]:
