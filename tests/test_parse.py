@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import re
+from pathlib import Path
 
 import pytest
 from netns import BACKENDS, Namespace, require_netns
@@ -352,3 +353,46 @@ def test_very_long_line():
 def test_garbage_line_inside_a_table():
     _input_error("*filter\n:INPUT ACCEPT [0:0]\nthis is not a rule\nCOMMIT\n")
     _input_error("*filter\n[1:x] -A INPUT -j ACCEPT\nCOMMIT\n")
+
+
+def _layout(rules) -> dict:
+    """Everything parse_rules read, rule lines as they are kept (unparsed)."""
+    return {
+        "format": rules.format, "counters": rules.has_counters, "warnings": rules.warnings,
+        "backend": rules.backend_warnings,
+        "tables": {name: [(c.name, c.policy, c.packets, c.bytes, c.declared, c.lines()) for c in t.chains.values()]
+                   for name, t in rules.tables.items()},
+    }
+
+
+COUNTED_ODDITIES = [
+    "[0:0] -A  KUBE-SERVICES -j ACCEPT",  # two spaces: no chain name where iptables puts it
+    "[0:0] -A KUBE-SERVICES",  # a rule with nothing after its chain
+    "[\u00b2:0] -A KUBE-SERVICES -j ACCEPT",  # a digit to str.isdigit, not to [0-9]
+    "[1:2]  -A KUBE-SERVICES -j ACCEPT",
+    "[12:345] -A KUBE-SERVICES -m comment --comment \"] -A X\" -j ACCEPT",
+    "[3:4] -A NOT-DECLARED -j ACCEPT",
+]
+
+
+def test_counted_rules_read_in_one_search_read_as_line_by_line(monkeypatch):
+    """parse.py reads `[p:b] -A CHAIN` with one regular expression, and anything it does not match the careful
+    way: both must read every dump (and every odd line) alike, errors included."""
+    import svcdoctor.model.parse as parse
+
+    from svcdoctor.collect.bundle import demo_bundle_path
+
+    dumps = [p.read_text() for p in sorted(Path(demo_bundle_path()).glob("nodes/*/iptables.txt"))]
+    dumps += ["*filter\n:INPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n" + line + "\nCOMMIT\n"
+              for line in COUNTED_ODDITIES]
+    assert len(dumps) > len(COUNTED_ODDITIES)
+
+    def read(text):
+        try:
+            return _layout(parse_rules(text, "dump"))
+        except InputError as e:
+            return str(e)
+
+    fast = [read(text) for text in dumps]
+    monkeypatch.setattr(parse, "_COUNTED_RULE", re.compile(r"(?!)"))  # matches nothing
+    assert [read(text) for text in dumps] == fast

@@ -8,9 +8,13 @@
 
 from __future__ import annotations
 
+import re
+
 from svcdoctor.errors import InputError
 from svcdoctor.model.rules import BUILTIN_CHAINS, Chain, NodeRules, Table
 
+# `[pkts:bytes] -A CHAIN …` with digits for counters, as iptables-save -c prints every rule: its chain's name
+_COUNTED_RULE = re.compile(r"\[[0-9]+:[0-9]+\] -A ([^ ]+)")
 MAX_LINE_LENGTH = 16384  # real rule lines are far shorter; a longer one is not an iptables dump
 LEGACY_WARNING_PREFIX = "# Warning:"
 
@@ -46,16 +50,20 @@ def parse_rules(text: str, source: str = "<input>") -> NodeRules:
         if first == "[":
             # `[pkts:bytes] -A CHAIN …` (iptables-save -c), 150,000 times on a big node: kept tight, the counters
             # and the rule itself are read when someone asks for the chain's rules
-            close = line.find("] -A ")
-            if close < 0 or table is None:
-                raise InputError(f"{source}: line {lineno}: not a rule with counters (or outside a table): "
-                                 f"{_short(line)}")
-            pk, _, by = line[1:close].partition(":")
-            if not (pk.isdigit() and by.isdigit()):
-                raise InputError(f"{source}: line {lineno}: bad counters: {_short(line)}")
-            start = close + 5
-            end = line.find(" ", start)
-            name = line[start:end] if end > 0 else line[start:]
+            counted = _COUNTED_RULE.match(line)  # the common spelling in one search
+            if counted is not None and table is not None:
+                start, name = counted.start(1), counted.group(1)
+            else:
+                close = line.find("] -A ")
+                if close < 0 or table is None:
+                    raise InputError(f"{source}: line {lineno}: not a rule with counters (or outside a table): "
+                                     f"{_short(line)}")
+                pk, _, by = line[1:close].partition(":")
+                if not (pk.isdigit() and by.isdigit()):
+                    raise InputError(f"{source}: line {lineno}: bad counters: {_short(line)}")
+                start = close + 5
+                end = line.find(" ", start)
+                name = line[start:end] if end > 0 else line[start:]
             chain = chains.get(name)
             if chain is None or chain._rules is not None:
                 _add_line(table, line, start, lineno, source)
