@@ -115,7 +115,7 @@ def diff_nodes_in_parallel(nodes: list[NodeInput], cluster: ClusterModel, ports:
     return merge_diffs(in_workers(lambda node: diff_node(node, scope, planner), nodes))
 
 
-# Below this many rules on the nodes together, forking costs more than it saves.
+# Below this many rules on the nodes together (dump lines, for nodes not read yet), forking costs more than it saves.
 PARALLEL_MIN_RULES = 100_000
 
 
