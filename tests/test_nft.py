@@ -289,4 +289,25 @@ def test_affinity_is_shown_as_live_state(tmp_path):
         assert pinned["client"] == "10.0.0.5" and pinned["endpoint"] == "10.180.1.5:8080", ext
         assert 10000 < pinned["expiresSeconds"] <= 10800, ext
         view = " ".join(run_cli("explain", "ns2/sticky", "--bundle", str(path)).stdout.split())  # however wrapped
-        assert re.search(r"client 10\.0\.0\.5 pinned to 10\.180\.1\.5:8080 for 2h5\dm(\d+s)? more", view), (ext, view)
+        # the time left as nft listed it: just under the 3h timeout, or all of it when listed in the same second
+        assert re.search(r"client 10\.0\.0\.5 pinned to 10\.180\.1\.5:8080 for (2h5\dm(\d+s)?|3h(0m)?(0s)?) more",
+                         view), (ext, view)
+
+
+def test_nodes_counts_nft_rules_and_names_the_layout(listed, tmp_path):
+    """`nodes` on nftables-mode nodes: rules and map/set elements of kube-proxy's table, its chains, and which of
+    kube-proxy's layouts it is (-o wide, and in the JSON)."""
+    from cli_run import run_cli
+
+    layout, as_json, _ = listed
+    (tmp_path / "nodes" / "w1").mkdir(parents=True)
+    (tmp_path / "nodes" / "w1" / "nftables.json").write_text(as_json)
+    (rs,) = kube_proxy_tables(read_listing(as_json))
+    out = run_cli("nodes", "--bundle", str(tmp_path), "-o", "json")
+    assert out.exit_code == 0, out.stderr
+    (row,) = out.json()["nodes"]
+    assert row["proxyMode"] == "nftables" and row["nftLayout"] == layout
+    assert row["kubeChains"] == len(rs.chains)
+    assert row["rules"] == sum(len(c.rules) for c in rs.chains.values()) + sum(len(s.elements) for s in rs.sets.values())
+    wide = run_cli("nodes", "--bundle", str(tmp_path), "-o", "wide")
+    assert "LAYOUT" in wide.stdout and layout in wide.stdout

@@ -138,3 +138,68 @@ def test_an_nftables_node_read_through_its_kube_proxy_pod(tmp_path):
     assert capture.error is None and capture.proxy_mode == "nftables"
     assert capture.nftables_json and '"kube-proxy"' in capture.nftables_json
     assert ["nft", "-j", "list", "table", "ip", "kube-proxy"] in seen
+
+
+# --- dual stack: one kube-proxy table per family -------------------------------------------------------------
+def _dual_stack_bundle(tmp_path, stale_ipv6_endpoint: bool) -> str:
+    """A dual-stack Service on one node whose `ip` and `ip6` kube-proxy tables are what svcdoctor's model of
+    kube-proxy writes (model/nft/expected.py), loaded into a real kernel and listed back as kube-proxy's
+    collection stores them (one JSON document per table); optionally with an IPv6 endpoint the API no longer has."""
+    import subprocess
+
+    from netns import Namespace, require_netns
+
+    from svcdoctor.model.cluster import build_cluster_model
+    from svcdoctor.model.nft.expected import NftProxySettings, expected_ruleset
+
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "ds", "name": "web"},
+               "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.50", "clusterIPs": ["10.96.0.50", "fd00:96::50"],
+                        "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
+                        "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}]}}
+
+    def slice_(family: str, ips: list[str]) -> dict:
+        return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": family,
+                "metadata": {"namespace": "ds", "name": f"web-{family.lower()}",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-a"} for ip in ips]}
+
+    slices = [slice_("IPv4", ["10.244.1.5", "10.244.1.6"]), slice_("IPv6", ["fd00:244::5", "fd00:244::6"])]
+    programmed = copy.deepcopy(slices)
+    if stale_ipv6_endpoint:
+        programmed[1]["endpoints"].append({"addresses": ["fd00:244::9"], "conditions": {"ready": True},
+                                           "nodeName": "node-a"})
+    ports = build_cluster_model([service], programmed).service_ports
+    config = {"mode": "nftables", "clusterCIDR": "10.244.0.0/16,fd00:244::/56"}
+    tables = {}
+    require_netns()
+    for family, ipx, node_ip, pod_cidr, service_cidr in (("IPv4", "ip", "172.18.0.2", "10.244.0.0/16", "10.96.0.0/16"),
+                                                         ("IPv6", "ip6", "fc00:f853::2", "fd00:244::/56",
+                                                          "fd00:96::/112")):
+        settings = NftProxySettings(node_name="node-a", node_ips=(node_ip,), pod_cidrs=(pod_cidr,),
+                                    service_cidrs=(service_cidr,), ip_family=family)
+        with Namespace() as ns:
+            run = ["ip", "netns", "exec", ns.name, "nft"]
+            subprocess.run(run + ["-f", "-"], input=expected_ruleset(ports, settings), text=True, check=True,
+                           capture_output=True)
+            tables[ipx] = subprocess.run(run + ["-j", "list", "table", ipx, "kube-proxy"], text=True, check=True,
+                                         capture_output=True).stdout.strip()
+    node = NodeCapture(name="node-a", iptables_save="", nftables_json=tables["ip"] + "\n" + tables["ip6"] + "\n",
+                       internal_ip="172.18.0.2", proxy_mode="nftables")
+    nodes_api = [{"metadata": {"name": "node-a"}, "spec": {"podCIDRs": ["10.244.1.0/24", "fd00:244:0:1::/64"]},
+                  "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"},
+                                           {"type": "InternalIP", "address": "fc00:f853::2"}]}}]
+    api = ApiObjects(services=[service], endpointslices=slices, nodes=nodes_api, status="ok",
+                     kube_proxy_config=config)
+    return str(write_bundle(ClusterSnapshot(cluster="ds", nodes=[node], api=api), tmp_path / "bundle"))
+
+
+def test_dual_stack_nftables_node_checks_both_tables(tmp_path):
+    clean = run_cli("check", "--bundle", _dual_stack_bundle(tmp_path / "clean", False), "-o", "json")
+    assert clean.exit_code == 0, clean.stdout
+    assert clean.json()["findings"] == []
+    stale = run_cli("check", "--bundle", _dual_stack_bundle(tmp_path / "stale", True), "-o", "json")
+    assert stale.exit_code == 1, stale.stdout
+    found = {(f["id"], f["node"]) for f in stale.json()["findings"]}
+    assert found == {("stale-endpoint", "node-a")}
+    assert all("fd00:244::9" in f["message"] for f in stale.json()["findings"])
