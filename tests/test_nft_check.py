@@ -203,3 +203,24 @@ def test_dual_stack_nftables_node_checks_both_tables(tmp_path):
     found = {(f["id"], f["node"]) for f in stale.json()["findings"]}
     assert found == {("stale-endpoint", "node-a")}
     assert all("fd00:244::9" in f["message"] for f in stale.json()["findings"])
+
+
+def test_a_node_read_from_the_text_listing_by_svcdoctor_is_said_once(tmp_path):
+    """`nft-without-json` (info): where svcdoctor ran nft on the node and got no JSON (node.json's readVia), not
+    for a text dump somebody wrote into a bundle by hand."""
+    from test_nft import _listings
+
+    as_json, as_text = _listings(ruleset(SERVICES))
+    nodes = [NodeCapture(name="node-a", iptables_save="", nftables_text=as_text, internal_ip=NODE_IP,
+                         proxy_mode="nftables", read_via="docker exec", source="myk8s-node-a"),
+             NodeCapture(name="node-b", iptables_save="", nftables_json=as_json, internal_ip=NODE_IP,
+                         proxy_mode="nftables", read_via="docker exec", source="myk8s-node-b"),
+             NodeCapture(name="node-c", iptables_save="", nftables_text=as_text, internal_ip=NODE_IP,
+                         proxy_mode="nftables")]
+    api = ApiObjects(services=[_service(s) for s in SERVICES], endpointslices=[_slice(s) for s in SERVICES],
+                     status="ok")
+    bundle = write_bundle(ClusterSnapshot(cluster="nft", nodes=nodes, api=api), tmp_path / "bundle")
+    r = run_cli("check", "--bundle", str(bundle), "-o", "json")
+    assert r.exit_code == 0, r.stdout
+    infos = [(f["id"], f["node"], f["severity"]) for f in r.json()["findings"] if f["id"] == "nft-without-json"]
+    assert infos == [("nft-without-json", "node-a", "info")]

@@ -42,6 +42,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
                                     "the node instead of kube-proxy: they are not in iptables there"),
     "hash-mismatch": ("warning", "a chain name is not the hash of the service port its comment names"),
     "uneven-split": ("warning", "the probabilities do not split new connections evenly between endpoints"),
+    "nft-without-json": ("info", "the node's nft has no JSON output: its kube-proxy tables were read from the text "
+                                 "listing"),
     "proxy-mode-not-read": ("info", "kube-proxy runs in ipvs or nftables mode on the node: svcdoctor reads iptables mode"),
     "policy-mismatch": (
         "error",
@@ -98,6 +100,23 @@ def dedupe_findings(findings: list[Finding]) -> list[Finding]:
             seen.add(key)
             out.append(f)
     return out
+
+
+# how a node was read when svcdoctor itself ran nft there (live, or recorded in a bundle's node.json)
+COLLECTED_VIA = ("docker exec", "pods/exec")
+
+
+def nft_listing_findings(node: str, read_via: str | None, json_listing: bool, text_listing: bool) -> list[Finding]:
+    """`nft-without-json` (info): svcdoctor asked the node's `nft` for JSON (`nft -j list table …`) and it had none
+    (nft built without libjansson), so the text listing was read. Said only where svcdoctor ran nft (a pasted
+    text dump or a hand-made bundle says nothing about the node's nft)."""
+    via = (read_via or "").removeprefix("bundle (").removesuffix(")")
+    if json_listing or not text_listing or via not in COLLECTED_VIA:
+        return []
+    return [finding("nft-without-json", node, None,
+                    f"{node}'s nft has no JSON output (`nft -j` is not supported by that build); kube-proxy's tables "
+                    "were read from the text of `nft list table`, which svcdoctor reads the same way",
+                    [f"read via {via}"])]
 
 
 def proxy_mode_findings(modes: dict[str, str], configured: str | None) -> list[Finding]:
