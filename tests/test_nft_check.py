@@ -224,3 +224,33 @@ def test_a_node_read_from_the_text_listing_by_svcdoctor_is_said_once(tmp_path):
     assert r.exit_code == 0, r.stdout
     infos = [(f["id"], f["node"], f["severity"]) for f in r.json()["findings"] if f["id"] == "nft-without-json"]
     assert infos == [("nft-without-json", "node-a", "info")]
+
+
+def test_names_that_are_not_kube_proxys_hash_are_found_with_and_without_the_api(tmp_path):
+    """hash-mismatch on an nftables node: a service chain renamed (its hash no longer kube-proxy's for its name),
+    and an endpoint chain that DNATs elsewhere than its name says; the other node, as kube-proxy writes it, is
+    clean. Found by check with the API and without it, and shown by explain (one engine)."""
+    good = ruleset(SERVICES)
+    bad = good.replace("LV5ZVUGQ", "LV5ZVUGX").replace("dnat to 10.180.0.2:80", "dnat to 10.180.0.7:80")
+    assert bad.count("LV5ZVUGX") > 2 and "10.180.0.7" in bad
+    nodes = []
+    for node, text in (("node-a", good), ("node-b", bad)):
+        as_json, _ = _listings(text)
+        nodes.append(NodeCapture(name=node, iptables_save="", nftables_json=as_json, internal_ip=NODE_IP,
+                                 proxy_mode="nftables"))
+    api = ApiObjects(services=[_service(s) for s in SERVICES], endpointslices=[_slice(s) for s in SERVICES],
+                     status="ok")
+    bundle = str(write_bundle(ClusterSnapshot(cluster="nft", nodes=nodes, api=api), tmp_path / "bundle"))
+    for flags, status in (([], 1), (["--no-api"], 0)):  # with the API the wrong DNAT is also a stale endpoint
+        r = run_cli("check", "--bundle", bundle, "-o", "json", *flags)
+        assert r.exit_code == status, (flags, r.stdout)
+        names = [f for f in r.json()["findings"] if f["id"] == "hash-mismatch"]
+        assert {(f["node"], f["service"]) for f in names} == {("node-b", "ns1/web")}, flags
+        text = " ".join(f["message"] for f in names)
+        assert "service-LV5ZVUGX-ns1/web/tcp/p80" in text and "would name it service-LV5ZVUGQ" in text
+        assert "external-LV5ZVUGX-ns1/web/tcp/p80" in text
+        assert "DNATs to 10.180.0.7:80, not to the endpoint its name says (10.180.0.2:80)" in text
+        assert {f["id"] for f in r.json()["findings"]} == ({"hash-mismatch"} if flags else
+                                                          {"hash-mismatch", "stale-endpoint", "missing-endpoint", "no-endpoints"})  # ns1/empty
+    shown = run_cli("explain", "ns1/web", "--bundle", bundle, "-o", "json").json()
+    assert {(f["id"], f["node"]) for f in shown["findings"]} >= {("hash-mismatch", "node-b")}

@@ -149,11 +149,22 @@ def _nft_settings(loaded: LoadedInput) -> dict[tuple[str, str], ProxySettings]:
 
 
 def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: str | None = None) -> list[Finding]:
-    """nftables-mode nodes, through the routing model (model/routing.py): with the API objects, each node's routes
-    read from kube-proxy's table against the routes kube-proxy's decisions give (checks/compare_routes.py); the same
-    finding ids as the iptables comparison. `wanted(service)` chooses the services (namespace, selector)."""
-    if not loaded.nft or loaded.cluster is None:
+    """nftables-mode nodes: every hashed name checked (checks/nft_names.py), and through the routing model
+    (model/routing.py), with the API objects, each node's routes read from kube-proxy's table against the routes
+    kube-proxy's decisions give (checks/compare_routes.py); the same finding ids as the iptables comparison.
+    `wanted(service)` chooses the services (namespace, selector)."""
+    if not loaded.nft:
         return []
+    from svcdoctor.checks.nft_names import nft_name_findings
+
+    named = [f for node, tables in sorted(loaded.nft.items()) for rs in tables
+             for f in nft_name_findings(node, rs, wanted, service)]
+    if loaded.cluster is None:
+        return named
+    return named + _nft_route_findings(loaded, wanted, service)
+
+
+def _nft_route_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: str | None) -> list[Finding]:
     from svcdoctor.checks.compare_routes import compare_routes
     from svcdoctor.model.explain import ServiceView
     from svcdoctor.model.expected import plan_service_port

@@ -88,6 +88,11 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
                                        lambda service: _in_namespace(service, namespace))
             findings.extend(diff)
             services.update(seen)
+        if loaded.nft:  # nftables nodes without the API: their names are still checked
+            from svcdoctor.model.nft.view import nft_service_names
+
+            findings.extend(nft_findings(loaded, lambda service: _in_namespace(service, namespace)))
+            services.update(s for s in nft_service_names(loaded.nft) if _in_namespace(s, namespace))
         return CheckResult(dedupe_findings(sort_findings(findings)), len(services), names, dict(loaded.failed),
                            service_ports=0, api=False, skipped=skipped)
 
