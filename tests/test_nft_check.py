@@ -250,7 +250,60 @@ def test_names_that_are_not_kube_proxys_hash_are_found_with_and_without_the_api(
         assert "service-LV5ZVUGX-ns1/web/tcp/p80" in text and "would name it service-LV5ZVUGQ" in text
         assert "external-LV5ZVUGX-ns1/web/tcp/p80" in text
         assert "DNATs to 10.180.0.7:80, not to the endpoint its name says (10.180.0.2:80)" in text
-        assert {f["id"] for f in r.json()["findings"]} == ({"hash-mismatch"} if flags else
+        assert {f["id"] for f in r.json()["findings"]} == ({"hash-mismatch", "node-drift"} if flags else
                                                           {"hash-mismatch", "stale-endpoint", "missing-endpoint", "no-endpoints"})  # ns1/empty
     shown = run_cli("explain", "ns1/web", "--bundle", bundle, "-o", "json").json()
     assert {(f["id"], f["node"]) for f in shown["findings"]} >= {("hash-mismatch", "node-b")}
+
+
+def test_without_the_api_nftables_nodes_are_compared_with_each_other(tmp_path):
+    """node-drift between nftables nodes (no API objects in the bundle): tables that svcdoctor's model of kube-proxy
+    (model/nft/expected.py) writes per node for an ETP-Local NodePort service (so the nodes differ on purpose:
+    local chains, drops for no local endpoint) and a ClusterIP service agree; a node whose kube-proxy still has an
+    old endpoint of the ClusterIP service is the odd one out, and only it."""
+    import subprocess
+
+    from netns import Namespace, require_netns
+
+    from svcdoctor.model.cluster import build_cluster_model
+    from svcdoctor.model.nft.expected import NftProxySettings, expected_ruleset
+
+    def svc(name, ip, **spec):
+        return {"metadata": {"namespace": "d", "name": name},
+                "spec": {"clusterIP": ip, "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                                                     "targetPort": 8080, **spec.pop("port", {})}], **spec}}
+
+    def slice_(name, eps):
+        return {"metadata": {"namespace": "d", "name": f"{name}-1", "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4", "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": node}
+                              for ip, node in eps]}
+
+    services = [svc("local", "10.96.0.10", type="NodePort", externalTrafficPolicy="Local", port={"nodePort": 30010}),
+                svc("web", "10.96.0.11")]
+    now = [slice_("local", [("10.244.1.5", "node-a")]),
+           slice_("web", [("10.244.1.6", "node-a"), ("10.244.2.6", "node-b")])]
+    before = [now[0], slice_("web", [("10.244.1.6", "node-a"), ("10.244.2.6", "node-b"), ("10.244.3.9", "node-c")])]
+    require_netns()
+    nodes = []
+    for i, (node, slices) in enumerate((("node-a", now), ("node-b", now), ("node-c", before)), start=2):
+        ports = build_cluster_model(services, slices).service_ports
+        settings = NftProxySettings(node_name=node, node_ips=(f"172.18.0.{i}",), pod_cidrs=("10.244.0.0/16",),
+                                    service_cidrs=("10.96.0.0/16",))
+        with Namespace() as ns:
+            run = ["ip", "netns", "exec", ns.name, "nft"]
+            subprocess.run(run + ["-f", "-"], input=expected_ruleset(ports, settings), text=True, check=True,
+                           capture_output=True)
+            listing = subprocess.run(run + ["-j", "list", "table", "ip", "kube-proxy"], text=True, check=True,
+                                     capture_output=True).stdout
+        nodes.append(NodeCapture(name=node, iptables_save="", nftables_json=listing, internal_ip=f"172.18.0.{i}",
+                                 proxy_mode="nftables"))
+    bundle = str(write_bundle(ClusterSnapshot(cluster="d", nodes=nodes), tmp_path / "bundle"))
+    r = run_cli("check", "--bundle", bundle, "-o", "json")
+    assert r.exit_code == 0, r.stdout  # warnings only
+    assert [(f["id"], f["node"], f["service"]) for f in r.json()["findings"]] == [("node-drift", "node-c", "d/web")]
+    (drift,) = r.json()["findings"]
+    assert "endpoints only here: 10.244.3.9:8080" in drift["message"]
+    shown = run_cli("explain", "d/web", "--bundle", bundle, "-o", "json").json()
+    assert [(f["id"], f["node"]) for f in shown["findings"]] == [("node-drift", "node-c")]
+    assert run_cli("explain", "d/local", "--bundle", bundle, "-o", "json").json()["findings"] == []

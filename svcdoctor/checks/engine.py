@@ -149,7 +149,8 @@ def _nft_settings(loaded: LoadedInput) -> dict[tuple[str, str], ProxySettings]:
 
 
 def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: str | None = None) -> list[Finding]:
-    """nftables-mode nodes: every hashed name checked (checks/nft_names.py), and through the routing model
+    """nftables-mode nodes: every hashed name checked (checks/nft_names.py); without the API objects the nodes
+    against each other (checks/nft_drift.py: node-drift); with them, through the routing model
     (model/routing.py), with the API objects, each node's routes read from kube-proxy's table against the routes
     kube-proxy's decisions give (checks/compare_routes.py); the same finding ids as the iptables comparison.
     `wanted(service)` chooses the services (namespace, selector)."""
@@ -159,8 +160,10 @@ def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: st
 
     named = [f for node, tables in sorted(loaded.nft.items()) for rs in tables
              for f in nft_name_findings(node, rs, wanted, service)]
-    if loaded.cluster is None:
-        return named
+    if loaded.cluster is None:  # nothing says what kube-proxy should write: the nodes against each other
+        from svcdoctor.checks.nft_drift import nft_drift_findings
+
+        return named + nft_drift_findings(loaded.nft, wanted, service)
     return named + _nft_route_findings(loaded, wanted, service)
 
 
