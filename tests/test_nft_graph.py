@@ -134,3 +134,17 @@ def test_cli_draws_nft_nodes_of_a_bundle(tmp_path):
     assert "no counters to choose by" in dot.stderr
     svg = run_cli("graph", "--bundle", str(tmp_path), "-o", "svg", "--node", "w1")
     assert svg.exit_code == 0 and svg.stdout.startswith("<svg") and "@service-nodeports" in svg.stdout
+
+
+def test_report_explains_and_draws_nft_nodes(tmp_path):
+    """`report` on nftables nodes: every service's paths per node from the tables, and its pictures."""
+    listing = _listing("v1.34-1.35", "json")
+    for node in ("w1", "w2"):
+        (tmp_path / "b" / "nodes" / node).mkdir(parents=True)
+        (tmp_path / "b" / "nodes" / node / "nftables.json").write_text(listing)
+    out = run_cli("report", "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "r.html"))
+    assert out.exit_code == 0, out.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert "no rules for this port" not in html
+    assert html.count("<svg") >= 3 and "@service-ips" in html
+    assert "10.180.0.3:80" in html and "ns2/sticky" in html

@@ -21,10 +21,10 @@ from svcdoctor.model.graph import (
     service_entry_rules,
     traffic,
 )
-from svcdoctor.model.nft.graph import service_graph as nft_service_graph
+from svcdoctor.model.nft.graph import service_key_graph
 from svcdoctor.model.nft.graph import table_graph as nft_table_graph
 from svcdoctor.model.nft.ruleset import NftRuleset
-from svcdoctor.model.nft.view import add_nft_nodes, service_ports
+from svcdoctor.model.nft.view import add_nft_nodes
 from svcdoctor.render.graph_format import to_dot, to_json, to_mermaid
 from svcdoctor.render.graph_svg import to_svg_document
 
@@ -67,8 +67,7 @@ def service_graphs(loaded: LoadedInput, ns: str, name: str) -> dict[str, nx.Mult
         nft_view = add_nft_nodes(view, loaded.nft, loaded.cluster)
         for node, tables in loaded.nft.items():
             for key, rs in _keyed_tables(node, tables):
-                ports = [h for h in service_ports(rs).values() if h.service_key == f"{ns}/{name}"]
-                g = nft_service_graph(rs, {h.port_base for h in ports}, {h.svc_port_name for h in ports})
+                g = service_key_graph(rs, f"{ns}/{name}")
                 annotate_endpoints(g, nft_view, node)
                 graphs[key] = g
     return dict(sorted(graphs.items()))

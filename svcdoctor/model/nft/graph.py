@@ -56,6 +56,14 @@ def table_graph(rs: NftRuleset, roots: list[str] | None = None,
     return g
 
 
+def service_key_graph(rs: NftRuleset, service_key: str) -> nx.MultiDiGraph:
+    """`service_graph` of a service named "ns/name": its ports as the table names them (model/nft/view.py)."""
+    from svcdoctor.model.nft.view import service_ports
+
+    ports = [h for h in service_ports(rs).values() if h.service_key == service_key]
+    return service_graph(rs, {h.port_base for h in ports}, {h.svc_port_name for h in ports})
+
+
 def service_graph(rs: NftRuleset, port_bases: set[str], svc_port_names: set[str]) -> nx.MultiDiGraph:
     """One service's part of a table: the dispatch chains, the elements of its ports in their maps (those of the
     no-endpoint maps found by their "ns/name:port" comment), and every chain and verdict they lead to."""
