@@ -369,6 +369,8 @@ def test_ipv6_table_of_each_generation_loads_and_traces(generation, node_port_ad
             if got != (answer, masq, []):
                 failures.append(f"{form}: {name}: got {got}, expected {(answer, masq)}")
     assert not failures, "\n".join(failures) + "\n" + text
+    # the layout is told apart from what the listing holds, whatever nodePortAddresses made of `nodeport-ips`
+    assert {listed_generation(listed_table(listing)) for listing in kernel_listings(text, "IPv6")} == {generation}
 
 
 def test_leading_zero_addresses_are_read_as_kube_proxy_reads_them():
