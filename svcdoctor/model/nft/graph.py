@@ -58,9 +58,9 @@ def table_graph(rs: NftRuleset, roots: list[str] | None = None,
 
 def service_key_graph(rs: NftRuleset, service_key: str) -> nx.MultiDiGraph:
     """`service_graph` of a service named "ns/name": its ports as the table names them (model/nft/view.py)."""
-    from svcdoctor.model.nft.view import service_ports
+    from svcdoctor.model.nft.view import ports_of_service
 
-    ports = [h for h in service_ports(rs).values() if h.service_key == service_key]
+    ports = [h for _, h in ports_of_service(rs, service_key)]
     return service_graph(rs, {h.port_base for h in ports}, {h.svc_port_name for h in ports})
 
 
