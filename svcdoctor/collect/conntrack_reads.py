@@ -82,9 +82,10 @@ class ConntrackReading:
     note: str | None = None  # read, but not the usual way: why (conntrack failed and the proc file was read)
 
 
-def parse_conntrack_output(text: str) -> ConntrackReading:
-    """The script's output (or ConntrackSeries') into the connections it listed, or why there are none."""
-    sections = _sections(text)
+def parse_conntrack_output(text: str, dports: set[int] | None = None) -> ConntrackReading:
+    """The script's output (or ConntrackSeries') into the connections it listed, or why there are none. ``dports``:
+    the destination ports asked for (the proc file lists every connection; conntrack -L only those)."""
+    sections = _sections(text, dports)
     calls = [s for s in sections if s.kind == "conntrack"]
     proc = next((s for s in sections if s.kind == "proc"), None)
     missing = [s.arg for s in sections if s.kind == "missing"]
@@ -115,7 +116,7 @@ class _Section:
     messages: list[str] = field(default_factory=list)
 
 
-def _sections(text: str) -> list[_Section]:
+def _sections(text: str, dports: set[int] | None = None) -> list[_Section]:
     sections: list[_Section] = []
     current: _Section | None = None
     for line in text.splitlines():
@@ -128,7 +129,7 @@ def _sections(text: str) -> list[_Section]:
         elif line.startswith("#status ") and current is not None:
             status = line[8:].strip()
             current.status = int(status) if status.lstrip("-").isdigit() else -1
-            listing = read_flows("\n".join(current.lines))
+            listing = read_flows("\n".join(current.lines), dports if current.kind == "proc" else None)
             current.flows = listing.flows
             current.messages = listing.messages + [line for line in listing.unread if line.strip()]
             current = None
@@ -144,8 +145,9 @@ def _failure(what: str, section: _Section | None) -> str:
     message = next((m for m in section.messages if not is_summary(m)), "")
     if is_tool_message(message):
         message = message.split("): ", 1)[-1]  # conntrack's "conntrack v1.4.7 (conntrack-tools): " prefix
-    if message.startswith(what.split()[-1] + ": "):
-        message = message[len(what.split()[-1]) + 2:]  # cat's "cat: /proc/net/nf_conntrack: …"
+    for word in what.split():  # cat's own "cat: /proc/net/nf_conntrack: Permission denied"
+        if message.startswith(word + ": "):
+            message = message[len(word) + 2:]
     return f"{what}: {message.strip() or f'exited {section.status}'}"[:300]
 
 

@@ -173,7 +173,8 @@ class ServiceSample:
             if reading is None:  # nothing of the service reaches this node's conntrack: no entry to look for
                 readings[node], read_at[node] = self.counter.observe(node, [], baseline), time.monotonic()
                 continue
-            parsed = parse_conntrack_output(reading.text) if not reading.error else None
+            ports = {q.port for q in wanted[node]}
+            parsed = parse_conntrack_output(reading.text, ports) if not reading.error else None
             problem = reading.error or parsed.error
             if problem:
                 failed[node] = problem

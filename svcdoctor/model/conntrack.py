@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 IPV4, IPV6 = "IPv4", "IPv6"  # as the watch model names the families (model/watch/listing.py)
 _L3 = {"ipv4": IPV4, "ipv6": IPV6}
@@ -56,10 +57,10 @@ class Flow:
 
     @property
     def key(self) -> tuple:
-        """What tells this connection from every other one over time: conntrack's id where there is one, and the
-        original tuple (which is also all the proc file gives)."""
+        """What tells this connection from every other one conntrack holds at the same moment: its original tuple
+        (all the proc file gives; conntrack's id also tells a connection from an earlier one of the same tuple)."""
         o = self.original
-        return (self.id, self.family, self.protocol, o.src, o.sport, o.dst, o.dport)
+        return (self.family, self.protocol, o.src, o.sport, o.dst, o.dport)
 
     @property
     def dnat(self) -> bool:
@@ -75,7 +76,13 @@ class FlowListing:
 
 
 def normal_ip(text: str) -> str:
-    """An address as Python writes it (`fd00:0010::0005` -> `fd00:10::5`); anything else as it was."""
+    """An address as Python writes it (`fd00:0010::0005` -> `fd00:10::5`); anything else as it was. IPv4 is
+    printed one way only, so only IPv6 needs the (slow) round trip."""
+    return _normal_ipv6(text) if ":" in text else text
+
+
+@lru_cache(maxsize=4096)
+def _normal_ipv6(text: str) -> str:
     try:
         return ipaddress.ip_address(text).compressed
     except ValueError:
@@ -91,12 +98,17 @@ def is_summary(line: str) -> bool:
     return is_tool_message(line) and (line.rstrip().endswith("have been shown.") or "entries have been" in line)
 
 
-def read_flows(text: str) -> FlowListing:
-    """Every connection of a `conntrack -L` (any `-o extended`/`-o id`) or `/proc/net/nf_conntrack` text."""
+def read_flows(text: str, dports: set[int] | None = None) -> FlowListing:
+    """Every connection of a `conntrack -L` (any `-o extended`/`-o id`) or `/proc/net/nf_conntrack` text; with
+    ``dports``, only those to one of these destination ports (the proc file lists the whole table: a line is
+    looked at only when it has such a `dport=`, ~0.8 s for 60,000 lines otherwise)."""
     out = FlowListing()
+    marks = tuple(f" dport={port} " for port in dports) if dports is not None else None
     for line in text.splitlines():
         if not line.strip():
             continue
+        if marks is not None and " dport=" in line and not any(m in line for m in marks):
+            continue  # a connection to another port (lines without ports, and messages, are read on)
         if is_tool_message(line):
             if not is_summary(line):
                 out.messages.append(line.strip())
@@ -104,7 +116,7 @@ def read_flows(text: str) -> FlowListing:
         flow = read_flow(line)
         if flow is None:
             out.unread.append(line)
-        else:
+        elif dports is None or flow.original.dport in dports:
             out.flows.append(flow)
     return out
 

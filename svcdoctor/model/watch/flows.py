@@ -166,7 +166,8 @@ class FlowCounter:
     def __init__(self, flows: FlowPlan, plan: ServiceWatchPlan | None = None):
         self.flows = flows
         self.plan = plan
-        self._seen: dict[str, set[tuple]] = {}  # node -> keys of the service's connections at its last read
+        # node -> (ids, or None where a connection had none; original tuples) of its connections at its last read
+        self._seen: dict[str, tuple[set[str] | None, set[tuple]]] = {}
         self._counted: dict[tuple, int] = {}  # row key -> connections counted since the watch started
 
     def observe(self, node: str, flows: list[Flow], baseline: bool) -> list[RowReading]:
@@ -181,18 +182,28 @@ class FlowCounter:
             chain = self.flows.chain_of(node, entry, endpoint)
             matched.setdefault((entry.family, chain, endpoint), []).append(flow)
         first_read = node not in self._seen
-        previous = self._seen.get(node, set())
+        is_new = self._new_test(node, [f for row_flows in matched.values() for f in row_flows])
         rows = []
         for (family, chain, endpoint), row_flows in self._row_keys(node, matched).items():
             key = (node, family, CONNTRACK, chain, endpoint)
             if first_read:
                 new = len(row_flows) if baseline else 0
             else:
-                new = sum(1 for f in row_flows if f.key not in previous)
+                new = sum(1 for f in row_flows if is_new(f))
             self._counted[key] = self._counted.get(key, 0) + new
             rows.append(self._reading(node, family, chain, endpoint, key, len(row_flows)))
-        self._seen[node] = {f.key for row_flows in matched.values() for f in row_flows}
         return rows
+
+    def _new_test(self, node: str, flows: list[Flow]):
+        """Is a connection new since the node's previous read? By conntrack's id when both reads have ids (a
+        connection that reuses an earlier one's addresses and ports is new too), else by its original tuple (the
+        proc file has no ids, and a node may change from one to the other when conntrack starts failing)."""
+        before_ids, before_keys = self._seen.get(node, (None, set()))
+        ids = {f.id for f in flows} if flows and all(f.id for f in flows) else None
+        self._seen[node] = (ids, {f.key for f in flows})
+        if ids is not None and before_ids is not None:
+            return lambda f: f.id not in before_ids
+        return lambda f: f.key not in before_keys
 
     def _row_keys(self, node: str, matched: dict) -> dict[tuple[str, str, str], list[Flow]]:
         """Every endpoint of the node's split chains (with or without connections, as a chain lists them all), then
