@@ -292,8 +292,10 @@ def watch(
 ) -> int:
     """Live counter diffs per endpoint, with the observed split next to the expected one.
 
-    nat counters count connections (the first packet of each), not packets. Without a service: the cluster's
-    busiest kube-proxy rules (--top). Needs a live cluster (not --bundle/--demo); Ctrl-C stops it (exit 130).
+    nat counters count connections (the first packet of each), not packets. On nodes in nftables mode (no
+    counters), and with --source conntrack, new connections are counted from conntrack. Without a service: the
+    cluster's busiest kube-proxy rules (--top). Needs a live cluster (not --bundle/--demo); Ctrl-C stops it (exit
+    130).
     """
     from svcdoctor.commands.watch import run_watch
     from svcdoctor.errors import UsageError
