@@ -23,7 +23,7 @@ from cli_run import run_cli
 from conntrack_node import (AS_NOBODY, FIXTURE, NFT_NODE, NFT_SERVICES, WEB, NamespaceConntrackSampler, TrafficNode,
                             api_objects, endpoint_counts, nft_capture)
 from netns import require_netns
-from nft_rules import NODE_IP, ruleset
+from nft_rules import NODE_IP, Svc, ruleset
 from svcdoctor.collect.bundle import write_bundle
 from svcdoctor.collect.conntrack_reads import conntrack_argv
 from svcdoctor.collect.sampler import NodeReading, chain_argv
@@ -195,10 +195,13 @@ def test_which_nodes_are_counted_from_conntrack():
 @pytest.mark.netns
 def test_live_an_nftables_node_counts_each_endpoints_new_connections(tmp_path):
     require_netns()
+    # another service whose port is web's node port: its connections are in the same conntrack listing
+    other = Svc("default", "other", "172.30.0.42", WEB.node_port, endpoints=["10.180.0.3"], port_name="http")
     with TrafficNode() as node:
-        node.load_nft(ruleset(NFT_SERVICES))
+        node.load_nft(ruleset([*NFT_SERVICES, other]))
         table = node.run("nft", "-j", "list", "table", "ip", "kube-proxy").stdout
-        snapshot = ClusterSnapshot(cluster="nft", nodes=[nft_capture(table)], api=api_objects(NFT_SERVICES))
+        snapshot = ClusterSnapshot(cluster="nft", nodes=[nft_capture(table)],
+                                   api=api_objects([*NFT_SERVICES, other]))
         write_bundle(snapshot, tmp_path / "bundle.tar.gz")
         loaded = load(InputOptions(bundle=str(tmp_path / "bundle.tar.gz")))
         plan, sources, flows = watch_parts(loaded)
@@ -206,14 +209,17 @@ def test_live_an_nftables_node_counts_each_endpoints_new_connections(tmp_path):
         sample = ServiceSample(NamespaceConntrackSampler(node), plan, WatchTracker(1.0, plan.service), sources,
                                flows, sorted(loaded.nft))
         first = sample.take()
-        served = node.traffic(connect={f"{WEB.cluster_ip}:80/tcp": 17, f"{NODE_IP}:30080/tcp": 7,
-                                       "172.30.0.10:53/udp": 4})  # the DNS service's are not web's
+        serve = [f"{ip}:80/tcp" for ip in WEB.endpoints] + ["10.180.0.3:53/udp", f"10.180.0.3:{WEB.node_port}/tcp"]
+        served = node.traffic(serve, connect={f"{WEB.cluster_ip}:80/tcp": 17, f"{NODE_IP}:30080/tcp": 7,
+                                              "172.30.0.10:53/udp": 4,  # the DNS service's are not web's,
+                                              f"{other.cluster_ip}:{WEB.node_port}/tcp": 5})  # nor other's
         second = sample.take()
         quiet = sample.take()
     assert sum(r.packets for r in rows_by_endpoint(first).values()) == 3
-    assert {e: r.delta_packets for e, r in rows_by_endpoint(second).items() if r.delta_packets} == endpoint_counts(
-        served)
-    assert sum(r.delta_packets for r in rows_by_endpoint(second).values()) == 24
+    web_served = {e: n for e, n in endpoint_counts(served).items() if e in WEB_ENDPOINTS}
+    assert sum(web_served.values()) == 24 and endpoint_counts(served)[f"10.180.0.3:{WEB.node_port}"] == 5
+    assert {e: r.delta_packets for e, r in rows_by_endpoint(second).items() if r.delta_packets} == web_served
+    assert set(rows_by_endpoint(second)) == WEB_ENDPOINTS
     assert all(r.delta_packets == 0 for r in rows_by_endpoint(quiet).values())  # TIME_WAIT ones are not new again
     assert {e: r.total_packets for e, r in rows_by_endpoint(quiet).items()} == {
         e: r.total_packets for e, r in rows_by_endpoint(second).items()}

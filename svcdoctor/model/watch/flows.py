@@ -75,7 +75,9 @@ class FlowPlan:
         return list(dict.fromkeys((e.family, e.protocol, e.port) for e in self.entries.get(node, [])))
 
     def entry_of(self, node: str, flow: Flow) -> FlowEntry | None:
-        """The entry a DNATed connection came in through on this node, or None when it is not the service's."""
+        """The entry a DNATed connection came in through on this node, or None when it is not the service's. A node
+        port is any address of the node with that port, so a connection to it must also have gone to one of the
+        port's endpoints (another service's cluster IP may listen on the same number)."""
         if not flow.dnat:
             return None
         o = flow.original
@@ -87,7 +89,13 @@ class FlowPlan:
                 return entry
             if entry.address is None:
                 node_port = entry
-        return node_port
+        if node_port is not None and self._drawn_by(node, node_port, host_port(flow.reply.src, flow.reply.sport)):
+            return node_port
+        return None
+
+    def _drawn_by(self, node: str, entry: FlowEntry, endpoint: str) -> bool:
+        return any(endpoint in split.shares for chain in entry.chains
+                   if (split := self.splits.get((node, entry.family, chain))) is not None)
 
     def chain_of(self, node: str, entry: FlowEntry, endpoint: str) -> str:
         """The split chain that drew this endpoint: the entry's first that has it (pods reaching a Local node port
