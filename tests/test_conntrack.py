@@ -113,8 +113,9 @@ def test_the_script_is_a_constant_and_its_arguments_are_checked():
     argv = conntrack_argv(WEB_QUERIES)
     assert argv[:5] == ["sh", "-c", CONNTRACK_SCRIPT, "sh", "conntrack"]
     assert argv[5:] == ["ipv4:tcp:80", "ipv4:tcp:30080"] == CAPTURE["queries"]
-    assert "-L" in CONNTRACK_SCRIPT and not any(f" {flag} " in CONNTRACK_SCRIPT for flag in
-                                                ("-D", "-F", "-U", "-I", "-z", "-E"))
+    # conntrack runs once, to list: never -D, -F, -U, -I (changes) or -z (zeroes counters while listing)
+    assert CONNTRACK_SCRIPT.count('"$ct"') == 2  # `command -v "$ct"`, and the listing
+    assert '"$ct" -L -f "$f" -p "$p" --orig-port-dst "$d" -o extended,id 2>&1 1>&3 3>&-' in CONNTRACK_SCRIPT
     assert ConntrackQuery("IPv6", "udp", 53).argv() == ["conntrack", "-L", "-f", "ipv6", "-p", "udp",
                                                         "--orig-port-dst", "53", "-o", "extended,id"]
     for bad in (ConntrackQuery("IPv4", "tcp; conntrack -F", 80), ConntrackQuery("ipx", "tcp", 80),
@@ -229,3 +230,17 @@ def test_without_a_shell_each_listing_is_its_own_exec_and_reads_the_same(node):
     text, _warnings = series(NamespaceTarget(node, path="/usr/bin:/bin"))
     assert text.startswith("#missing conntrack\n#proc\n")
     assert parse_conntrack_output(text, {80, 30080}).via == PROC_FILE
+
+
+@pytest.mark.netns
+def test_a_listing_longer_than_a_buffer_keeps_every_line(node):
+    # conntrack writes its listing in 4 KB pieces and its count to stderr: the script keeps the count apart, or it
+    # would land inside a connection's line
+    node.traffic(connect={f"{WEB.cluster_ip}:80/tcp": 80})
+    text = node.exec_argv(conntrack_argv(WEB_QUERIES)).stdout
+    listing = text.split("#conntrack ipv4:tcp:80\n", 1)[1].split("#status", 1)[0]
+    assert len(listing) > 3 * 4096 and read_flows(listing).unread == []
+    assert listing.rstrip().splitlines()[-1].startswith("conntrack v1.4.7 (conntrack-tools): ")  # after the listing
+    everything = read_flows(node.conntrack("-L", "-o", "extended,id")).flows
+    assert Counter((f.id, f.key) for f in parse_conntrack_output(text).flows) == Counter(
+        (f.id, f.key) for f in everything if f.original.dport in (80, WEB.node_port))

@@ -7,12 +7,12 @@ sample, as for the rule counters (collect/sampler.py): a constant `sh` script wh
 
     conntrack -L -f ipv4 -p tcp --orig-port-dst 80 -o extended,id
 
-and prints its answer between `#conntrack ARG` and `#status N`. One call per destination port and not per entry
-address: the call costs a walk of the whole table whatever the filter (measured with conntrack 1.4.7 on a table
-of 60,000 connections: ~0.13 s filtered by address and port, the same by port alone, 0.26 s unfiltered with
-10 MB of output), and a service port's entries share at most two ports (its port for the cluster, external and
-load-balancer IPs; its node port). Which of those connections are the service's is decided by the model, which
-knows the addresses.
+and prints its answer between `#conntrack ARG` and `#status N` (its listing, then its messages). One call per
+destination port and not per entry address: the call costs a walk of the whole table whatever the filter (with
+conntrack 1.4.7 on a table of 60,000 connections: ~0.13 s filtered by address and port, the same by port alone),
+and a service port's entries share at most two ports (its port for the cluster, external and load-balancer IPs;
+its node port). Unfiltered, the same table is 10.7 MB that take 1.1 s to read (benchmarks/bench_conntrack.py).
+Which of the listed connections are the service's is decided by the model, which knows the addresses.
 
 Where the node has no `conntrack` binary, or it failed (`#missing conntrack`, or a non-zero status: without
 CAP_NET_ADMIN it says "Operation failed: sorry, you must be root …"), the script reads `/proc/net/nf_conntrack`
@@ -35,12 +35,15 @@ from svcdoctor.model.conntrack import Flow, is_summary, is_tool_message, read_fl
 PROC_FILE = "/proc/net/nf_conntrack"
 FAMILIES = {"IPv4": "ipv4", "IPv6": "ipv6"}  # the model's family names -> conntrack's -f
 PROTOCOLS = ("tcp", "udp", "sctp")
+# conntrack's stderr (its count of what it listed, or its error) is kept until the listing is over and printed
+# after it: written as it comes, it lands between two of stdout's 4 KB buffers, in the middle of a connection's
+# line (`exec 3>&1` keeps the script's stdout for the listing while $( ) takes stderr).
 CONNTRACK_SCRIPT = (
-    'ct=$1; shift; ok=0; '
+    'ct=$1; shift; ok=0; exec 3>&1; '
     'if command -v "$ct" >/dev/null 2>&1; then ok=1; '
     'for a in "$@"; do f=${a%%:*}; r=${a#*:}; p=${r%%:*}; d=${r#*:}; echo "#conntrack $a"; '
-    '"$ct" -L -f "$f" -p "$p" --orig-port-dst "$d" -o extended,id 2>&1; s=$?; echo "#status $s"; '
-    '[ "$s" = 0 ] || ok=0; done; '
+    'err=$("$ct" -L -f "$f" -p "$p" --orig-port-dst "$d" -o extended,id 2>&1 1>&3 3>&-); s=$?; '
+    '[ -z "$err" ] || printf "%s\n" "$err"; echo "#status $s"; [ "$s" = 0 ] || ok=0; done; '
     'else echo "#missing $ct"; fi; '
     f'if [ "$ok" = 0 ]; then if [ -e {PROC_FILE} ]; then echo "#proc"; cat {PROC_FILE} 2>&1; echo "#status $?"; '
     f'else echo "#missing {PROC_FILE}"; fi; fi'

@@ -6,7 +6,9 @@ What is counted is what kube-proxy's nat rules count: a nat rule sees only the f
 A row is an endpoint of a split chain (KUBE-SVC/KUBE-SVL -> KUBE-SEP, keyed by the SEP chain, whose name is a hash
 of the service port and the endpoint, so it survives rewrites), a blackhole rule (filter DROP or REJECT of the
 service, keyed by its text), or, without a service, any counted kube-proxy rule (svcdoctor/model/watch/busiest.py).
-Every key holds the address family: a dual-stack node has an IPv4 and an IPv6 chain of the same name.
+Every key holds the address family: a dual-stack node has an IPv4 and an IPv6 chain of the same name. Where a
+node's rules keep no counters, its endpoint rows are counted from conntrack instead (flows.py: keyed by the split
+chain and the endpoint's address, with a running count of connections where a rule would have its counter).
 """
 
 from __future__ import annotations
