@@ -128,7 +128,7 @@ def test_the_scripts_samples_read_as_the_connections_each_endpoint_served():
     seen: set = set()
     for sample in CAPTURE["samples"]:
         reading = parse_conntrack_output(sample["reading"])
-        assert (reading.via, reading.error, reading.note) == ("conntrack", None, None)
+        assert (reading.via, reading.error, reading.note, reading.unread) == ("conntrack", None, None, 0)
         new = [f for f in reading.flows if f.key not in seen]
         served = endpoint_counts(sample["servedSincePreviousSample"])
         by_endpoint: dict[str, int] = {}

@@ -83,6 +83,7 @@ class ConntrackReading:
     via: str | None = None  # "conntrack" | PROC_FILE: what was read
     error: str | None = None  # nothing could be read: why
     note: str | None = None  # read, but not the usual way: why (conntrack failed and the proc file was read)
+    unread: int = 0  # lines of the listings that were no connection (a connection in one is not counted)
 
 
 def parse_conntrack_output(text: str, dports: set[int] | None = None) -> ConntrackReading:
@@ -93,11 +94,13 @@ def parse_conntrack_output(text: str, dports: set[int] | None = None) -> Conntra
     proc = next((s for s in sections if s.kind == "proc"), None)
     missing = [s.arg for s in sections if s.kind == "missing"]
     if calls and all(s.status == 0 for s in calls):
-        return ConntrackReading([f for s in calls for f in s.flows], via="conntrack")
+        return ConntrackReading([f for s in calls for f in s.flows], via="conntrack",
+                                unread=sum(len(s.unread) for s in calls))
     why_not_conntrack = ("conntrack is not installed on the node" if "conntrack" in missing
                          else _failure("conntrack -L", next((s for s in calls if s.status != 0), None)))
     if proc is not None and proc.status == 0:
-        return ConntrackReading(proc.flows, via=PROC_FILE, note=f"{why_not_conntrack}; read {PROC_FILE} instead")
+        return ConntrackReading(proc.flows, via=PROC_FILE, note=f"{why_not_conntrack}; read {PROC_FILE} instead",
+                                unread=len(proc.unread))
     if proc is not None:
         why_not_proc = _failure(f"cat {PROC_FILE}", proc)
     elif "cat" in missing:
@@ -116,7 +119,8 @@ class _Section:
     lines: list[str] = field(default_factory=list)
     status: int | None = None
     flows: list[Flow] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)  # conntrack's (or cat's) own words: an error
+    unread: list[str] = field(default_factory=list)  # lines that are no connection and no message
 
 
 def _sections(text: str, dports: set[int] | None = None) -> list[_Section]:
@@ -133,8 +137,7 @@ def _sections(text: str, dports: set[int] | None = None) -> list[_Section]:
             status = line[8:].strip()
             current.status = int(status) if status.lstrip("-").isdigit() else -1
             listing = read_flows("\n".join(current.lines), dports if current.kind == "proc" else None)
-            current.flows = listing.flows
-            current.messages = listing.messages + [line for line in listing.unread if line.strip()]
+            current.flows, current.messages, current.unread = listing.flows, listing.messages, listing.unread
             current = None
         elif current is not None:
             current.lines.append(line)
@@ -145,7 +148,7 @@ def _failure(what: str, section: _Section | None) -> str:
     """`conntrack -L: Operation failed: sorry, you must be root or get CAP_NET_ADMIN capability to do this`."""
     if section is None:
         return f"{what} did not run"
-    message = next((m for m in section.messages if not is_summary(m)), "")
+    message = next((m for m in section.messages + section.unread if not is_summary(m)), "")
     if is_tool_message(message):
         message = message.split("): ", 1)[-1]  # conntrack's "conntrack v1.4.7 (conntrack-tools): " prefix
     for word in what.split():  # cat's own "cat: /proc/net/nf_conntrack: Permission denied"

@@ -183,6 +183,9 @@ class ServiceSample:
                 self._noted.add(node)
                 notes.append(f"{node}: {parsed.note} (it has no connection ids: connections are told apart by "
                              "their addresses and ports)")
+            if parsed.unread:
+                notes.append(f"{node}: {parsed.unread} line(s) of conntrack's listing could not be read: the "
+                             "connections in them are not counted")
             readings[node] = self.counter.observe(node, parsed.flows, baseline)
             read_at[node] = reading.read_at
         return notes
