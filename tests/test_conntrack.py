@@ -179,7 +179,8 @@ def test_a_node_without_the_conntrack_binary_is_read_from_the_proc_file(node):
     hidden = node.exec_argv(conntrack_argv(WEB_QUERIES), "env", "PATH=/usr/bin:/bin")  # conntrack is in /usr/sbin
     assert hidden.stdout.startswith("#missing conntrack\n#proc\n")
     reading = parse_conntrack_output(hidden.stdout, {80, 30080})
-    assert reading.via == PROC_FILE and reading.note == f"conntrack is not installed on the node; read {PROC_FILE} instead"
+    assert reading.via == PROC_FILE
+    assert reading.note == f"conntrack is not installed on the node; read {PROC_FILE} instead"
     with_binary = parse_conntrack_output(node.exec_argv(conntrack_argv(WEB_QUERIES)).stdout)
     assert Counter(f.original for f in reading.flows) == Counter(f.original for f in with_binary.flows)
 

@@ -31,8 +31,9 @@ lists the node's conntrack table instead, through the same doors and deadlines (
 its parser are in collect/conntrack_reads.py).
 
 Read-only by construction: `iptables -S -v` and `iptables-*-save -c` list, and so does `conntrack -L`; nothing here
-zeroes a counter (`-Z`, `conntrack -z`), changes a rule or changes conntrack's table. Each node's read runs in a daemon thread with a deadline, so a wedged node
-cannot hold up a sample (it is reported, and not asked again until its previous read has returned), nor Ctrl-C.
+zeroes a counter (`-Z`, `conntrack -z`), changes a rule or changes conntrack's table. Each node's read runs in a
+daemon thread with a deadline, so a wedged node cannot hold up a sample (it is reported, and not asked again until
+its previous read has returned), nor Ctrl-C.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Both print one connection a line, the original direction's tuple first and the r
 (conntrack-tools src/conntrack.c with libnetfilter_conntrack's snprintf_default; the kernel's
 net/netfilter/nf_conntrack_standalone.c ct_seq_show for the proc file):
 
-    conntrack -L -o extended,id   ipv4     2 tcp      6 117 TIME_WAIT src=… dst=… sport=… dport=… src=… dst=…
-                                  sport=… dport=… [ASSURED] mark=0 use=1 id=3079686949
+    conntrack -L -o extended,id   ipv4     2 tcp      6 117 TIME_WAIT src=… dst=… sport=… dport=… src=…
+                                  dst=… sport=… dport=… [ASSURED] mark=0 use=1 id=3079686949
     conntrack -L                  the same without the leading `ipv4     2` (and without `id=` unless `-o id`)
     /proc/net/nf_conntrack        the extended layout, `zone=0` before `use=`, never an `id=`, and IPv6 addresses
                                   written in full (`fd00:0010:…:0005`, the kernel's %pI6)
