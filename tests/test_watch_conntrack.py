@@ -15,6 +15,7 @@ import io
 import json
 import time
 from collections import Counter
+from datetime import datetime, timezone
 
 import pytest
 from rich.console import Console
@@ -38,7 +39,7 @@ from svcdoctor.model.watch.flows import plan_flows
 from svcdoctor.model.watch.listing import IPV4, IPV6
 from svcdoctor.model.watch.plan import plan_service_watch
 from svcdoctor.model.watch.tracker import WatchTracker
-from svcdoctor.render.watch_view import render_frame, sample_document, split_summary
+from svcdoctor.render.watch_view import render_frame, sample_document, split_summary, what_is_counted
 
 CAPTURE = json.loads(FIXTURE.read_text())
 WEB_CHAIN = expected_name("service", service_base("default", "web", "tcp", "http"))
@@ -345,3 +346,16 @@ def test_live_a_node_read_as_nobody_fails_with_one_line(tmp_path):
         assert node.exec_argv(conntrack_argv([]), *AS_NOBODY).returncode == 0  # the script itself ran
     (reason,) = frame.failed.values()
     assert "CAP_NET_ADMIN" in reason and "Permission denied" in reason and "\n" not in reason
+
+
+def test_a_cluster_of_both_modes_says_which_node_is_counted_how():
+    frame = WatchTracker(1.0, "default/web").update({}, {}, datetime.now(timezone.utc))
+    frame.sources = {"iptables-node": COUNTERS, "nft-node": CONNTRACK, "other-node": CONNTRACK}
+    frame.nftables_nodes = ["nft-node"]
+    assert frame.source == "mixed" and sample_document(frame)["sources"] == frame.sources
+    lines = what_is_counted(frame)
+    assert lines[0].startswith("nat counters count new connections") and lines[0].endswith("(on iptables-node).")
+    assert lines[1].startswith("conntrack: NEW is the connections to the service that conntrack holds")
+    assert lines[2:] == ["counted from conntrack on nft-node: kube-proxy runs in nftables mode there, and its "
+                         "nftables rules keep no counters.",
+                         "counted from conntrack on other-node (--source conntrack)."]
