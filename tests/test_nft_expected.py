@@ -6,7 +6,7 @@ own tests (pkg/proxy/nftables/proxier_test.go, v1.34–1.35 layout):
 * The flows-only tests (TestNoEndpointsReject … TestInternalExternalMasquerade): each test's Services and
   EndpointSlices (written here as API objects) → generated ruleset → loaded into a real kernel with `nft -f` →
   listed back as JSON and as text → every packet flow of the test traced, with kube-proxy's answer (endpoint set or
-  DROP / REJECT, and masquerade).
+  DROP / REJECT, and masquerade), by the tracer and by `svcdoctor trace` as a user runs it on each listing.
 
 The flows come from the reference cases (SVCDOCTOR_NFT_CASES, docs/explanation/kube-proxy-nftables.md); without
 them these tests skip.
@@ -15,6 +15,7 @@ them these tests skip.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from nft_cases import (
@@ -55,8 +56,42 @@ def run_flows(services: list[dict], slices: list[dict], settings: NftProxySettin
                 failures.append(f"{form}: {flow['name']}: uncertain rules {result.uncertain}")
             if got != (want, flow["masq"]):
                 failures.append(f"{form}: {flow['name']}: got {got}, kube-proxy {(want, flow['masq'])}")
+    failures += _cli_flows(as_json, as_text, flows)
     assert not failures, "\n".join(failures) + "\n" + text
     return len(flows)
+
+
+def _cli_flows(as_json: str, as_text: str, flows: list[dict]) -> list[str]:
+    """The same flows through `svcdoctor trace` as a user runs it, on each listing given as a single-file bundle."""
+    import tempfile
+
+    from cli_run import run_cli
+
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for form, listing in (("json", as_json), ("text", as_text)):
+            dump = Path(tmp) / f"node.{'json' if form == 'json' else 'nft'}"
+            dump.write_text(listing)
+            node_ips = [a for ip in TRACER_NODE_IPS for a in ("--node-ip", ip)]
+            for flow in flows:
+                dst = f"[{flow['destIP']}]" if ":" in flow["destIP"] else flow["destIP"]
+                r = run_cli("trace", "--dst", f"{dst}:{flow['destPort']}", "--src", flow["sourceIP"], "--proto",
+                            flow["protocol"], *node_ips, "--bundle", str(dump), "-o", "json")
+                if r.exit_code != 0:
+                    failures.append(f"cli {form}: {flow['name']}: exit {r.exit_code}: {r.stderr.strip()}")
+                    continue
+                doc = r.json()
+                doc = doc["items"][0] if "items" in doc else doc
+                if doc["endpoints"]:
+                    got = ", ".join(sorted(e["ip"] + ":" + str(e["port"]) if ":" not in e["ip"]
+                                           else f"[{e['ip']}]:{e['port']}" for e in doc["endpoints"]))
+                else:
+                    got = doc["verdict"].upper() if doc["verdict"] in ("drop", "reject") else ""
+                want = ", ".join(sorted(x.strip() for x in flow["output"].split(","))) if flow["output"] else ""
+                if (got, doc["masquerade"]) != (want, flow["masq"]):
+                    failures.append(f"cli {form}: {flow['name']}: got {(got, doc['masquerade'])}, "
+                                    f"kube-proxy {(want, flow['masq'])}")
+    return failures
 
 
 def _flows(case: str) -> dict:
