@@ -38,7 +38,6 @@ its previous read has returned), nor Ctrl-C.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -49,9 +48,8 @@ from svcdoctor.collect.node_rules import IP6_SAVE_COMMANDS, SAVE_COMMANDS, split
 from svcdoctor.errors import UsageError
 from svcdoctor.model.rules import rule_from_line
 from svcdoctor.model.watch.listing import FAMILIES, IPV4, IPV6, ChainListing, Listings
+from svcdoctor.collect.iptables_argv import IP6TABLES, IPTABLES, valid_chain_name
 
-IPTABLES = {"nft": "iptables-nft", "legacy": "iptables-legacy"}
-IP6TABLES = {"nft": "ip6tables-nft", "legacy": "ip6tables-legacy"}
 # `-w 5`: legacy iptables takes the xtables lock, which kube-proxy's iptables-restore holds while it writes; wait
 # for it rather than fail the sample (iptables-nft accepts and ignores -w). `#status` keeps "no such chain" (1)
 # apart from other failures: a chain that is not there is news (it disappeared), an error is not. An argument
@@ -62,14 +60,6 @@ CHAIN_SCRIPT = (
     't=${a%%:*}; c=${a#*:}; echo "#chain $t $c $f"; "$ipt" -w 5 -t "$t" -S "$c" -v; echo "#status $?"; done'
 )
 TABLES = ("filter", "nat", "mangle", "raw", "security")
-
-_CHAIN_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,28}$")
-
-
-def valid_chain_name(name: str) -> bool:
-    """A name that can only be a chain (iptables allows 28 characters; no leading '-', so never an option)."""
-    return bool(_CHAIN_NAME.match(name))
-
 
 @dataclass(slots=True)
 class NodeReading:
