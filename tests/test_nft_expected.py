@@ -28,7 +28,6 @@ from nft_cases import (
     kernel_listings,
     needs_cases,
     port,
-    ruleset_parts,
     service,
     trace_answer,
 )
@@ -230,41 +229,4 @@ def test_11_internal_external_masquerade(index):
     run_flows(svcs, slices, settings, variant["flows"])
 
 
-# --- 01: the whole ruleset ---------------------------------------------------------------------------------
-@needs_cases
-def test_01_overall_ruleset_is_kube_proxys():
-    svcs = [
-        service("ns1", "svc1", "172.30.0.41", [port()]),
-        service("ns2", "svc2", "172.30.0.42", [port(node_port=3001)], "LoadBalancer", ["1.2.3.4"],
-                externalTrafficPolicy="Local", externalIPs=["192.168.99.22"], healthCheckNodePort=30000),
-        service("ns3", "svc3", "172.30.0.43", [port(node_port=3003)], "NodePort"),
-        service("ns4", "svc4", "172.30.0.44", [port()], "NodePort", externalIPs=["192.168.99.33"]),
-        service("ns5", "svc5", "172.30.0.45", [port(node_port=3002)], "LoadBalancer", ["5.6.7.8"],
-                externalTrafficPolicy="Cluster", healthCheckNodePort=30000,
-                loadBalancerSourceRanges=[" 203.0.113.0/25"], sessionAffinity="ClientIP",
-                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}}),
-        service("ns6", "svc6", "172.30.0.46", [port()], "ClusterIP"),
-    ]
-    slices = [
-        endpoint_slice("ns1", "svc1", [ep("10.180.0.1")], [eport()]),
-        endpoint_slice("ns2", "svc2", [ep("10.180.0.2")], [eport()]),
-        endpoint_slice("ns3", "svc3", [ep("10.180.0.3")], [eport()]),
-        endpoint_slice("ns4", "svc4", [ep("10.180.0.4"), ep("10.180.0.5", "test-node")], [eport()]),
-        endpoint_slice("ns5", "svc5", [ep("10.180.0.3")], [eport()]),
-    ]
-    model = build_cluster_model(svcs, slices)
-    text = expected_ruleset(model.service_ports, fake_settings())
-    folder = CASES / "01-overall-v1.34-1.35"
-    mine, theirs = ruleset_parts(text), ruleset_parts((folder / "ruleset.nft").read_text())
-    assert mine[0] == theirs[0]
-    assert mine[1] == theirs[1]
-    assert mine[2] == theirs[2]
-    # and as the kernel lists them back: the same table as kube-proxy's own text loaded (chain order aside)
-    for listed, reference in zip(kernel_listings(text, "IPv4"), ("listed.json", "listed.txt")):
-        (a,), (b,) = (kube_proxy_tables(read_listing(t)) for t in (listed, (folder / reference).read_text()))
-        assert set(a.chains) == set(b.chains)
-        for name, chain in a.chains.items():
-            assert [r.text for r in chain.rules] == [r.text for r in b.chains[name].rules], name
-        assert set(a.sets) == set(b.sets)
-        for name, nset in a.sets.items():
-            assert sorted(map(repr, nset.elements)) == sorted(map(repr, b.sets[name].elements)), name
+# --- 01: the whole ruleset of every layout is tests/test_nft_generations.py's test_01_overall_ruleset_of_each_generation
