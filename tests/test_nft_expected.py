@@ -1,8 +1,7 @@
 """kube-proxy's nftables proxier as svcdoctor models it (svcdoctor/model/nft/expected.py), checked against kube-proxy's
-own tests (pkg/proxy/nftables/proxier_test.go, v1.34–1.35 layout):
+own tests (pkg/proxy/nftables/proxier_test.go, v1.34–1.35 layout; the rulesets of every layout are
+tests/test_nft_generations.py's):
 
-* TestOverallNFTablesRules: the generated ruleset equals kube-proxy's expected text (same declarations, same rules
-  per chain in order, same elements per set or map).
 * The flows-only tests (TestNoEndpointsReject … TestInternalExternalMasquerade): each test's Services and
   EndpointSlices (written here as API objects) → generated ruleset → loaded into a real kernel with `nft -f` →
   listed back as JSON and as text → every packet flow of the test traced, with kube-proxy's answer (endpoint set or
