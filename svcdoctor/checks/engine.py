@@ -136,8 +136,9 @@ def _diff_one_node(index: int) -> list[Finding]:
 
 def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: str | None = None) -> list[Finding]:
     """nftables-mode nodes, through the routing model (model/routing.py): with the API objects, each node's routes
-    read from kube-proxy's table against the routes kube-proxy's decisions give (checks/compare_routes.py); the same
-    finding ids as the iptables comparison. `wanted(service)` chooses the services (namespace, selector)."""
+    read from kube-proxy's table against the routes kube-proxy's decisions give (checks/compare_routes.py), and the
+    "no local endpoints" drops the table holds (`_local_drops`); the same finding ids as the iptables comparison.
+    `wanted(service)` chooses the services (namespace, selector)."""
     if not loaded.nft or loaded.cluster is None:
         return []
     from svcdoctor.checks.compare_routes import compare_routes
@@ -146,7 +147,8 @@ def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: st
     from svcdoctor.model.nft.view import add_nft_nodes
     from svcdoctor.model.routing import expected_routes, routes_from_view
 
-    from svcdoctor.checks.findings import finding
+    from svcdoctor.checks.findings import no_endpoints_finding
+    from svcdoctor.model.port_shape import describe
 
     cluster = loaded.cluster
     settings = {node.name: node.settings for node in nodes_with_api(loaded, sorted(loaded.nft), {})}
@@ -161,17 +163,38 @@ def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: st
         for pv in view.ports:
             sp = next((p for p in ports if p.svc_port_name == pv.svc_port_name), None)
             for nv in pv.nodes:
+                out += _local_drops(nv.node, key, pv.svc_port_name, nv.entries)
                 node_settings_ = settings.get(nv.node)
                 plan = plan_service_port(sp, node_settings_) if sp is not None and node_settings_ else None
                 if plan is None:
                     continue
                 if not plan.has_endpoints and plan.name not in without_endpoints:
                     without_endpoints.add(plan.name)  # once per port, as the iptables comparison says it
-                    out.append(finding("no-endpoints", None, key, f"{plan.name} has no usable endpoint (no ready or "
-                                       "serving pod in its EndpointSlices): kube-proxy rejects its connections"))
+                    out.append(no_endpoints_finding(key, plan.name, describe(("clusterIP", plan.cluster_ip, sp.port))))
                 want = expected_routes(plan, node_settings_)
                 have = routes_from_view(nv.entries)
                 family = "IPv6" if node_settings_.ipv6 else "IPv4"
                 have = {k: r for k, r in have.items() if k[1] == family}
                 out += compare_routes(nv.node, key, pv.svc_port_name, want, have, masquerade_known=config_known)
     return out
+
+
+# kube-proxy's nftables maps of what it drops or rejects undnatted (docs/explanation/kube-proxy-nftables.md)
+NO_ENDPOINT_MAPS = ("map no-endpoint-services", "map no-endpoint-nodeports")
+
+
+def _local_drops(node: str, service: str, spn: str, entries) -> list[Finding]:
+    """The "no local endpoints" drops of a port on an nftables node, as checks/port_findings.py reports the
+    iptables DROP rules: entries whose traffic an element of `no-endpoint-services` / `no-endpoint-nodeports` drops
+    (a Local traffic policy without a pod on the node; no endpoint at all is `goto reject-chain` there, a reject).
+    nftables keeps no counters on them, so they stay warnings."""
+    from svcdoctor.checks.port_findings import local_drops
+    from svcdoctor.model.port_shape import Hop
+
+    drops = []
+    for entry in entries:
+        rule = entry.blackhole_rule
+        if entry.verdict == "drop" and rule is not None and rule.chain in NO_ENDPOINT_MAPS:
+            ip, _, port = entry.destination.rpartition(":")
+            drops.append(((entry.kind, ip.strip("[]"), port), Hop("DROP", f"{rule.chain}: {rule.text}")))
+    return local_drops(node, service, spn, drops)

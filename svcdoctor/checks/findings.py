@@ -88,6 +88,14 @@ def finding(fid: str, node: str | None, service: str | None, message: str, evide
     return Finding(fid, sev, node, service, message, [str(e) for e in evidence])
 
 
+def no_endpoints_finding(service: str, spn: str, where: str, evidence=()) -> Finding:
+    """`no-endpoints` for one service port ("ns/name:port"), `where` its first destination in words: worded alike by
+    the iptables and the nftables comparisons, so that a cluster with nodes in both modes shows it once."""
+    return finding("no-endpoints", None, service,
+                   f"{spn} has no usable endpoint (no ready or serving pod in its EndpointSlices): kube-proxy rejects "
+                   f"connections to {where}", evidence)
+
+
 def dedupe_findings(findings: list[Finding]) -> list[Finding]:
     """The same finding reported twice (one per entry of a port, say) is shown once."""
     seen = set()
@@ -133,7 +141,8 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
             # iptables' nat hooks run ahead of kube-proxy's nftables chains (priority -100 both, iptables first
             # registered), so a left-over KUBE-SERVICES still DNATs with whatever endpoints it had
             nat = rules.table("nat")
-            chains = sorted(c for c in (nat.chains if nat else {}) if c.startswith("KUBE-"))
+            chains = sorted(c for c in (nat.chains if nat else {})
+                            if c.startswith("KUBE-") and c not in KUBELET_MARK_CHAINS)
             out.append(finding(
                 "stale-iptables-rules", node, None,
                 f"kube-proxy runs in nftables mode on {node}, but its iptables still holds kube-proxy's chains "
