@@ -182,3 +182,19 @@ def _always_garbled(exec_run):
         exec_run(argv, demux)  # recorded, then misread every time
         raise ValueError("110 is not a valid stream")
     return run
+
+
+def test_a_node_without_nft_is_nothing_to_say():
+    """kind node images without nft (kube-proxy in iptables mode needs none): docker answers exit 126 with its
+    OCI error on stdout (docker 20.10's words, as exec_run(demux=True) returns them); no warning on such a node."""
+    from svcdoctor.collect.nft_rules import NOT_INSTALLED, attach_nftables, docker_runner, read_nft_tables
+    from svcdoctor.collect.snapshot import NodeCapture
+
+    answer = (b'OCI runtime exec failed: exec failed: unable to start container process: exec: "nft": executable '
+              b"file not found in $PATH: unknown\r\n", None)
+    container = SimpleNamespace(exec_run=lambda argv, demux=True: SimpleNamespace(exit_code=126, output=answer))
+    tables = read_nft_tables(docker_runner(container))
+    assert tables.error == NOT_INSTALLED
+    capture = NodeCapture(name="n1")
+    attach_nftables(capture, tables)
+    assert capture.warnings == [] and capture.nftables_json is None

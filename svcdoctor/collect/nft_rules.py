@@ -38,6 +38,12 @@ def _no_json(stderr: str) -> bool:
         "invalid option" in text
 
 
+def _not_found(output: str) -> bool:
+    """No nft on the node: a shell's "nft: not found", or docker's (exit 126, on stdout) `OCI runtime exec failed:
+    … exec: "nft": executable file not found in $PATH`."""
+    return "not found" in output and "nft" in output
+
+
 def read_nft_tables(run: Run) -> NftTables:
     out = NftTables()
     as_json = True
@@ -52,7 +58,7 @@ def read_nft_tables(run: Run) -> NftTables:
         if code != 0 and as_json and _no_json(stderr):
             as_json = False  # this nft has no JSON: read the text listing instead
             code, stdout, stderr = run(list_command(family, False))
-        if code == 127 or "not found" in stderr and "nft" in stderr and code != 0:
+        if code == 127 or code != 0 and _not_found(stdout + stderr):
             out.error = NOT_INSTALLED
             return out
         if code != 0:
