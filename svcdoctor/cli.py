@@ -222,7 +222,7 @@ def graph(
     loaded = _load(env, source)
     result = run_graph(loaded, service, namespace, fmt.value if fmt else env.output, nodes_given=bool(source.nodes))
     if result.chosen:
-        env.note(f"drawing {result.chosen}, the node with the most traffic for it (--node NODE for another)")
+        env.note(f"drawing {result.chosen}, {result.because} (--node NODE for another)")
     env.write(result.text)
     return _status(loaded)
 

@@ -42,6 +42,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
                                     "the node instead of kube-proxy: they are not in iptables there"),
     "hash-mismatch": ("warning", "a chain name is not the hash of the service port its comment names"),
     "uneven-split": ("warning", "the probabilities do not split new connections evenly between endpoints"),
+    "nft-without-json": ("info", "the node's nft has no JSON output: its kube-proxy tables were read from the text "
+                                 "listing"),
     "proxy-mode-not-read": ("info", "kube-proxy runs in ipvs or nftables mode on the node: svcdoctor reads iptables mode"),
     "policy-mismatch": (
         "error",
@@ -108,6 +110,23 @@ def dedupe_findings(findings: list[Finding]) -> list[Finding]:
     return out
 
 
+# how a node was read when svcdoctor itself ran nft there (live, or recorded in a bundle's node.json)
+COLLECTED_VIA = ("docker exec", "pods/exec")
+
+
+def nft_listing_findings(node: str, read_via: str | None, json_listing: bool, text_listing: bool) -> list[Finding]:
+    """`nft-without-json` (info): svcdoctor asked the node's `nft` for JSON (`nft -j list table …`) and it had none
+    (nft built without libjansson), so the text listing was read. Said only where svcdoctor ran nft (a pasted
+    text dump or a hand-made bundle says nothing about the node's nft)."""
+    via = (read_via or "").removeprefix("bundle (").removesuffix(")")
+    if json_listing or not text_listing or via not in COLLECTED_VIA:
+        return []
+    return [finding("nft-without-json", node, None,
+                    f"{node}'s nft has no JSON output (`nft -j` is not supported by that build); kube-proxy's tables "
+                    "were read from the text of `nft list table`, which svcdoctor reads the same way",
+                    [f"read via {via}"])]
+
+
 def proxy_mode_findings(modes: dict[str, str], configured: str | None) -> list[Finding]:
     """Nodes whose kube-proxy mode (read from what is on them: iptables chains, the nftables table, ipvs) is not
     the ConfigMap's `mode:` (empty means iptables), or, without the ConfigMap, not the other nodes' (the most
@@ -142,7 +161,7 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
             # (net/netfilter/core.c, nf_hook_entries_grow): kube-proxy's table, made after the iptables mode's
             # chains, usually takes a new connection first, and what it does not DNAT (a Service deleted since)
             # goes on to the left-over KUBE-SERVICES, which DNATs it with whatever endpoints it had; their filter
-            # rules apply whatever the order (tests/lab/test_nft_lab.py shows the nat part)
+            # rules apply whatever the order (model/mixed_trace.py; tests/lab/test_nft_lab.py shows the nat part)
             nat = rules.table("nat")
             chains = sorted(c for c in (nat.chains if nat else {})
                             if c.startswith("KUBE-") and c not in KUBELET_MARK_CHAINS)
