@@ -75,8 +75,8 @@ def read_nft_tables(run: Run) -> NftTables:
 def docker_runner(container, attempts: int = 3) -> Run:
     """`run` through docker's exec_run (argv only). docker-py now and then misreads an exec's multiplexed stream
     ("N is not a valid stream", docker/docker-py#3160) or ends it early; the command only reads, so it is asked
-    again, as collect/node_rules.py read_backend does. A listing that does not end as nft ends one ("}") counts
-    as cut short."""
+    again, as collect/node_rules.py read_backend does. A listing that does not end as nft ends one ("}"), or a
+    failure without a word (nft always says why), counts as cut short."""
     def run(argv: list[str]) -> tuple[int, str, str]:
         for attempt in range(attempts):
             try:
@@ -86,10 +86,11 @@ def docker_runner(container, attempts: int = 3) -> Run:
                     raise
                 continue
             stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, None)
-            out = (stdout or b"").decode("utf-8", "replace")
-            if result.exit_code == 0 and not out.rstrip().endswith("}") and attempt < attempts - 1:
+            out, err = (stdout or b"").decode("utf-8", "replace"), (stderr or b"").decode("utf-8", "replace")
+            cut = not out.rstrip().endswith("}") if result.exit_code == 0 else not (out + err).strip()
+            if cut and attempt < attempts - 1:
                 continue
-            return result.exit_code, out, (stderr or b"").decode("utf-8", "replace")
+            return result.exit_code, out, err
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
     return run
