@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from svcdoctor.checks.drift import NodeInput
-from svcdoctor.checks.findings import Finding, finding
+from svcdoctor.checks.findings import Finding, finding, no_endpoints_finding
 from svcdoctor.checks.port_findings import check_split, comment_port, legacy_drops, local_drops
 from svcdoctor.model import rule_text
 from svcdoctor.model.cluster import ClusterModel, ServicePort
@@ -573,10 +573,9 @@ def _no_endpoints(no_endpoints: dict[str, tuple[ExpectedPort, list[str]]]) -> li
     out = []
     for spn, (exp, lines) in sorted(no_endpoints.items()):
         ports_desc = describe(next(iter(exp.shape.filter), ("clusterIP", exp.plan.cluster_ip, "")))
-        out.append(finding(
-            "no-endpoints", None, exp.plan.service_port.service_key,
-            f"{spn} has no usable endpoint (no ready or serving pod in its EndpointSlices): kube-proxy rejects "
-            f"connections to {ports_desc}", lines[:1] or [f"expected {h.line}" for h in exp.shape.filter.values()][:1]))
+        out.append(no_endpoints_finding(
+            exp.plan.service_port.service_key, spn, ports_desc,
+            lines[:1] or [f"expected {h.line}" for h in exp.shape.filter.values()][:1]))
     return out
 
 

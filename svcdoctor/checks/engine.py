@@ -152,7 +152,8 @@ def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: st
     """nftables-mode nodes: every hashed name checked (checks/nft_names.py); without the API objects the nodes
     against each other (checks/nft_drift.py: node-drift); with them, through the routing model
     (model/routing.py), with the API objects, each node's routes read from kube-proxy's table against the routes
-    kube-proxy's decisions give (checks/compare_routes.py); the same finding ids as the iptables comparison.
+    kube-proxy's decisions give (checks/compare_routes.py), and the "no local endpoints" drops the table holds
+    (`_local_drops`); the same finding ids as the iptables comparison.
     `wanted(service)` chooses the services (namespace, selector)."""
     if not loaded.nft:
         return []
@@ -174,7 +175,8 @@ def _nft_route_findings(loaded: LoadedInput, wanted: Callable[[str], bool], serv
     from svcdoctor.model.nft.view import add_nft_nodes
     from svcdoctor.model.routing import expected_routes, routes_from_view
 
-    from svcdoctor.checks.findings import finding
+    from svcdoctor.checks.findings import no_endpoints_finding
+    from svcdoctor.model.port_shape import describe
 
     cluster = loaded.cluster
     settings = _nft_settings(loaded)
@@ -189,6 +191,7 @@ def _nft_route_findings(loaded: LoadedInput, wanted: Callable[[str], bool], serv
         for pv in view.ports:
             sp = next((p for p in ports if p.svc_port_name == pv.svc_port_name), None)
             for nv in pv.nodes:
+                out += _local_drops(nv.node, key, pv.svc_port_name, nv.entries)
                 have_all = routes_from_view(nv.entries)
                 for family in sorted(nv.families):  # one proxier, one table per family (ip, ip6)
                     node_settings_ = settings.get((nv.node, family))
@@ -197,9 +200,30 @@ def _nft_route_findings(loaded: LoadedInput, wanted: Callable[[str], bool], serv
                         continue
                     if not plan.has_endpoints and plan.name not in without_endpoints:
                         without_endpoints.add(plan.name)  # once per port, as the iptables comparison says it
-                        out.append(finding("no-endpoints", None, key, f"{plan.name} has no usable endpoint (no ready "
-                                           "or serving pod in its EndpointSlices): kube-proxy rejects its connections"))
+                        out.append(no_endpoints_finding(key, plan.name,
+                                                        describe(("clusterIP", plan.cluster_ip, sp.port))))
                     want = expected_routes(plan, node_settings_)
                     have = {k: r for k, r in have_all.items() if k[1] == family}
                     out += compare_routes(nv.node, key, pv.svc_port_name, want, have, masquerade_known=config_known)
     return out
+
+
+# kube-proxy's nftables maps of what it drops or rejects undnatted (docs/explanation/kube-proxy-nftables.md)
+NO_ENDPOINT_MAPS = ("map no-endpoint-services", "map no-endpoint-nodeports")
+
+
+def _local_drops(node: str, service: str, spn: str, entries) -> list[Finding]:
+    """The "no local endpoints" drops of a port on an nftables node, as checks/port_findings.py reports the
+    iptables DROP rules: entries whose traffic an element of `no-endpoint-services` / `no-endpoint-nodeports` drops
+    (a Local traffic policy without a pod on the node; no endpoint at all is `goto reject-chain` there, a reject).
+    nftables keeps no counters on them, so they stay warnings."""
+    from svcdoctor.checks.port_findings import local_drops
+    from svcdoctor.model.port_shape import Hop
+
+    drops = []
+    for entry in entries:
+        rule = entry.blackhole_rule
+        if entry.verdict == "drop" and rule is not None and rule.chain in NO_ENDPOINT_MAPS:
+            ip, _, port = entry.destination.rpartition(":")
+            drops.append(((entry.kind, ip.strip("[]"), port), Hop("DROP", f"{rule.chain}: {rule.text}")))
+    return local_drops(node, service, spn, drops)

@@ -90,6 +90,14 @@ def finding(fid: str, node: str | None, service: str | None, message: str, evide
     return Finding(fid, sev, node, service, message, [str(e) for e in evidence])
 
 
+def no_endpoints_finding(service: str, spn: str, where: str, evidence=()) -> Finding:
+    """`no-endpoints` for one service port ("ns/name:port"), `where` its first destination in words: worded alike by
+    the iptables and the nftables comparisons, so that a cluster with nodes in both modes shows it once."""
+    return finding("no-endpoints", None, service,
+                   f"{spn} has no usable endpoint (no ready or serving pod in its EndpointSlices): kube-proxy rejects "
+                   f"connections to {where}", evidence)
+
+
 def dedupe_findings(findings: list[Finding]) -> list[Finding]:
     """The same finding reported twice (one per entry of a port, say) is shown once."""
     seen = set()
@@ -149,14 +157,19 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
     out: list[Finding] = []
     if nft_read:
         if rules.has_kube_proxy_rules():
-            # iptables' nat hooks run ahead of kube-proxy's nftables chains (priority -100 both, iptables first
-            # registered), so a left-over KUBE-SERVICES still DNATs with whatever endpoints it had
+            # Both hook nat at priority -100, and the kernel runs hooks of equal priority newest first
+            # (net/netfilter/core.c, nf_hook_entries_grow): kube-proxy's table, made after the iptables mode's
+            # chains, usually takes a new connection first, and what it does not DNAT (a Service deleted since)
+            # goes on to the left-over KUBE-SERVICES, which DNATs it with whatever endpoints it had; their filter
+            # rules apply whatever the order (model/mixed_trace.py; tests/lab/test_nft_lab.py shows the nat part)
             nat = rules.table("nat")
-            chains = sorted(c for c in (nat.chains if nat else {}) if c.startswith("KUBE-"))
+            chains = sorted(c for c in (nat.chains if nat else {})
+                            if c.startswith("KUBE-") and c not in KUBELET_MARK_CHAINS)
             out.append(finding(
                 "stale-iptables-rules", node, None,
                 f"kube-proxy runs in nftables mode on {node}, but its iptables still holds kube-proxy's chains "
-                f"({len(chains)} KUBE-* chains): left from iptables mode, they can still rewrite packets first",
+                f"({len(chains)} KUBE-* chains): left from iptables mode, they still DNAT what kube-proxy's table does "
+                "not (a Service deleted since still reaches its old endpoints) and still filter packets",
                 [f"nat chains: {', '.join(chains[:5])}{', …' if len(chains) > 5 else ''}"]))
         return out
     nat = rules.table("nat")
