@@ -171,6 +171,8 @@ def collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, o
             captures = _capture(session, targets, found, opts, timeout, key, say,
                                 _port_hashes(session, key) if key else ())
             api = api_future.result()
+            if kube_api.proxy_mode(api.kube_proxy_config) == "nftables":
+                api_nodes.read_nft_leftover_nodes(session, captures, found, timeout)
     finally:
         session.client.close()
     mode = kube_api.proxy_mode(api.kube_proxy_config)

@@ -18,6 +18,7 @@ import pytest
 from . import harness
 from . import scenario as sc
 from .standin_apiserver import StandinApiServer
+from .standin_exec import docker_runner
 from .test_cli_e2e import LIVE, svcdoctor
 
 NODE_NAMES = [n.name for n in sc.NODES]
@@ -227,7 +228,7 @@ def test_mixed_modes_mismatch_is_found_on_the_odd_nodes_only(nft_lab, nft_kubeco
         nft_lab.switch(sc.nft_scenario())
 
 
-def test_iptables_leftovers_are_found_on_that_node_only(nft_lab, nft_kubeconfig, planted):
+def test_iptables_leftovers_are_found_on_that_node_only(nft_lab, nft_kubeconfig, planted, tmp_path):
     planted(sc.WORKER3, sc.LEFTOVERS)
     assert ":KUBE-SERVICES" in nft_lab.save(sc.WORKER3) and "service-ips" in nft_lab.nft_list(sc.WORKER3)
     doc = run_json("check", *LIVE, "--kubeconfig", nft_kubeconfig, expect_rc=1)  # an error: exit 1
@@ -235,6 +236,14 @@ def test_iptables_leftovers_are_found_on_that_node_only(nft_lab, nft_kubeconfig,
     assert found == BY_DESIGN | {("stale-iptables-rules", sc.WORKER3, None)}
     (stale,) = [f for f in doc["findings"] if f["id"] == "stale-iptables-rules"]
     assert "kube-proxy's chains" in stale["message"] and stale["evidence"][0].startswith("nat chains: KUBE-")
+    # the same through the API (exec into each node's kube-proxy pod, the stand-in's exec runs it in the node):
+    # the ConfigMap says nftables, so the node that still has iptables chains gets its nft tables read too
+    objects = sc.nft_scenario().api_objects() + sc.kube_proxy_pods()
+    with StandinApiServer(objects, exec_runner=docker_runner(nft_lab.client)) as server:
+        path = tmp_path / "kubeconfig-api"
+        server.write_kubeconfig(path)
+        via_api = run_json("check", "--kubeconfig", str(path), "--via", "api", expect_rc=1)
+    assert {(f["id"], f["node"], f["service"]) for f in via_api["findings"]} == found
     # Which of the two nat chains at prerouting priority -100 takes a new connection: the kernel runs hooks of
     # equal priority newest first (net/netfilter/core.c, nf_hook_entries_grow), and kube-proxy's table was made
     # after the iptables mode's chains, so the leftovers' counters stay 0 while the pods serve the requests...
