@@ -44,7 +44,8 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     "uneven-split": ("warning", "the probabilities do not split new connections evenly between endpoints"),
     "nft-without-json": ("info", "the node's nft has no JSON output: its kube-proxy tables were read from the text "
                                  "listing"),
-    "proxy-mode-not-read": ("info", "kube-proxy runs in ipvs or nftables mode on the node: svcdoctor reads iptables mode"),
+    "proxy-mode-not-read": ("info", "kube-proxy runs in ipvs mode on the node (or in nftables mode, and its tables "
+                                    "could not be read): svcdoctor shows no routing there"),
     "policy-mismatch": (
         "error",
         "the node applies a traffic policy, session affinity or source ranges other than the Service's",
@@ -200,8 +201,10 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
     if proxy_mode not in (None, "", "iptables"):
         out.append(finding(
             "proxy-mode-not-read", node, None,
-            f"kube-proxy runs in {proxy_mode} mode on {node}; svcdoctor reads the iptables mode's rules, so this "
-            f"node's Service routing is not shown",
+            (f"kube-proxy runs in nftables mode on {node}, but its nftables tables could not be read there (see "
+             f"the node's warnings), so this node's Service routing is not shown" if proxy_mode == "nftables" else
+             f"kube-proxy runs in {proxy_mode} mode on {node}; svcdoctor reads the iptables and nftables modes' "
+             f"rules, so this node's Service routing is not shown"),
             [f"kube-proxy ConfigMap: mode: {proxy_mode}"]))
     replacement = kube_proxy_replacement(rules) if not has_rules and not other_has else None
     if replacement is not None:

@@ -18,7 +18,7 @@ def node_rows(loaded: LoadedInput) -> list[dict]:
             for f in check_node_health(capture.name, rules, capture.proxy_mode,
                                        loaded.other_backend.get(capture.name), capture.backend,
                                        nft_read=capture.name in loaded.nft):
-                if f.id in ("no-kube-proxy-rules", "backend-mismatch"):
+                if f.id in ("no-kube-proxy-rules", "backend-mismatch", "stale-iptables-rules"):
                     problems.append(f.id)
         tables = loaded.nft.get(capture.name) or []
         rows.append({
