@@ -263,3 +263,37 @@ def test_iptables_leftovers_are_found_on_that_node_only(nft_lab, nft_kubeconfig,
     dnat = harness.dnat_packets(nft_lab.save(sc.WORKER3, table="nat"), "default/svc-clusterip:svc-webport")
     assert sum(map(len, served.values())) == sum(dnat.values()) == 6
     assert {endpoint_of(nft_lab, pod) for pod in served} == {ep for ep, n in dnat.items() if n}
+
+
+def test_watch_counts_each_endpoints_connections_from_conntrack(nft_lab, nft_kubeconfig):
+    """nftables keeps no counters on kube-proxy's rules: `watch` counts new connections from each node's conntrack
+    by itself, and each endpoint's count is what its pod served (net-pod's requests DNATed by the control plane's
+    table, the outside client's by myk8s-worker's at the node port)."""
+    from .test_watch_lab import Watch, endpoint_rows, sample_time, served_between
+
+    worker = sc.NODE_BY_NAME[sc.WORKER]
+    pods_before = nft_lab.pod_counts()
+    with Watch(nft_kubeconfig, "svc-nodeport", "--count", "2", "--interval", "8") as watch:
+        first = watch.sample()
+        start = time.time()
+        from_pod = nft_lab.hit("net-pod", "http://10.200.1.20:9000/", 18)
+        pods_mid = nft_lab.pod_counts()
+        from_outside = nft_lab.hit(sc.CLIENT_NAME, f"http://{worker.ip}:32624/", 12)
+        done = time.time()
+        second = watch.sample()
+        code, err = watch.finish()
+    assert code == 0, err
+    assert "ERROR" not in from_pod + from_outside
+    assert sample_time(first) <= start and done <= sample_time(second), "the requests did not fall between samples"
+    assert (first["source"], second["source"]) == ("conntrack", "conntrack")
+    assert all(r["deltaConnections"] == 0 for r in first["rows"])  # the baseline
+
+    def deltas(node: str) -> dict[str, int]:
+        rows = endpoint_rows(second, node, chain_prefix="service-")
+        return {pod: row["deltaConnections"] for pod, row in rows.items() if row["deltaConnections"]}
+
+    by_pod, from_mypc = served_between(pods_before, pods_mid), served_between(pods_mid, nft_lab.pod_counts())
+    assert sum(by_pod.values()) == 18 and sum(from_mypc.values()) == 12
+    assert deltas(sc.CONTROL_PLANE) == by_pod
+    assert deltas(sc.WORKER) == from_mypc
+    assert deltas(sc.WORKER2) == deltas(sc.WORKER3) == {}
