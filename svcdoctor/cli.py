@@ -227,7 +227,7 @@ def graph(
     loaded = _load(env, source)
     result = run_graph(loaded, service, namespace, fmt.value if fmt else env.output, nodes_given=bool(source.nodes))
     if result.chosen:
-        env.note(f"drawing {result.chosen}, the node with the most traffic for it (--node NODE for another)")
+        env.note(f"drawing {result.chosen}, {result.because} (--node NODE for another)")
     env.write(result.text)
     return _status(loaded)
 
@@ -270,6 +270,13 @@ def redact(
     return ExitStatus.OK
 
 
+class WatchSource(str, Enum):
+    """watch --source: what new connections are counted from."""
+
+    counters = "counters"
+    conntrack = "conntrack"
+
+
 @app.command(epilog=epilog("watch"))
 @shared_options
 def watch(
@@ -282,11 +289,18 @@ def watch(
                                      help="Without a service: how many of the busiest rules to show.")] = 20,
     all_nodes: Annotated[bool, typer.Option("--all-nodes", help="Show every node's endpoints, also the nodes where "
                                             "the service counted no connection (one line without it).")] = False,
+    counted_from: Annotated[WatchSource, typer.Option(
+        "--source", metavar="counters|conntrack",
+        help="Count new connections from kube-proxy's rule counters (iptables mode) or from the nodes' conntrack "
+             "tables. Nodes in nftables mode use conntrack either way (their rules keep no counters).")
+    ] = "counters",
 ) -> int:
     """Live counter diffs per endpoint, with the observed split next to the expected one.
 
-    nat counters count connections (the first packet of each), not packets. Without a service: the cluster's
-    busiest kube-proxy rules (--top). Needs a live cluster (not --bundle/--demo); Ctrl-C stops it (exit 130).
+    nat counters count connections (the first packet of each), not packets. On nodes in nftables mode (no
+    counters), and with --source conntrack, new connections are counted from conntrack. Without a service: the
+    cluster's busiest kube-proxy rules (--top). Needs a live cluster (not --bundle/--demo); Ctrl-C stops it (exit
+    130).
     """
     from svcdoctor.commands.watch import run_watch
     from svcdoctor.errors import UsageError
@@ -298,7 +312,7 @@ def watch(
     if top < 1:
         raise UsageError("--top must be at least 1")
     return run_watch(source, service, namespace, interval, count, env.output, env.stdout, env.stderr, top=top,
-                     all_nodes=all_nodes)
+                     all_nodes=all_nodes, source=WatchSource(counted_from).value)
 
 
 class Shell(str, Enum):

@@ -42,6 +42,8 @@ FIXES: dict[str, tuple[str, str | None]] = {
                              "KUBE-* chains), then restart kube-proxy", None),
     "kube-proxy-replaced": ("nothing to fix: read the Service routing with the replacement's own tools (cilium-dbg "
                             "service list)", None),
+    "nft-without-json": ("nothing to fix: svcdoctor reads the text listing; an nft built with JSON support "
+                         "(libjansson) lets other tools read the node too", None),
     "proxy-mode-not-read": ("nothing to fix: read the node with the mode's own tools (ipvsadm -Ln, nft list ruleset)",
                             None),
     "backend-mismatch": (

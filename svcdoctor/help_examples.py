@@ -61,6 +61,7 @@ EXAMPLES: dict[str, list[Example]] = {
     "watch": [
         Example("svcdoctor watch web -n shop", "live counters per endpoint, every 2 seconds (Ctrl-C stops)", 2),
         Example("svcdoctor watch --count 5 -o json", "the busiest rules, five samples, one JSON line each", 2),
+        Example("svcdoctor watch web -n shop --source conntrack", "new connections from conntrack, not counters", 2),
     ],
     "completion": [
         Example("source <(svcdoctor completion bash)", "tab completion in this bash", 0),

@@ -347,7 +347,7 @@ def _resolve_address(loaded: LoadedInput, host: str | None, port: int | None) ->
     from svcdoctor.model.service_list import find_by_address, list_services
 
     wanted = f":{port}" if host is None else (f"{host}:{port}" if port is not None else host)
-    hits = find_by_address(list_services(loaded.rules, loaded.cluster, loaded.rules6), host, port)
+    hits = find_by_address(list_services(loaded.rules, loaded.cluster, loaded.rules6, loaded.nft), host, port)
     services = sorted({s.key for s, _ in hits})
     what = "node port" if host is None else "address"
     if not services:

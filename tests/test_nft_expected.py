@@ -1,12 +1,11 @@
 """kube-proxy's nftables proxier as svcdoctor models it (svcdoctor/model/nft/expected.py), checked against kube-proxy's
-own tests (pkg/proxy/nftables/proxier_test.go, v1.34–1.35 layout):
+own tests (pkg/proxy/nftables/proxier_test.go, v1.34–1.35 layout; the rulesets of every layout are
+tests/test_nft_generations.py's):
 
-* TestOverallNFTablesRules: the generated ruleset equals kube-proxy's expected text (same declarations, same rules
-  per chain in order, same elements per set or map).
 * The flows-only tests (TestNoEndpointsReject … TestInternalExternalMasquerade): each test's Services and
   EndpointSlices (written here as API objects) → generated ruleset → loaded into a real kernel with `nft -f` →
   listed back as JSON and as text → every packet flow of the test traced, with kube-proxy's answer (endpoint set or
-  DROP / REJECT, and masquerade).
+  DROP / REJECT, and masquerade), by the tracer and by `svcdoctor trace` as a user runs it on each listing.
 
 The flows come from the reference cases (SVCDOCTOR_NFT_CASES, docs/explanation/kube-proxy-nftables.md); without
 them these tests skip.
@@ -15,109 +14,34 @@ them these tests skip.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from netns import Namespace, require_netns
+from nft_cases import (
+    CASES,
+    TRACER_NODE_IPS,
+    endpoint_slice,
+    ep,
+    eport,
+    fake_settings,
+    kernel_listings,
+    needs_cases,
+    port,
+    service,
+    trace_answer,
+)
 
 from svcdoctor.model.cluster import build_cluster_model
 from svcdoctor.model.nft import kube_proxy_tables, read_listing
 from svcdoctor.model.nft.expected import NftProxySettings, expected_ruleset
 from svcdoctor.model.nft_trace import trace_nft_packet
 
-CASES = Path(os.environ.get("SVCDOCTOR_NFT_CASES", "/work/shared/reference/kube-proxy-nft-cases"))
-needs_cases = pytest.mark.skipif(not CASES.is_dir(), reason=f"reference cases not on this machine ({CASES})")
-
-# NewFakeProxier (proxier_test.go): its interfaces, and the addresses kube-proxy's test tracer takes as local
-INTERFACE_IPS = ("192.168.0.2", "192.168.1.2", "192.168.99.11", "2001:db8::1", "2001:db8:1::2")
-TRACER_NODE_IPS = list(INTERFACE_IPS)
-
-
-def fake_settings(family: str = "IPv4", node_port_addresses=("192.168.0.2/32", "2001:db8::1/128"),
-                  masquerade_all: bool = False, local_detector: bool = True) -> NftProxySettings:
-    ipv6 = family == "IPv6"
-    return NftProxySettings(
-        node_name="test-node",
-        node_ips=INTERFACE_IPS,
-        pod_cidrs=(("fd00:10::/64",) if ipv6 else ("10.0.0.0/8",)) if local_detector else (),
-        service_cidrs=("fd00:10:96::/112",) if ipv6 else ("172.30.0.0/16",),
-        node_port_addresses=tuple(node_port_addresses),
-        masquerade_all=masquerade_all,
-        ip_family=family,
-    )
-
-
-# --- API objects, as the tests build them ------------------------------------------------------------------
-def service(ns: str, name: str, cluster_ip: str, ports: list[dict], type_: str | None = None,
-            ingress: list[str] = (), **spec) -> dict:
-    obj = {"metadata": {"namespace": ns, "name": name},
-           "spec": {"clusterIP": cluster_ip, "ports": ports, **spec},
-           "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ingress]}}}
-    if type_:
-        obj["spec"]["type"] = type_
-    return obj
-
-
-def port(name: str = "p80", number: int = 80, protocol: str = "TCP", node_port: int | None = None,
-         target: int | None = None) -> dict:
-    p = {"name": name, "port": number, "protocol": protocol, "targetPort": target or number}
-    if node_port:
-        p["nodePort"] = node_port
-    return p
-
-
-def endpoint_slice(ns: str, svc: str, endpoints: list[dict], ports: list[dict], address_type: str = "IPv4",
-                   suffix: str = "1") -> dict:
-    return {"metadata": {"namespace": ns, "name": f"{svc}-{suffix}",
-                         "labels": {"kubernetes.io/service-name": svc}},
-            "addressType": address_type, "endpoints": endpoints, "ports": ports}
-
-
-def ep(ip: str, node: str | None = None, ready=None, serving=None, terminating=None) -> dict:
-    out = {"addresses": [ip]}
-    if node:
-        out["nodeName"] = node
-    cond = {k: v for k, v in (("ready", ready), ("serving", serving), ("terminating", terminating)) if v is not None}
-    if cond:
-        out["conditions"] = cond
-    return out
-
-
-def eport(name: str = "p80", number: int = 80, protocol: str = "TCP") -> dict:
-    return {"name": name, "port": number, "protocol": protocol}
-
-
-# --- load, list, trace ---------------------------------------------------------------------------------------
-def _listings(text: str, family: str) -> tuple[str, str]:
-    require_netns()
-    if shutil.which("nft") is None:
-        pytest.skip("nft is not installed (scripts/install-system-deps.sh installs nftables)")
-    with Namespace() as ns:
-        run = ["ip", "netns", "exec", ns.name, "nft"]
-        loaded = subprocess.run(run + ["-f", "-"], input=text, text=True, capture_output=True)
-        assert loaded.returncode == 0, loaded.stderr + "\n" + text
-        table = ["table", "ip6" if family == "IPv6" else "ip", "kube-proxy"]
-        as_json = subprocess.run(run + ["-j", "list", *table], text=True, check=True, capture_output=True).stdout
-        as_text = subprocess.run(run + ["list", *table], text=True, check=True, capture_output=True).stdout
-    return as_json, as_text
-
-
-def _answer(result) -> str:
-    """kube-proxy's tracer's form: the DNAT destinations, or DROP / REJECT, or ""."""
-    if result.endpoints:
-        return ", ".join(sorted(e.address for e in result.endpoints))
-    return result.verdict.upper() if result.verdict in ("drop", "reject") else ""
-
 
 def run_flows(services: list[dict], slices: list[dict], settings: NftProxySettings, flows: list[dict]) -> int:
     model = build_cluster_model(services, slices)
     assert not model.warnings
     text = expected_ruleset(model.service_ports, settings)
-    as_json, as_text = _listings(text, settings.ip_family)
+    as_json, as_text = kernel_listings(text, settings.ip_family)
     failures = []
     for form, listing in (("json", as_json), ("text", as_text)):
         (rs,) = kube_proxy_tables(read_listing(listing))
@@ -125,13 +49,47 @@ def run_flows(services: list[dict], slices: list[dict], settings: NftProxySettin
             result = trace_nft_packet(rs, flow["sourceIP"], flow["destIP"], flow["destPort"], flow["protocol"],
                                       TRACER_NODE_IPS)
             want = ", ".join(sorted(x.strip() for x in flow["output"].split(","))) if flow["output"] else ""
-            got = (_answer(result), result.masquerade)
+            got = (trace_answer(result), result.masquerade)
             if result.uncertain:
                 failures.append(f"{form}: {flow['name']}: uncertain rules {result.uncertain}")
             if got != (want, flow["masq"]):
                 failures.append(f"{form}: {flow['name']}: got {got}, kube-proxy {(want, flow['masq'])}")
+    failures += _cli_flows(as_json, as_text, flows)
     assert not failures, "\n".join(failures) + "\n" + text
     return len(flows)
+
+
+def _cli_flows(as_json: str, as_text: str, flows: list[dict]) -> list[str]:
+    """The same flows through `svcdoctor trace` as a user runs it, on each listing given as a single-file bundle."""
+    import tempfile
+
+    from cli_run import run_cli
+
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for form, listing in (("json", as_json), ("text", as_text)):
+            dump = Path(tmp) / f"node.{'json' if form == 'json' else 'nft'}"
+            dump.write_text(listing)
+            node_ips = [a for ip in TRACER_NODE_IPS for a in ("--node-ip", ip)]
+            for flow in flows:
+                dst = f"[{flow['destIP']}]" if ":" in flow["destIP"] else flow["destIP"]
+                r = run_cli("trace", "--dst", f"{dst}:{flow['destPort']}", "--src", flow["sourceIP"], "--proto",
+                            flow["protocol"], *node_ips, "--bundle", str(dump), "-o", "json")
+                if r.exit_code != 0:
+                    failures.append(f"cli {form}: {flow['name']}: exit {r.exit_code}: {r.stderr.strip()}")
+                    continue
+                doc = r.json()
+                doc = doc["items"][0] if "items" in doc else doc
+                if doc["endpoints"]:
+                    got = ", ".join(sorted(e["ip"] + ":" + str(e["port"]) if ":" not in e["ip"]
+                                           else f"[{e['ip']}]:{e['port']}" for e in doc["endpoints"]))
+                else:
+                    got = doc["verdict"].upper() if doc["verdict"] in ("drop", "reject") else ""
+                want = ", ".join(sorted(x.strip() for x in flow["output"].split(","))) if flow["output"] else ""
+                if (got, doc["masquerade"]) != (want, flow["masq"]):
+                    failures.append(f"cli {form}: {flow['name']}: got {(got, doc['masquerade'])}, "
+                                    f"kube-proxy {(want, flow['masq'])}")
+    return failures
 
 
 def _flows(case: str) -> dict:
@@ -270,59 +228,4 @@ def test_11_internal_external_masquerade(index):
     run_flows(svcs, slices, settings, variant["flows"])
 
 
-# --- 01: the whole ruleset ---------------------------------------------------------------------------------
-def _parts(text: str) -> tuple[set[str], dict[str, list[str]], dict[str, set[str]]]:
-    """Declarations; rules per chain (in order, as nft runs them); elements per set or map (unordered)."""
-    decls: set[str] = set()
-    rules: dict[str, list[str]] = defaultdict(list)
-    elements: dict[str, set[str]] = defaultdict(set)
-    for line in text.splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        words = line.split(" ", 5)
-        if words[:2] == ["add", "rule"]:
-            rules[words[4]].append(words[5])
-        elif words[:2] == ["add", "element"]:
-            elements[words[4]].add(words[5])
-        else:
-            decls.add(line)
-    return decls, dict(rules), dict(elements)
-
-
-@needs_cases
-def test_01_overall_ruleset_is_kube_proxys():
-    svcs = [
-        service("ns1", "svc1", "172.30.0.41", [port()]),
-        service("ns2", "svc2", "172.30.0.42", [port(node_port=3001)], "LoadBalancer", ["1.2.3.4"],
-                externalTrafficPolicy="Local", externalIPs=["192.168.99.22"], healthCheckNodePort=30000),
-        service("ns3", "svc3", "172.30.0.43", [port(node_port=3003)], "NodePort"),
-        service("ns4", "svc4", "172.30.0.44", [port()], "NodePort", externalIPs=["192.168.99.33"]),
-        service("ns5", "svc5", "172.30.0.45", [port(node_port=3002)], "LoadBalancer", ["5.6.7.8"],
-                externalTrafficPolicy="Cluster", healthCheckNodePort=30000,
-                loadBalancerSourceRanges=[" 203.0.113.0/25"], sessionAffinity="ClientIP",
-                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}}),
-        service("ns6", "svc6", "172.30.0.46", [port()], "ClusterIP"),
-    ]
-    slices = [
-        endpoint_slice("ns1", "svc1", [ep("10.180.0.1")], [eport()]),
-        endpoint_slice("ns2", "svc2", [ep("10.180.0.2")], [eport()]),
-        endpoint_slice("ns3", "svc3", [ep("10.180.0.3")], [eport()]),
-        endpoint_slice("ns4", "svc4", [ep("10.180.0.4"), ep("10.180.0.5", "test-node")], [eport()]),
-        endpoint_slice("ns5", "svc5", [ep("10.180.0.3")], [eport()]),
-    ]
-    model = build_cluster_model(svcs, slices)
-    text = expected_ruleset(model.service_ports, fake_settings())
-    folder = CASES / "01-overall-v1.34-1.35"
-    mine, theirs = _parts(text), _parts((folder / "ruleset.nft").read_text())
-    assert mine[0] == theirs[0]
-    assert mine[1] == theirs[1]
-    assert mine[2] == theirs[2]
-    # and as the kernel lists them back: the same table as kube-proxy's own text loaded (chain order aside)
-    for listed, reference in zip(_listings(text, "IPv4"), ("listed.json", "listed.txt")):
-        (a,), (b,) = (kube_proxy_tables(read_listing(t)) for t in (listed, (folder / reference).read_text()))
-        assert set(a.chains) == set(b.chains)
-        for name, chain in a.chains.items():
-            assert [r.text for r in chain.rules] == [r.text for r in b.chains[name].rules], name
-        assert set(a.sets) == set(b.sets)
-        for name, nset in a.sets.items():
-            assert sorted(map(repr, nset.elements)) == sorted(map(repr, b.sets[name].elements)), name
+# --- 01: the whole ruleset of every layout is tests/test_nft_generations.py's test_01_overall_ruleset_of_each_generation

@@ -37,7 +37,9 @@ def _input_args(source: str) -> list[str]:
 def _services(source: str, no_api: bool) -> list[str]:
     options = InputOptions(demo=True, no_api=no_api) if source == "demo" else InputOptions(bundle=source, no_api=no_api)
     loaded = load(options)
-    return sorted(known_services(loaded.rules, loaded.cluster, loaded.rules6))
+    from svcdoctor.model.nft.view import nft_service_names
+
+    return sorted(known_services(loaded.rules, loaded.cluster, loaded.rules6) | nft_service_names(loaded.nft))
 
 
 def assert_explain_within_check(source: str) -> int:
@@ -102,3 +104,27 @@ def test_real_dumps(dump):
     if refused.exit_code == 2:
         pytest.skip(f"check refuses this paste today (reading pastes is another issue): {refused.stderr.strip()[:120]}")
     assert_explain_within_check(str(dump))
+
+
+def test_nftables_nodes_with_planted_faults(tmp_path):
+    """nftables nodes, as the real nft lists kube-proxy's table back: one node as kube-proxy writes it, one with a
+    stale endpoint and a renamed chain (tests/test_nft_check.py's shapes), with the API and without."""
+    import copy
+
+    from nft_rules import ruleset
+    from test_nft import SERVICES, _listings
+    from test_nft_check import _service, _slice
+
+    from svcdoctor.collect.snapshot import ApiObjects
+
+    stale = copy.deepcopy(SERVICES)
+    stale[0].endpoints = stale[0].endpoints + ["10.180.0.9"]
+    nodes = []
+    for name, text in (("node-a", ruleset(SERVICES)), ("node-b", ruleset(stale).replace("LV5ZVUGQ", "LV5ZVUGX"))):
+        as_json, _ = _listings(text)
+        nodes.append(NodeCapture(name=name, iptables_save="", nftables_json=as_json, internal_ip="192.168.0.2",
+                                 proxy_mode="nftables"))
+    api = ApiObjects(services=[_service(s) for s in SERVICES], endpointslices=[_slice(s) for s in SERVICES],
+                     status="ok")
+    bundle = write_bundle(ClusterSnapshot(cluster="nft", nodes=nodes, api=api), tmp_path / "bundle")
+    assert assert_explain_within_check(str(bundle)) == 6  # three services, with the API and without

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from svcdoctor.checks.drift import NodeInput
-from svcdoctor.checks.findings import Finding, finding
+from svcdoctor.checks.findings import Finding, finding, no_endpoints_finding
 from svcdoctor.checks.port_findings import check_split, comment_port, legacy_drops, local_drops
 from svcdoctor.model import rule_text
 from svcdoctor.model.cluster import ClusterModel, ServicePort
@@ -605,10 +605,7 @@ def merge_diffs(diffs: list[NodeDiff]) -> list[Finding]:
         for spn, seen in diff.no_endpoints.items():
             ports.setdefault(spn, (seen, []))[1].extend(seen.rejects)
     for spn, (first, rejects) in sorted(ports.items()):
-        out.append(finding(
-            "no-endpoints", None, first.service,
-            f"{spn} has no usable endpoint (no ready or serving pod in its EndpointSlices): kube-proxy rejects "
-            f"connections to {first.where}", rejects[:1] or first.expected))
+        out.append(no_endpoints_finding(first.service, spn, first.where, rejects[:1] or first.expected))
     return out
 
 

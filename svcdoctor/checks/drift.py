@@ -67,7 +67,7 @@ def compare_nodes(
     read = [n.name for n in nodes if n.rules.has_kube_proxy_rules()]
     out.extend(_no_endpoints(reading, read))
     for suffix, per_node in sorted(reading.signatures.items()):
-        out.extend(_drift(reading.names[suffix], per_node, read))
+        out.extend(node_drift(reading.names[suffix], per_node, read))
     return out, {spn.split(":", 1)[0] for spn in reading.names.values()}
 
 
@@ -165,7 +165,7 @@ def _signature(shape: PortShape) -> Signature:
     return (frozenset(handled), endpoints, rejects), proof
 
 
-def _drift(spn: str, per_node: dict[str, Signature], read: list[str]) -> list[Finding]:
+def node_drift(spn: str, per_node: dict[str, Signature], read: list[str]) -> list[Finding]:
     """node-drift for one service port: each node whose view differs from the majority's. With no majority
     (two nodes, two views) every view is compared with the next one, so both nodes are named."""
     service = spn.split(":", 1)[0]

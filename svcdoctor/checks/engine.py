@@ -58,9 +58,10 @@ def nodes_without_api(loaded: LoadedInput, checked: list[str], family: str = "IP
 
 
 def nodes_with_api(loaded: LoadedInput, checked: list[str], overrides: dict[str, ProxySettings],
-                   family: str = "IPv4") -> list[NodeInput]:
-    """Each node with its proxy settings: given, else from kube-proxy's ConfigMap, else read from its rules."""
-    rules = family_rules(loaded, family)
+                   family: str = "IPv4", rules: dict | None = None) -> list[NodeInput]:
+    """Each node with its proxy settings: given, else from kube-proxy's ConfigMap, else read from its rules.
+    ``rules``: the rules to read settings from, when not the family's iptables rules (nftables nodes have none)."""
+    rules = rules if rules is not None else family_rules(loaded, family)
     return [node_with_api(loaded, node, rules[node], overrides, family) for node in checked if node in rules]
 
 
@@ -219,22 +220,51 @@ def _read_and_check(loaded: LoadedInput, capture: NodeCapture, overrides: dict[s
     return check
 
 
+def _nft_settings(loaded: LoadedInput) -> dict[tuple[str, str], ProxySettings]:
+    """(node, family) -> the proxier's settings, for each kube-proxy table an nftables node has (`ip`: IPv4, `ip6`:
+    IPv6). A family whose settings come out for the other family (no node address of it known) is left out:
+    nothing is planned for it rather than the wrong family's plan."""
+    out = {}
+    for family, table_family in (("IPv4", "ip"), ("IPv6", "ip6")):
+        nodes = sorted(n for n, tables in loaded.nft.items() if any(t.family == table_family for t in tables))
+        for node in nodes_with_api(loaded, nodes, {}, family, rules=loaded.rules):
+            if node.settings is not None and node.settings.ip_family == family:
+                out[(node.name, family)] = node.settings
+    return out
+
+
 def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: str | None = None) -> list[Finding]:
-    """nftables-mode nodes, through the routing model (model/routing.py): with the API objects, each node's routes
-    read from kube-proxy's table against the routes kube-proxy's decisions give (checks/compare_routes.py); the same
-    finding ids as the iptables comparison. `wanted(service)` chooses the services (namespace, selector)."""
-    if not loaded.nft or loaded.cluster is None:
+    """nftables-mode nodes: every hashed name checked (checks/nft_names.py); without the API objects the nodes
+    against each other (checks/nft_drift.py: node-drift); with them, through the routing model
+    (model/routing.py), with the API objects, each node's routes read from kube-proxy's table against the routes
+    kube-proxy's decisions give (checks/compare_routes.py), and the "no local endpoints" drops the table holds
+    (`_local_drops`); the same finding ids as the iptables comparison.
+    `wanted(service)` chooses the services (namespace, selector)."""
+    if not loaded.nft:
         return []
+    from svcdoctor.checks.nft_names import nft_name_findings
+
+    named = [f for node, tables in sorted(loaded.nft.items()) for rs in tables
+             for f in nft_name_findings(node, rs, wanted, service)]
+    if loaded.cluster is None:  # nothing says what kube-proxy should write: the nodes against each other
+        from svcdoctor.checks.nft_drift import nft_drift_findings
+
+        return named + nft_drift_findings(loaded.nft, wanted, service)
+    return named + _nft_route_findings(loaded, wanted, service)
+
+
+def _nft_route_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: str | None) -> list[Finding]:
     from svcdoctor.checks.compare_routes import compare_routes
     from svcdoctor.model.explain import ServiceView
     from svcdoctor.model.expected import plan_service_port
     from svcdoctor.model.nft.view import add_nft_nodes
     from svcdoctor.model.routing import expected_routes, routes_from_view
 
-    from svcdoctor.checks.findings import finding
+    from svcdoctor.checks.findings import no_endpoints_finding
+    from svcdoctor.model.port_shape import describe
 
     cluster = loaded.cluster
-    settings = {node.name: node.settings for node in nodes_with_api(loaded, sorted(loaded.nft), {})}
+    settings = _nft_settings(loaded)
     config_known = loaded.snapshot.api.kube_proxy_config is not None
     out: list[Finding] = []
     without_endpoints: set[str] = set()
@@ -246,17 +276,39 @@ def nft_findings(loaded: LoadedInput, wanted: Callable[[str], bool], service: st
         for pv in view.ports:
             sp = next((p for p in ports if p.svc_port_name == pv.svc_port_name), None)
             for nv in pv.nodes:
-                node_settings_ = settings.get(nv.node)
-                plan = plan_service_port(sp, node_settings_) if sp is not None and node_settings_ else None
-                if plan is None:
-                    continue
-                if not plan.has_endpoints and plan.name not in without_endpoints:
-                    without_endpoints.add(plan.name)  # once per port, as the iptables comparison says it
-                    out.append(finding("no-endpoints", None, key, f"{plan.name} has no usable endpoint (no ready or "
-                                       "serving pod in its EndpointSlices): kube-proxy rejects its connections"))
-                want = expected_routes(plan, node_settings_)
-                have = routes_from_view(nv.entries)
-                family = "IPv6" if node_settings_.ipv6 else "IPv4"
-                have = {k: r for k, r in have.items() if k[1] == family}
-                out += compare_routes(nv.node, key, pv.svc_port_name, want, have, masquerade_known=config_known)
+                out += _local_drops(nv.node, key, pv.svc_port_name, nv.entries)
+                have_all = routes_from_view(nv.entries)
+                for family in sorted(nv.families):  # one proxier, one table per family (ip, ip6)
+                    node_settings_ = settings.get((nv.node, family))
+                    plan = plan_service_port(sp, node_settings_) if sp is not None and node_settings_ else None
+                    if plan is None:
+                        continue
+                    if not plan.has_endpoints and plan.name not in without_endpoints:
+                        without_endpoints.add(plan.name)  # once per port, as the iptables comparison says it
+                        out.append(no_endpoints_finding(key, plan.name,
+                                                        describe(("clusterIP", plan.cluster_ip, sp.port))))
+                    want = expected_routes(plan, node_settings_)
+                    have = {k: r for k, r in have_all.items() if k[1] == family}
+                    out += compare_routes(nv.node, key, pv.svc_port_name, want, have, masquerade_known=config_known)
     return out
+
+
+# kube-proxy's nftables maps of what it drops or rejects undnatted (docs/explanation/kube-proxy-nftables.md)
+NO_ENDPOINT_MAPS = ("map no-endpoint-services", "map no-endpoint-nodeports")
+
+
+def _local_drops(node: str, service: str, spn: str, entries) -> list[Finding]:
+    """The "no local endpoints" drops of a port on an nftables node, as checks/port_findings.py reports the
+    iptables DROP rules: entries whose traffic an element of `no-endpoint-services` / `no-endpoint-nodeports` drops
+    (a Local traffic policy without a pod on the node; no endpoint at all is `goto reject-chain` there, a reject).
+    nftables keeps no counters on them, so they stay warnings."""
+    from svcdoctor.checks.port_findings import local_drops
+    from svcdoctor.model.port_shape import Hop
+
+    drops = []
+    for entry in entries:
+        rule = entry.blackhole_rule
+        if entry.verdict == "drop" and rule is not None and rule.chain in NO_ENDPOINT_MAPS:
+            ip, _, port = entry.destination.rpartition(":")
+            drops.append(((entry.kind, ip.strip("[]"), port), Hop("DROP", f"{rule.chain}: {rule.text}")))
+    return local_drops(node, service, spn, drops)

@@ -42,7 +42,10 @@ CATALOGUE: dict[str, tuple[str, str]] = {
                                     "the node instead of kube-proxy: they are not in iptables there"),
     "hash-mismatch": ("warning", "a chain name is not the hash of the service port its comment names"),
     "uneven-split": ("warning", "the probabilities do not split new connections evenly between endpoints"),
-    "proxy-mode-not-read": ("info", "kube-proxy runs in ipvs or nftables mode on the node: svcdoctor reads iptables mode"),
+    "nft-without-json": ("info", "the node's nft has no JSON output: its kube-proxy tables were read from the text "
+                                 "listing"),
+    "proxy-mode-not-read": ("info", "kube-proxy runs in ipvs mode on the node (or in nftables mode, and its tables "
+                                    "could not be read): svcdoctor shows no routing there"),
     "policy-mismatch": (
         "error",
         "the node applies a traffic policy, session affinity or source ranges other than the Service's",
@@ -88,6 +91,14 @@ def finding(fid: str, node: str | None, service: str | None, message: str, evide
     return Finding(fid, sev, node, service, message, [str(e) for e in evidence])
 
 
+def no_endpoints_finding(service: str, spn: str, where: str, evidence=()) -> Finding:
+    """`no-endpoints` for one service port ("ns/name:port"), `where` its first destination in words: worded alike by
+    the iptables and the nftables comparisons, so that a cluster with nodes in both modes shows it once."""
+    return finding("no-endpoints", None, service,
+                   f"{spn} has no usable endpoint (no ready or serving pod in its EndpointSlices): kube-proxy rejects "
+                   f"connections to {where}", evidence)
+
+
 def dedupe_findings(findings: list[Finding]) -> list[Finding]:
     """The same finding reported twice (one per entry of a port, say) is shown once."""
     seen = set()
@@ -98,6 +109,23 @@ def dedupe_findings(findings: list[Finding]) -> list[Finding]:
             seen.add(key)
             out.append(f)
     return out
+
+
+# how a node was read when svcdoctor itself ran nft there (live, or recorded in a bundle's node.json)
+COLLECTED_VIA = ("docker exec", "pods/exec")
+
+
+def nft_listing_findings(node: str, read_via: str | None, json_listing: bool, text_listing: bool) -> list[Finding]:
+    """`nft-without-json` (info): svcdoctor asked the node's `nft` for JSON (`nft -j list table …`) and it had none
+    (nft built without libjansson), so the text listing was read. Said only where svcdoctor ran nft (a pasted
+    text dump or a hand-made bundle says nothing about the node's nft)."""
+    via = (read_via or "").removeprefix("bundle (").removesuffix(")")
+    if json_listing or not text_listing or via not in COLLECTED_VIA:
+        return []
+    return [finding("nft-without-json", node, None,
+                    f"{node}'s nft has no JSON output (`nft -j` is not supported by that build); kube-proxy's tables "
+                    "were read from the text of `nft list table`, which svcdoctor reads the same way",
+                    [f"read via {via}"])]
 
 
 def proxy_mode_findings(modes: dict[str, str], configured: str | None) -> list[Finding]:
@@ -130,14 +158,19 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
     out: list[Finding] = []
     if nft_read:
         if rules.has_kube_proxy_rules():
-            # iptables' nat hooks run ahead of kube-proxy's nftables chains (priority -100 both, iptables first
-            # registered), so a left-over KUBE-SERVICES still DNATs with whatever endpoints it had
+            # Both hook nat at priority -100, and the kernel runs hooks of equal priority newest first
+            # (net/netfilter/core.c, nf_hook_entries_grow): kube-proxy's table, made after the iptables mode's
+            # chains, usually takes a new connection first, and what it does not DNAT (a Service deleted since)
+            # goes on to the left-over KUBE-SERVICES, which DNATs it with whatever endpoints it had; their filter
+            # rules apply whatever the order (model/mixed_trace.py; tests/lab/test_nft_lab.py shows the nat part)
             nat = rules.table("nat")
-            chains = sorted(c for c in (nat.chains if nat else {}) if c.startswith("KUBE-"))
+            chains = sorted(c for c in (nat.chains if nat else {})
+                            if c.startswith("KUBE-") and c not in KUBELET_MARK_CHAINS)
             out.append(finding(
                 "stale-iptables-rules", node, None,
                 f"kube-proxy runs in nftables mode on {node}, but its iptables still holds kube-proxy's chains "
-                f"({len(chains)} KUBE-* chains): left from iptables mode, they can still rewrite packets first",
+                f"({len(chains)} KUBE-* chains): left from iptables mode, they still DNAT what kube-proxy's table does "
+                "not (a Service deleted since still reaches its old endpoints) and still filter packets",
                 [f"nat chains: {', '.join(chains[:5])}{', …' if len(chains) > 5 else ''}"]))
         return out
     nat = rules.table("nat")
@@ -168,8 +201,10 @@ def check_node_health(node: str, rules: NodeRules, proxy_mode: str | None = None
     if proxy_mode not in (None, "", "iptables"):
         out.append(finding(
             "proxy-mode-not-read", node, None,
-            f"kube-proxy runs in {proxy_mode} mode on {node}; svcdoctor reads the iptables mode's rules, so this "
-            f"node's Service routing is not shown",
+            (f"kube-proxy runs in nftables mode on {node}, but its nftables tables could not be read there (see "
+             f"the node's warnings), so this node's Service routing is not shown" if proxy_mode == "nftables" else
+             f"kube-proxy runs in {proxy_mode} mode on {node}; svcdoctor reads the iptables and nftables modes' "
+             f"rules, so this node's Service routing is not shown"),
             [f"kube-proxy ConfigMap: mode: {proxy_mode}"]))
     replacement = kube_proxy_replacement(rules) if not has_rules and not other_has else None
     if replacement is not None:

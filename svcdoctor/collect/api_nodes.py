@@ -285,6 +285,24 @@ def _read_whole(target: PodTarget, node: ApiNode, pod: proxy_pods.ProxyPod, time
     return capture
 
 
+def read_nft_leftover_nodes(session, captures: list[NodeCapture], found: dict[str, proxy_pods.NodeProxy],
+                            timeout: float) -> None:
+    """In a cluster whose ConfigMap says nftables, the nodes that still hold kube-proxy's iptables chains (so their
+    nft tables were not read: `_read_whole` reads nft only without them) get their nft tables read too, one exec
+    each: an nftables node with iptables leftovers (`stale-iptables-rules`), or a node still in iptables mode
+    (`proxy-mode-mismatch`). Nodes read through a debug pod, or that failed, are left as they are."""
+    from svcdoctor.collect.nft_rules import attach_nftables, docker_runner, read_nft_tables
+
+    for capture in captures:
+        proxy = found.get(capture.name)
+        if capture.error or capture.nftables_json is not None or capture.nftables_text is not None \
+                or proxy is None or proxy.pod is None or ":KUBE-SERVICES" not in capture.iptables_save:
+            continue
+        pod = proxy.pod
+        target = PodTarget(session, pod.namespace, pod.name, pod.container, timeout=timeout)
+        attach_nftables(capture, read_nft_tables(docker_runner(target)))
+
+
 def _legacy_unless_absent(target: PodTarget, nft: node_rules.BackendDump) -> node_rules.BackendDump:
     """iptables-legacy-save's dump, unless iptables-nft-save has shown there is none to read.
 

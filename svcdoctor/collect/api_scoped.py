@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from svcdoctor.collect import node_rules
-from svcdoctor.collect.sampler import IP6TABLES, IPTABLES, valid_chain_name
+from svcdoctor.collect.iptables_argv import IP6TABLES, IPTABLES, valid_chain_name
 from svcdoctor.errors import is_timeout
 from svcdoctor.model import rule_text
 from svcdoctor.model.hashes import LEGACY_XLB_PREFIX, SERVICE_CHAIN_PREFIXES, chain_kind

@@ -111,7 +111,7 @@ def collect_live(
     mode = kube_api.proxy_mode(api.kube_proxy_config)
     for capture in captures:
         if not capture.error:
-            capture.proxy_mode = mode
+            capture.proxy_mode = node_proxy_mode(capture, mode)
     return ClusterSnapshot(
         cluster=name,
         nodes=captures,
@@ -119,6 +119,19 @@ def collect_live(
         collected_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         source="live",
     )
+
+
+def node_proxy_mode(capture, configured: str | None) -> str | None:
+    """The mode kube-proxy runs in on a node: what the node shows where it shows it, else the ConfigMap's `mode:`
+    (which is what every kube-proxy was told, not what each one does: `proxy-mode-mismatch` compares the two).
+
+    Its nftables table read: nftables. The ConfigMap says nftables and nft found no kube-proxy table there: iptables
+    when kube-proxy's iptables chains are there, else nothing is programmed (None: `no-kube-proxy-rules`)."""
+    if capture.has_nftables:
+        return "nftables"
+    if configured == "nftables" and capture.nftables_json == "":
+        return "iptables" if ":KUBE-SERVICES" in capture.iptables_save else None
+    return configured
 
 
 def _import_kubernetes_client() -> None:
@@ -158,12 +171,14 @@ def collect_via_api(nodes, kubeconfig, context, no_api, service, say, timeout, o
             captures = _capture(session, targets, found, opts, timeout, key, say,
                                 _port_hashes(session, key) if key else ())
             api = api_future.result()
+            if kube_api.proxy_mode(api.kube_proxy_config) == "nftables":
+                api_nodes.read_nft_leftover_nodes(session, captures, found, timeout)
     finally:
         session.client.close()
     mode = kube_api.proxy_mode(api.kube_proxy_config)
     for capture in captures:
         if not capture.error:
-            capture.proxy_mode = mode
+            capture.proxy_mode = node_proxy_mode(capture, mode)
     return ClusterSnapshot(
         cluster=session.context,
         nodes=captures,

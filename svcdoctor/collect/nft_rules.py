@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 FAMILIES = ("ip", "ip6")
+NOT_INSTALLED = "nft is not installed on the node"
 Run = Callable[[list[str]], tuple[int, str, str]]
 
 
@@ -37,6 +38,12 @@ def _no_json(stderr: str) -> bool:
         "invalid option" in text
 
 
+def _not_found(output: str) -> bool:
+    """No nft on the node: a shell's "nft: not found", or docker's (exit 126, on stdout) `OCI runtime exec failed:
+    … exec: "nft": executable file not found in $PATH`."""
+    return "not found" in output and "nft" in output
+
+
 def read_nft_tables(run: Run) -> NftTables:
     out = NftTables()
     as_json = True
@@ -51,8 +58,8 @@ def read_nft_tables(run: Run) -> NftTables:
         if code != 0 and as_json and _no_json(stderr):
             as_json = False  # this nft has no JSON: read the text listing instead
             code, stdout, stderr = run(list_command(family, False))
-        if code == 127 or "not found" in stderr and "nft" in stderr and code != 0:
-            out.error = "nft is not installed on the node"
+        if code == 127 or code != 0 and _not_found(stdout + stderr):
+            out.error = NOT_INSTALLED
             return out
         if code != 0:
             if not _no_table(stderr):
@@ -65,19 +72,40 @@ def read_nft_tables(run: Run) -> NftTables:
     return out
 
 
-def docker_runner(container) -> Run:
+def docker_runner(container, attempts: int = 3) -> Run:
+    """`run` through docker's exec_run (argv only). docker-py now and then misreads an exec's multiplexed stream
+    ("N is not a valid stream", docker/docker-py#3160) or ends it early; the command only reads, so it is asked
+    again, as collect/node_rules.py read_backend does. A listing that does not end as nft ends one ("}"), or a
+    failure without a word (nft always says why), counts as cut short."""
     def run(argv: list[str]) -> tuple[int, str, str]:
-        result = container.exec_run(argv, demux=True)
-        stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, None)
-        return result.exit_code, (stdout or b"").decode("utf-8", "replace"), (stderr or b"").decode("utf-8", "replace")
+        for attempt in range(attempts):
+            try:
+                result = container.exec_run(argv, demux=True)
+            except ValueError:
+                if attempt == attempts - 1:
+                    raise
+                continue
+            stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, None)
+            out, err = (stdout or b"").decode("utf-8", "replace"), (stderr or b"").decode("utf-8", "replace")
+            cut = not out.rstrip().endswith("}") if result.exit_code == 0 else not (out + err).strip()
+            if cut and attempt < attempts - 1:
+                continue
+            return result.exit_code, out, err
+        raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
     return run
 
 
 def attach_nftables(capture, tables: NftTables) -> None:
-    """Put what was read into the node's capture; a node without kube-proxy's tables is left as it was."""
+    """Put what was read into the node's capture. A node where nft answered and has no kube-proxy table gets an
+    empty listing ("" rather than None, which means not read): collect/live.py tells its mode by that."""
     capture.warnings.extend(w for w in tables.warnings if w not in capture.warnings)
-    if tables.error or not (tables.json or tables.text):
+    if tables.error:
+        if tables.error != NOT_INSTALLED:  # (a node without nft runs no nftables mode: nothing to say)
+            capture.warnings.append(f"{tables.error} (kube-proxy's nftables tables not read)")
+        return
+    if not (tables.json or tables.text):
+        capture.nftables_json = ""
         return
     capture.nftables_json, capture.nftables_text = tables.json, tables.text
     if capture.proxy_mode in (None, ""):

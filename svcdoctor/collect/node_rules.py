@@ -1,7 +1,7 @@
 """Read each kind node's iptables rules (both backends, with counters) through `docker exec`, in parallel.
 
-Read-only by construction: the only commands run are `iptables-nft-save -c` and `iptables-legacy-save -c`, as
-argv lists (no shell). Without `-t`, iptables-legacy-save lists only the tables the kernel already has
+Read-only by construction: the only commands run are `iptables-nft-save -c` and `iptables-legacy-save -c` (and
+ip6tables' of the backend used, and `nft list table … kube-proxy`, collect/nft_rules.py), as argv lists (no shell). Without `-t`, iptables-legacy-save lists only the tables the kernel already has
 (/proc/net/ip_tables_names), so reading never instantiates an empty legacy table in the node's netns (which would
 make iptables-nft print "legacy tables present" from then on; docs/reference/lab.md §5.4).
 
@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from svcdoctor.collect.kind import KindNode
+from svcdoctor.collect.nft_rules import NftTables, attach_nftables, docker_runner, read_nft_tables
 from svcdoctor.collect.snapshot import NodeCapture
 from svcdoctor.errors import is_timeout
 from svcdoctor.model import rule_text
@@ -197,16 +198,14 @@ def assemble_capture(node: KindNode, nft: BackendDump, legacy: BackendDump, time
 
 
 def capture_node(node: KindNode) -> NodeCapture:
-    """Read one node (both backends, then ip6tables of the one it uses, one after the other)."""
+    """Read one node (both backends, then ip6tables of the one it uses, then kube-proxy's nftables tables, one
+    after the other)."""
     if not node.running:
         return _failed(node, f"container is {node.state}, not running")
     capture = assemble_capture(node, read_backend(node.container, "nft"), read_backend(node.container, "legacy"))
     if not capture.error and capture.backend:
         attach_ip6tables(capture, read_backend(node.container, capture.backend, argv=IP6_SAVE_COMMANDS[capture.backend]))
-    if not capture.error and ":KUBE-SERVICES" not in capture.iptables_save:
-        # no kube-proxy chains in iptables: kube-proxy may run in nftables mode (collect/nft_rules.py)
-        from svcdoctor.collect.nft_rules import attach_nftables, docker_runner, read_nft_tables
-
+    if not capture.error:
         attach_nftables(capture, read_nft_tables(docker_runner(node.container)))
     return capture
 
@@ -230,8 +229,10 @@ def capture_nodes(
     progress: Callable[[str], None] | None = None,
 ) -> list[NodeCapture]:
     """Read all nodes, both backends of each at once, in a bounded thread pool; results in the order given.
-    As soon as a node's two dumps are in, its ip6tables (of the backend it uses) joins the queue, so the IPv6
-    read overlaps the other nodes' reads instead of adding a round.
+    As soon as a node's two dumps are in, its ip6tables (of the backend it uses) and kube-proxy's nftables tables
+    join the queue, so those reads overlap the other nodes' reads instead of adding a round. The nftables tables are
+    looked for on every node, kube-proxy chains in iptables or not: a node in nftables mode may still hold the
+    iptables mode's chains (`stale-iptables-rules`), and a kind node answers a missing table at the cost of an exec.
 
     The per-node timeout is enforced by the docker client's socket timeout (set where the client is made: a hung
     exec raises there); the wait below is only a backstop so that no node can hold up the others' report.
@@ -239,6 +240,7 @@ def capture_nodes(
     tasks = [(node, backend) for node in nodes if node.running for backend in BACKENDS]
     dumps: dict[tuple[str, str], BackendDump] = {}
     ip6: dict[str, BackendDump] = {}
+    nft_tables: dict[str, NftTables] = {}
     chosen: dict[str, NodeCapture] = {}
     if tasks:
         workers = max(1, min(len(tasks), max_workers or DEFAULT_MAX_WORKERS))
@@ -258,6 +260,9 @@ def capture_nodes(
                 if backend == "ip6":
                     ip6[node.name] = future.result()
                     continue
+                if backend == "nftables":
+                    nft_tables[node.name] = future.result()  # read_nft_tables does not raise
+                    continue
                 dumps[(node.name, backend)] = future.result()  # read_backend does not raise
                 if all((node.name, b) in dumps for b in BACKENDS):
                     if progress:
@@ -269,6 +274,10 @@ def capture_nodes(
                                            IP6_SAVE_COMMANDS[capture.backend])
                         futures[more] = (node, "ip6")
                         pending.add(more)
+                    if not capture.error:
+                        tables = pool.submit(read_nft_tables, docker_runner(node.container))
+                        futures[tables] = (node, "nftables")
+                        pending.add(tables)
         pool.shutdown(wait=False, cancel_futures=True)
     captures = []
     for node in nodes:
@@ -282,8 +291,10 @@ def capture_nodes(
                 for b in BACKENDS
             )
             capture = assemble_capture(node, nft, legacy, timeout)
-        elif not capture.error and capture.backend:
-            attach_ip6tables(capture, ip6.get(node.name))
+        elif not capture.error:
+            if capture.backend:
+                attach_ip6tables(capture, ip6.get(node.name))
+            attach_nftables(capture, nft_tables.get(node.name) or NftTables(error="nft: timed out"))
         captures.append(capture)
     return captures
 

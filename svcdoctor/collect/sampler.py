@@ -26,26 +26,30 @@ the other per node and all nodes at once, and the answers are put together in th
 form, so that one parser reads both. A node whose kube-proxy pod is gone is reported in every sample; helper pods
 (`--debug-pod`) are not made for watch: a sample would need one alive for the whole watch.
 
-Read-only by construction: `iptables -S -v` and `iptables-*-save -c` list; nothing here zeroes a counter (`-Z`),
-changes a rule or touches conntrack. Each node's read runs in a daemon thread with a deadline, so a wedged node
-cannot hold up a sample (it is reported, and not asked again until its previous read has returned), nor Ctrl-C.
+Where a node's rules keep no counters (kube-proxy's nftables mode), or with `watch --source conntrack`, a sample
+lists the node's conntrack table instead, through the same doors and deadlines (`read_conntrack`; the script and
+its parser are in collect/conntrack_reads.py).
+
+Read-only by construction: `iptables -S -v` and `iptables-*-save -c` list, and so does `conntrack -L`; nothing here
+zeroes a counter (`-Z`, `conntrack -z`), changes a rule or changes conntrack's table. Each node's read runs in a
+daemon thread with a deadline, so a wedged node cannot hold up a sample (it is reported, and not asked again until
+its previous read has returned), nor Ctrl-C.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass
 
 from svcdoctor.collect import kind
+from svcdoctor.collect.conntrack_reads import ConntrackQuery, ConntrackSeries, conntrack_argv
 from svcdoctor.collect.node_rules import IP6_SAVE_COMMANDS, SAVE_COMMANDS, split_warnings
 from svcdoctor.errors import UsageError
 from svcdoctor.model.rules import rule_from_line
 from svcdoctor.model.watch.listing import FAMILIES, IPV4, IPV6, ChainListing, Listings
+from svcdoctor.collect.iptables_argv import IP6TABLES, IPTABLES, valid_chain_name
 
-IPTABLES = {"nft": "iptables-nft", "legacy": "iptables-legacy"}
-IP6TABLES = {"nft": "ip6tables-nft", "legacy": "ip6tables-legacy"}
 # `-w 5`: legacy iptables takes the xtables lock, which kube-proxy's iptables-restore holds while it writes; wait
 # for it rather than fail the sample (iptables-nft accepts and ignores -w). `#status` keeps "no such chain" (1)
 # apart from other failures: a chain that is not there is news (it disappeared), an error is not. An argument
@@ -56,14 +60,6 @@ CHAIN_SCRIPT = (
     't=${a%%:*}; c=${a#*:}; echo "#chain $t $c $f"; "$ipt" -w 5 -t "$t" -S "$c" -v; echo "#status $?"; done'
 )
 TABLES = ("filter", "nat", "mangle", "raw", "security")
-
-_CHAIN_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,28}$")
-
-
-def valid_chain_name(name: str) -> bool:
-    """A name that can only be a chain (iptables allows 28 characters; no leading '-', so never an option)."""
-    return bool(_CHAIN_NAME.match(name))
-
 
 @dataclass(slots=True)
 class NodeReading:
@@ -226,6 +222,13 @@ class Sampler:
                 for node, chains in wanted.items() if any(chains.values())}
         return {node: reading for (node, _family), reading in self._parallel(argv).items()}
 
+    def read_conntrack(self, wanted: dict[str, list[ConntrackQuery]]) -> dict[str, NodeReading]:
+        """node -> its conntrack listings of the given family/protocol/port (collect/conntrack_reads.py): one exec
+        per node (one per listing where there is no shell)."""
+        argv = {(node, "conntrack"): (ConntrackSeries(queries) if self.argv_only else conntrack_argv(queries))
+                for node, queries in wanted.items() if queries}
+        return {node: reading for (node, _what), reading in self._parallel(argv).items()}
+
     def read_dumps(self, nodes: list[str], ipv6_nodes: list[str] = ()) -> dict[tuple[str, str], NodeReading]:
         """(node, family) -> `iptables-<backend>-save -c` of the node, and `ip6tables-…-save -c` of ``ipv6_nodes``
         (at the same time, one exec each)."""
@@ -264,8 +267,8 @@ class Sampler:
         target = self.targets[node]
         t0 = time.monotonic()
         try:
-            if argv and isinstance(argv[0], tuple):  # one exec per chain (no shell)
-                text, warnings = _read_chain_by_chain(target, argv)
+            if callable(argv) or (argv and isinstance(argv[0], tuple)):  # one exec per read (no shell)
+                text, warnings = argv(target) if callable(argv) else _read_chain_by_chain(target, argv)
                 results.setdefault(key, NodeReading(node, text, None, time.monotonic(), time.monotonic() - t0,
                                                     tuple(warnings)))
                 return

@@ -21,7 +21,7 @@ class NodeCapture:
     other_backend_save: str | None = None  # `iptables-save -c` of the backend the node does NOT use
     ip6tables_save: str | None = None  # `ip6tables-save -c` of the backend used (dual-stack and IPv6 clusters)
     # kube-proxy's nftables tables (nftables mode): what `nft -j list table ip kube-proxy` (and ip6) printed, or
-    # the text of `nft list table …` where nft has no JSON; None when not read
+    # the text of `nft list table …` where nft has no JSON; None when not read, "" when nft found no such table
     nftables_json: str | None = None
     nftables_text: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. "# Warning: iptables-legacy tables present"

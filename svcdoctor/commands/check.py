@@ -26,6 +26,7 @@ from svcdoctor.checks.findings import (
     SEVERITY_RANK,
     Finding,
     check_node_health,
+    nft_listing_findings,
     proxy_mode_findings,
     dedupe_findings,
     sort_findings,
@@ -81,6 +82,9 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
         capture = captures[node]
         findings.extend(check_node_health(node, rules, capture.proxy_mode, loaded.other_backend.get(node),
                                           capture.backend, nft_read=node in loaded.nft))
+        if node in loaded.nft:
+            findings.extend(nft_listing_findings(node, capture.read_via, bool((capture.nftables_json or "").strip()),
+                                                 bool((capture.nftables_text or "").strip())))
     names = sorted(loaded.rules)
     findings.extend(proxy_mode_findings(_modes(loaded), _configured_mode(loaded)))
     skipped = skipped_nodes(loaded)
@@ -93,6 +97,11 @@ def _run(loaded: LoadedInput, namespace: str | None, requirements, overrides: di
                                        lambda service: _in_namespace(service, namespace))
             findings.extend(diff)
             services.update(seen)
+        if loaded.nft:  # nftables nodes without the API: their names are still checked
+            from svcdoctor.model.nft.view import nft_service_names
+
+            findings.extend(nft_findings(loaded, lambda service: _in_namespace(service, namespace)))
+            services.update(s for s in nft_service_names(loaded.nft) if _in_namespace(s, namespace))
         return CheckResult(dedupe_findings(sort_findings(findings)), len(services), names, dict(loaded.failed),
                            service_ports=0, api=False, skipped=skipped)
 

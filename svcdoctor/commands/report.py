@@ -28,6 +28,8 @@ from svcdoctor.model.graph import (
     service_entry_rules,
     traffic,
 )
+from svcdoctor.model.nft.graph import service_key_graph
+from svcdoctor.model.nft.view import add_nft_nodes, nft_service_names
 from svcdoctor.model.quick_explain import QuickNode, quick_service_view
 from svcdoctor.model.service_rules import NodeServiceIndex, index_node_services
 
@@ -84,7 +86,7 @@ def run_report(loaded: LoadedInput, check, nodes: list[dict]) -> ReportResult:
             by_service.setdefault(_service_key(f.service), []).append(f)
     indexes = {node: index_node_services(rules) for node, rules in loaded.rules.items()}
     api_ports = loaded.cluster.services() if loaded.cluster is not None else {}  # "ns/name" -> its ports
-    keys = _service_keys(api_ports, indexes) | set(by_service)
+    keys = _service_keys(api_ports, indexes, nft_service_names(loaded.nft) if loaded.nft else set()) | set(by_service)
     services = [ServiceEntry(k, api_ports.get(k, []), by_service.get(k, [])) for k in keys]
     services.sort(key=lambda s: (s.worst, s.key))
     result = ReportResult(loaded, check, nodes, services, indexes, _now())
@@ -115,8 +117,10 @@ def service_report(loaded: LoadedInput, indexes: dict[str, NodeServiceIndex], ke
     if not full and quick is not None:
         view = quick_service_view(ns, name, quick[nodes[0]], loaded.cluster, api_ports)
     if view is None:
-        view = build_service_view(ns, name, {n: loaded.rules[n] for n in nodes}, cluster,
+        view = build_service_view(ns, name, {n: loaded.rules[n] for n in nodes if n not in loaded.nft}, cluster,
                                   indexes={n: indexes[n] for n in nodes})
+    if loaded.nft:  # nftables-mode nodes: their tables, not their (empty) iptables
+        add_nft_nodes(view, {n: loaded.nft[n] for n in nodes if n in loaded.nft}, cluster)
     pictures = _pictures(loaded, view, nodes) if full else []
     return ServiceReport(key, view, findings, pictures, packets, nodes, drawn=full)
 
@@ -125,7 +129,11 @@ def _pictures(loaded: LoadedInput, view: ServiceView, nodes: list[str]) -> list[
     """One picture per set of chains: nodes whose graphs hold the same chains share the busiest one's."""
     groups: dict[tuple, list[tuple[str, nx.MultiDiGraph]]] = {}
     for node in nodes:
-        g = build_service_graph(loaded.rules[node], service_entry_rules(view, node), service_blackholes(view, node))
+        if node in loaded.nft:
+            g = nx.compose_all([service_key_graph(rs, f"{view.namespace}/{view.name}") for rs in loaded.nft[node]])
+        else:
+            g = build_service_graph(loaded.rules[node], service_entry_rules(view, node),
+                                    service_blackholes(view, node))
         annotate_endpoints(g, view, node)
         if g.number_of_nodes():
             groups.setdefault(tuple(sorted(g.nodes)), []).append((node, g))
@@ -148,8 +156,9 @@ def _only_service(cluster: ClusterModel | None, ports: list) -> ClusterModel | N
     return ClusterModel(ports, cluster.pods_by_ip, cluster.pod_nodes, cluster.node_ips, cluster.warnings)
 
 
-def _service_keys(api_ports: dict, indexes: dict[str, NodeServiceIndex]) -> set[str]:
-    keys = set(api_ports)
+def _service_keys(api_ports: dict, indexes: dict[str, NodeServiceIndex],
+                  nft_names: set[str] = frozenset()) -> set[str]:
+    keys = set(api_ports) | set(nft_names)
     for index in indexes.values():
         keys |= index.service_names()
     return {k for k in keys if "/" in k}

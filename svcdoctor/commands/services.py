@@ -9,6 +9,6 @@ from svcdoctor.results import ServicesResult
 
 
 def run_services(loaded: LoadedInput, namespace: str | None) -> ServicesResult:
-    every = list_services(loaded.rules, loaded.cluster, loaded.rules6)
+    every = list_services(loaded.rules, loaded.cluster, loaded.rules6, loaded.nft)
     chosen = [s for s in every if namespace is None or s.namespace == namespace]
     return ServicesResult(chosen, sorted(loaded.rules), namespace, len(every) - len(chosen))

@@ -3,10 +3,12 @@
 Live clusters only: a bundle's counters are one moment, and watch is about the difference between two.
 
 With a service, the first read is the full one every command makes (both iptables backends of every node, their
-ip6tables, and the service's API objects); it finds the service's chains and names its endpoints. From then on a
-sample reads only that service's chains and kube-proxy's DROP/REJECT chains, in both address families on a
-dual-stack node, one exec per node (svcdoctor.collect.sampler). Without a service, every sample is a full dump of
-each node, and the view shows the busiest rules.
+ip6tables, kube-proxy's nftables tables, and the service's API objects); it finds the service's chains and names
+its endpoints. From then on a sample reads only that service's chains and kube-proxy's DROP/REJECT chains, in both
+address families on a dual-stack node, one exec per node (svcdoctor.collect.sampler). Nodes in nftables mode have
+no counters to read: there, and everywhere with `--source conntrack`, a sample lists the node's conntrack table
+for the service's ports instead (collect/conntrack_reads.py, model/watch/flows.py). Without a service, every
+sample is a full dump of each node, and the view shows the busiest rules.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from svcdoctor.collect.conntrack_reads import ConntrackQuery, parse_conntrack_output
 from svcdoctor.collect.sampler import parse_chain_listings
 from svcdoctor.inputs import InputOptions, LoadedInput, load
 from svcdoctor.errors import ExitStatus, SvcdoctorError, UsageError
 from svcdoctor.model.watch.busiest import BusiestTracker, scan_dump
+from svcdoctor.model.watch.flows import FlowCounter, FlowPlan, plan_flows
 from svcdoctor.model.watch.frame import Frame, observe_service
 from svcdoctor.model.watch.listing import IPV4, IPV6, Listings
 from svcdoctor.model.watch.plan import ServiceWatchPlan, plan_service_watch
@@ -31,22 +35,30 @@ from svcdoctor.render.watch_view import TOP_RULES, render_frame, sample_document
 NODE_TIMEOUT = 10.0  # seconds per node and read; a node that takes longer is reported and not waited for
 
 
+SOURCES = (COUNTERS, CONNTRACK) = ("counters", "conntrack")  # --source: what a node's new connections are counted from
+
+
 def run_watch(opts: InputOptions, service, namespace, interval, count, output, out, err,
-              top: int = TOP_RULES, all_nodes: bool = False) -> int:
+              top: int = TOP_RULES, all_nodes: bool = False, source: str = COUNTERS) -> int:
     if opts.bundle or opts.demo:
         raise UsageError("watch samples live counters and needs a live kind cluster; --bundle and --demo hold one "
                          "moment's counters (`svcdoctor explain --bundle …` shows them)")
+    if source not in SOURCES:
+        raise UsageError(f"--source must be counters or conntrack, not {source!r}")
+    if source == CONNTRACK and not service:
+        raise UsageError("--source conntrack counts one service's connections: name the service "
+                         "(without one, watch shows the busiest rules, which only rule counters can rank)")
     if service:
         ns, name = service.split("/", 1) if "/" in service and namespace is None else (namespace or "default", service)
         opts.service = f"{ns}/{name}"
     try:
-        return _watch(opts, service, namespace, interval, count, output, out, err, top, all_nodes)
+        return _watch(opts, service, namespace, interval, count, output, out, err, top, all_nodes, source)
     except KeyboardInterrupt:
         return ExitStatus.INTERRUPTED
 
 
 def _watch(opts, service, namespace, interval, count, output, out, err, top: int = TOP_RULES,
-           all_nodes: bool = False) -> int:
+           all_nodes: bool = False, source: str = COUNTERS) -> int:
     loaded = _first_read(opts, err)
     if not loaded.rules:
         raise SvcdoctorError("no node of the cluster could be read; nothing to watch", exit_status=ExitStatus.PARTIAL)
@@ -55,15 +67,19 @@ def _watch(opts, service, namespace, interval, count, output, out, err, top: int
         from svcdoctor.inputs import build_view, resolve_service
 
         ns, name = resolve_service(service, namespace, loaded)
-        plan = plan_service_watch(build_view(loaded, ns, name), loaded.rules, loaded.cluster, loaded.rules6)
+        view = build_view(loaded, ns, name)
+        plan = plan_service_watch(view, loaded.rules, loaded.cluster, loaded.rules6)
+        sources = node_sources(plan.nodes, loaded.nft, source)
+        flows = plan_flows(view, [n for n, s in sources.items() if s == CONNTRACK], plan)
     from svcdoctor.collect.sampler import open_sampler
 
     backends = {n.name: n.backend or "nft" for n in loaded.snapshot.nodes if n.name in loaded.rules}
     sampler = open_sampler(loaded.snapshot, opts, list(loaded.rules), backends, timeout=NODE_TIMEOUT)
     try:
         if plan is not None:
-            tracker = WatchTracker(interval, plan.service)
-            take = lambda: _service_sample(sampler, plan, tracker)  # noqa: E731
+            sample = ServiceSample(sampler, plan, WatchTracker(interval, plan.service), sources, flows,
+                                   sorted(loaded.nft))
+            take = sample.take
         else:
             pods = loaded.cluster.pods_by_ip if loaded.cluster is not None else {}
             take = _busiest_sampler(sampler, loaded, BusiestTracker(interval, top, pods))
@@ -113,11 +129,80 @@ def _first_read(opts: InputOptions, err) -> LoadedInput:
     return loaded
 
 
+def node_sources(nodes: list[str], nft: dict, source: str = COUNTERS) -> dict[str, str]:
+    """What each node's new connections are counted from: conntrack where kube-proxy runs in nftables mode (its
+    rules keep no counters) or where --source conntrack asks for it, the rules' counters elsewhere."""
+    return {node: CONNTRACK if node in nft or source == CONNTRACK else COUNTERS for node in nodes}
+
+
 # --- one sample -------------------------------------------------------------------------------------------------------
+class ServiceSample:
+    """One service's samples: the rule counters of the nodes counted by counters, the conntrack table of the
+    others, both turned into rows for one tracker."""
+
+    def __init__(self, sampler, plan: ServiceWatchPlan, tracker: WatchTracker, sources: dict[str, str],
+                 flows: FlowPlan | None = None, nftables_nodes: list[str] = ()):
+        self.sampler, self.plan, self.tracker = sampler, plan, tracker
+        self.sources = dict(sources)
+        self.flows = flows or FlowPlan()
+        self.counter = FlowCounter(self.flows, plan)
+        self.nftables_nodes = [n for n in nftables_nodes if self.sources.get(n) == CONNTRACK]
+        self._noted: set[str] = set()  # nodes whose conntrack read was noted once (read from the proc file)
+
+    def take(self) -> Frame:
+        counted = [n for n in self.plan.nodes if self.sources.get(n, COUNTERS) == COUNTERS]
+        tracked = [n for n in self.plan.nodes if self.sources.get(n) == CONNTRACK]
+        readings, read_at, chains, failed = _counter_readings(self.sampler, self.plan, counted)
+        notes = self._conntrack_readings(tracked, readings, read_at, failed)
+        frame = self.tracker.update(readings, read_at, datetime.now(timezone.utc), chains, failed, self.plan)
+        frame.sources = {node: self.sources[node] for node in counted + tracked}
+        frame.nftables_nodes = list(self.nftables_nodes)
+        frame.notes[:0] = notes
+        return frame
+
+    def _conntrack_readings(self, nodes: list[str], readings: dict, read_at: dict, failed: dict) -> list[str]:
+        """Each node's conntrack rows into `readings` (or why not into `failed`); returns notes for the frame."""
+        if not nodes:
+            return []
+        wanted = {node: [ConntrackQuery(*q) for q in self.flows.queries(node)] for node in nodes}
+        baseline = self.tracker.samples == 0
+        notes = []
+        got = self.sampler.read_conntrack({n: q for n, q in wanted.items() if q})
+        for node in nodes:
+            reading = got.get(node)
+            if reading is None:  # nothing of the service reaches this node's conntrack: no entry to look for
+                readings[node], read_at[node] = self.counter.observe(node, [], baseline), time.monotonic()
+                continue
+            ports = {q.port for q in wanted[node]}
+            parsed = parse_conntrack_output(reading.text, ports) if not reading.error else None
+            problem = reading.error or parsed.error
+            if problem:
+                failed[node] = problem
+                continue
+            if parsed.note and node not in self._noted:
+                self._noted.add(node)
+                notes.append(f"{node}: {parsed.note} (it has no connection ids: connections are told apart by "
+                             "their addresses and ports)")
+            if parsed.unread:
+                notes.append(f"{node}: {parsed.unread} line(s) of conntrack's listing could not be read: the "
+                             "connections in them are not counted")
+            readings[node] = self.counter.observe(node, parsed.flows, baseline)
+            read_at[node] = reading.read_at
+        return notes
+
+
 def _service_sample(sampler, plan: ServiceWatchPlan, tracker: WatchTracker) -> Frame:
-    wanted = {node: plan.reads(node) for node in plan.nodes}
+    """One sample of a service whose nodes are all counted by their rules' counters."""
+    return ServiceSample(sampler, plan, tracker, node_sources(plan.nodes, {})).take()
+
+
+def _counter_readings(sampler, plan: ServiceWatchPlan, nodes: list[str]):
+    """The rows of the nodes counted by their rules' counters: (rows, read times, nat chain presence, failures),
+    each by node."""
+    if not nodes:
+        return {}, {}, {}, {}
+    wanted = {node: plan.reads(node) for node in nodes}
     got = sampler.read_chains(wanted)
-    when = datetime.now(timezone.utc)
     listings: dict[str, dict[str, Listings]] = {}  # node -> family -> its listings
     failed: dict[str, str] = {}
     for node, reading in got.items():
@@ -135,7 +220,7 @@ def _service_sample(sampler, plan: ServiceWatchPlan, tracker: WatchTracker) -> F
                      for (table, chain), listing in listed.items() if table == "nat"}
               for node, by_family in listings.items()}
     read_at = {node: got[node].read_at for node in listings}
-    return tracker.update(readings, read_at, when, chains, failed, plan)
+    return readings, read_at, chains, failed
 
 
 def _incomplete(parsed: dict[str, Listings], wanted: dict[str, list[tuple[str, str]]]) -> str | None:
@@ -178,7 +263,12 @@ def _busiest_sampler(sampler, loaded: LoadedInput, tracker: BusiestTracker) -> C
             texts, read_at, failed = _dumps(sampler.read_dumps(list(loaded.rules), ipv6_nodes))
         scans = {node: [scan_dump(text, family) for family, text in by_family.items()]
                  for node, by_family in texts.items()}
-        return tracker.update(scans, read_at, datetime.now(timezone.utc), failed)
+        frame = tracker.update(scans, read_at, datetime.now(timezone.utc), failed)
+        if frame.baseline and loaded.nft:
+            frame.notes.append(f"{', '.join(sorted(loaded.nft))}: kube-proxy runs in nftables mode there, and its "
+                               "nftables rules keep no counters: `watch SERVICE` counts a service's connections "
+                               "there from conntrack")
+        return frame
 
     return take
 

@@ -100,19 +100,35 @@ class _Malformed(ValueError):
     pass
 
 
+def sloppy_ipv4(text: str) -> str | None:
+    """An IPv4 address written with leading zeros ("172.30.0.041"), read as kube-proxy reads it
+    (k8s.io/utils/net ParseIPSloppy: each part decimal, Go 1.16's net.ParseIP), in canonical form; None otherwise.
+    The API server accepted such addresses before it validated strictly, so old objects can hold them."""
+    parts = text.split(".") if isinstance(text, str) else []
+    if len(parts) != 4 or not all(p.isascii() and p.isdigit() and int(p) <= 255 for p in parts):
+        return None
+    return ".".join(str(int(p)) for p in parts)
+
+
 def _ips(values, what: str) -> list[str]:
-    """Only real IP addresses: a bad one would otherwise travel into rule comparisons and hashes."""
+    """Only real IP addresses (as kube-proxy reads them, canonical): a bad one would otherwise travel into rule
+    comparisons and hashes."""
     if values is None:
         return []
     if not isinstance(values, list):
         raise _Malformed(f"{what} is not a list")
+    out = []
     for v in values:
         # inet_pton: the C parser, 20x faster than ipaddress over a big cluster's 40,000 endpoint addresses
         try:
             socket.inet_pton(socket.AF_INET6 if ":" in v else socket.AF_INET, v)
+            out.append(v)
         except (OSError, TypeError):
-            raise _Malformed(f"{what} holds {v!r}, not an IP address") from None
-    return list(values)
+            sloppy = sloppy_ipv4(v)
+            if sloppy is None:
+                raise _Malformed(f"{what} holds {v!r}, not an IP address") from None
+            out.append(sloppy)
+    return out
 
 
 def _text(value, what: str) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from svcdoctor.model.cluster import ClusterModel
 from svcdoctor.model.hashes import chain_kind
+from svcdoctor.model.rule_text import host_port
 from svcdoctor.model.rules import NodeRules, Rule
 from svcdoctor.model.service_rules import index_node_services, service_port_of_comment, split_service_port_name
 
@@ -51,8 +52,10 @@ class ServiceSummary:
 
 
 def list_services(node_rules: dict[str, NodeRules], cluster: ClusterModel | None,
-                  more_rules: dict[str, NodeRules] | None = None) -> list[ServiceSummary]:
-    """Every service the rules (and the API, when read) hold, sorted by namespace and name."""
+                  more_rules: dict[str, NodeRules] | None = None,
+                  nft: dict[str, list] | None = None) -> list[ServiceSummary]:
+    """Every service the rules (and the API, when read) hold, sorted by namespace and name. ``nft``: the kube-proxy
+    tables of nodes in nftables mode (model/nft), read through their explain walk."""
     services: dict[str, ServiceSummary] = {}
 
     def summary(key: str) -> ServiceSummary:
@@ -68,6 +71,9 @@ def list_services(node_rules: dict[str, NodeRules], cluster: ClusterModel | None
     for rules_by_node in (node_rules, more_rules or {}):
         for node, rules in rules_by_node.items():
             _add_node(node, rules, summary)
+    for node, tables in (nft or {}).items():
+        for rs in tables:
+            _add_nft_node(node, rs, summary)
     return sorted(services.values(), key=lambda s: (s.namespace, s.name))
 
 
@@ -90,6 +96,28 @@ def _add_node(node: str, rules: NodeRules, summary) -> None:
                     s.entries.append(entry)
                 if nat is not None:
                     s.endpoints.update(_endpoints_behind(nat, rule.target or ""))
+
+
+def _add_nft_node(node: str, rs, summary) -> None:
+    """A node in nftables mode: each service port its table names, with the entries and endpoints explain finds."""
+    from svcdoctor.model.nft.explain import explain_nft_entries
+    from svcdoctor.model.nft.view import service_ports
+
+    for base, hashed in service_ports(rs).items():
+        s = summary(hashed.service_key)
+        s.nodes.add(node)
+        protocol = hashed.protocol.upper()
+        port = s.ports.setdefault((hashed.port_name, protocol), {"port": None, "nodePort": None})
+        for e in explain_nft_entries(rs, base, node):
+            host, _, number = e.destination.rpartition(":")
+            entry = EntryPoint(e.kind, host.strip("[]") or None, int(number) if number.isdigit() else None,
+                               hashed.port_name, protocol)
+            key = "nodePort" if e.kind == "nodePort" else "port" if e.kind == "clusterIP" else None
+            if key:
+                port[key] = port[key] or entry.port
+            if entry not in s.entries:
+                s.entries.append(entry)
+            s.endpoints.update(host_port(ep.ip, ep.port) if ep.port is not None else ep.ip for ep in e.endpoints)
 
 
 def _entry_point(rule: Rule, port_name: str, protocol: str) -> EntryPoint:

@@ -147,6 +147,8 @@ class TraceResult:
     partial: list[str] = field(default_factory=list)
     # the service port the packet met ("ns/name:port"), named by commands/trace.py from the rules' comments
     service: str | None = None
+    # what else on the node decides this packet's way (model/mixed_trace.py: iptables rules left on an nftables node)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def destinations(self) -> set[str]:

@@ -74,6 +74,11 @@ def _humane_condition(text: str) -> str:
     return f"{' and '.join(out)} ({chain})"
 
 
+def _counted(nodes) -> bool:
+    """Whether the nodes' rules have counters (iptables mode); kube-proxy's nftables rules have none."""
+    return any(e.entry_rule is not None and e.entry_rule.packets is not None for nv in nodes for e in nv.entries)
+
+
 def _duration(seconds: int) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -217,7 +222,8 @@ def render_explain(result: ExplainResult, console: Console, wide: bool = False) 
             label.append(names, style="bold underline")
             if len(group) > 1:
                 label.append(": same rules", style="dim")
-                label.append(" (counters summed)", style="dim")
+                if _counted(group):  # nftables mode keeps no counters: nothing to sum
+                    label.append(" (counters summed)", style="dim")
             print_line(console, label, indent=4)
             if not group[0].entries:
                 console.print(Text("    no rules for this port on this node", style="yellow"))
@@ -230,5 +236,6 @@ def render_explain(result: ExplainResult, console: Console, wide: bool = False) 
             console.print(Text(f"node {node} could not be read: {why}", style="bold red"))
     console.print()
     render_findings(result.findings, console)
-    console.print(Text("nat counters count connections (the first packet of each), not every packet.",
-                       style="dim"))
+    if any(_counted(pv.nodes) for pv in view.ports):
+        console.print(Text("nat counters count connections (the first packet of each), not every packet.",
+                           style="dim"))

@@ -7,7 +7,8 @@ import json
 import networkx as nx
 
 KIND_COLOUR = {"svc": "lightblue", "svl": "lightcyan", "ext": "khaki", "fw": "orange", "sep": "palegreen",
-               "verdict": "white", "builtin": "lightgrey", "chain": "white", "xlb": "pink"}
+               "verdict": "white", "builtin": "lightgrey", "chain": "white", "xlb": "pink",
+               "map": "plum", "set": "thistle"}  # nftables maps and sets (model/nft/graph.py)
 
 
 def _edge_label(data: dict) -> str:

@@ -28,6 +28,7 @@ STYLE = """
 .sdg .builtin rect,.sdg .filter rect{fill:#eee}.sdg .dnat rect{fill:#bbf7d0;stroke:#15803d}
 .sdg .drop rect,.sdg .reject rect{fill:#fee2e2;stroke:#b91c1c;stroke-width:2}
 .sdg .drop text,.sdg .reject text{fill:#991b1b;font-weight:bold}
+.sdg .map rect,.sdg .set rect{fill:#f3e8ff;stroke:#7e22ce}
 .sdg .missing rect{stroke-dasharray:4 3}
 .sdg .sub{font-size:10.5px;fill:#444}
 .sdg path{fill:none;stroke:#64748b;stroke-width:1.2;marker-end:url(#sdg-arrow)}

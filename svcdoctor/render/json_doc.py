@@ -116,6 +116,7 @@ def trace_document(result: TraceResult) -> dict:
                 "steps": list(t.steps)} for t in result.paths],
         enteredWithoutJumps=list(result.entered_without_jumps),
         partial=list(result.partial),
+        notes=list(result.notes),
     )
 
 

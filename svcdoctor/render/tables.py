@@ -16,9 +16,9 @@ def render_nodes(rows: list[dict], console: Console, wide: bool = False) -> None
     table = Table(box=None, pad_edge=False, header_style="bold", collapse_padding=console.width < NATURAL_WIDTH)
     columns = ["NODE", "ROLE", "IP", "BACKEND", "MODE", "RULES", "KUBE CHAINS", "PROBLEMS"]
     if wide:
-        columns += ["READ VIA", "READ FROM"]
+        columns += ["LAYOUT", "READ VIA", "READ FROM"]
     for col in columns:
-        table.add_column(col, no_wrap=col in ("NODE", "ROLE", "IP", "MODE", "READ VIA", "READ FROM"))
+        table.add_column(col, no_wrap=col in ("NODE", "ROLE", "IP", "MODE", "LAYOUT", "READ VIA", "READ FROM"))
     for r in rows:
         problems = ", ".join(r["problems"]) or "-"
         cells = [r["name"], r["role"] or "-", r["internalIP"] or "-", r["backend"] or "-", r["proxyMode"] or "-",
@@ -26,6 +26,6 @@ def render_nodes(rows: list[dict], console: Console, wide: bool = False) -> None
                  "-" if r["kubeChains"] is None else str(r["kubeChains"]),
                  f"[red]{problems}[/red]" if r["problems"] else problems]
         if wide:
-            cells += [r.get("readVia") or "-", r.get("readFrom") or "-"]
+            cells += [r.get("nftLayout") or "-", r.get("readVia") or "-", r.get("readFrom") or "-"]
         table.add_row(*cells)
     console.print(table)

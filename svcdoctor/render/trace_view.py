@@ -32,7 +32,7 @@ def _trace_signature(result: TraceResult) -> tuple:
               for e in result.endpoints),
         tuple((s.table, s.chain, s.rule, s.action, round(s.share, 9)) for s in result.steps),
         tuple((u.table, u.chain, u.rule, u.reason) for u in result.uncertain),
-        tuple(result.partial), tuple(result.entered_without_jumps),
+        tuple(result.partial), tuple(result.entered_without_jumps), tuple(result.notes),
     )
 
 
@@ -155,6 +155,8 @@ def render_trace(result: TraceResult, console: Console, wide: bool = False, node
                    indent=len(pad) + 11)
     for note in result.partial:
         print_line(console, Text(f"{pad}  partial input: {note}", style="yellow"), indent=len(pad) + 4)
+    for note in result.notes:
+        print_line(console, Text(f"{pad}  ! {note}", style="yellow"), indent=len(pad) + 4)
     for u in result.uncertain:
         print_line(console, Text(f"{pad}  ? {u.table}/{u.chain}: {u.rule} ({u.reason})", style="yellow"),
                    indent=len(pad) + 4)

@@ -20,6 +20,9 @@ from svcdoctor.model.watch.listing import IPV4
 from svcdoctor.model.watch.stats import SIGNIFICANCE, GoodnessOfFit, format_p
 
 COUNTS_CONNECTIONS = "nat counters count new connections (the first packet of each), not packets or requests"
+COUNTS_CONNTRACK = ("conntrack: NEW is the connections to the service that conntrack holds and did not hold at the "
+                    "previous sample, counted on the node that DNATed them; blackholes (DROP/REJECT) are not seen "
+                    "(a dropped connection gets no conntrack entry)")
 CHANGED = "reverse"
 CHANGE_TEXT = {"appeared": "new", "gone": "gone", "reset": "reset"}
 CHANGE_STYLE = {"appeared": "bold green", "gone": "dim", "reset": "bold yellow"}
@@ -63,9 +66,12 @@ def render_frame(frame: Frame, plan=None, wide: bool = False, all_nodes: bool = 
     `all_nodes` (--all-nodes)."""
     title = (f"svcdoctor watch {frame.service or '(busiest rules)'} · sample {frame.number} · "
              f"{frame.time:%H:%M:%S} UTC · every {frame.interval:g}s")
-    parts: list = [Text(title, style="bold"), Text(COUNTS_CONNECTIONS + ".", style="dim")]
+    parts: list = [Text(title, style="bold"), *(Text(line, style="dim") for line in what_is_counted(frame))]
     if frame.baseline:
-        parts.append(Text("first sample: the counters as they are; deltas start with the next one.", style="dim"))
+        first = ("the counters as they are" if "conntrack" not in frame.sources.values()
+                 else "what the counters and conntrack hold now" if "counters" in frame.sources.values()
+                 else "the connections conntrack holds now")
+        parts.append(Text(f"first sample: {first}; deltas start with the next one.", style="dim"))
     # what needs attention first: a live view is cropped to the terminal's height
     for note in frame_notes(frame):
         parts.append(Text(note, style="yellow"))
@@ -83,6 +89,27 @@ def render_frame(frame: Frame, plan=None, wide: bool = False, all_nodes: bool = 
     if blackholes:
         parts.append(_blackhole_table(blackholes, wide))
     return Group(*parts)
+
+
+def what_is_counted(frame: Frame) -> list[str]:
+    """The header's lines on what NEW counts: rule counters, conntrack, or each on its own nodes."""
+    by_source: dict[str, list[str]] = {}
+    for node, source in sorted(frame.sources.items()):
+        by_source.setdefault(source, []).append(node)
+    lines = []
+    if "counters" in by_source or not by_source:
+        where = f" (on {', '.join(by_source['counters'])})" if "conntrack" in by_source else ""
+        lines.append(COUNTS_CONNECTIONS + where + ".")
+    if "conntrack" in by_source:
+        nft = [n for n in by_source["conntrack"] if n in frame.nftables_nodes]
+        other = [n for n in by_source["conntrack"] if n not in frame.nftables_nodes]
+        lines.append(COUNTS_CONNTRACK + ".")
+        if nft:
+            lines.append(f"counted from conntrack on {', '.join(nft)}: kube-proxy runs in nftables mode there, and "
+                         "its nftables rules keep no counters.")
+        if other:
+            lines.append(f"counted from conntrack on {', '.join(other)} (--source conntrack).")
+    return lines
 
 
 def _is_idle(rows: list[Row], frame: Frame) -> bool:
@@ -200,6 +227,8 @@ def split_summary(check) -> str:
     changed against the rules' probabilities (docs/reference/watch.md)."""
     if check is None or len(check.shares) < 2:
         return ""
+    if check.untested:
+        return check.untested
     if check.fit is None:
         return f"too few connections to test the split yet ({check.connections} of the {check.needed} needed)"
     p = format_p(check.fit.p_value)
@@ -312,11 +341,15 @@ def _family(check: SplitCheck) -> str:
 
 
 def _chain_note(check: SplitCheck) -> str:
-    return (f"On {check.node}, {check.chain}{_family(check)} did not split its {check.connections} new connections "
+    text = (f"On {check.node}, {check.chain}{_family(check)} did not split its {check.connections} new connections "
             f"the way its rules say: {_counts(check)}; {_numbers(check.fit)}. The kernel draws each connection at "
-            "random, so this is rarely chance: a counter reset that went unseen (kube-proxy rewrote the chain and the "
-            "new counts passed the old ones within one interval), or rules changed by something other than "
-            "kube-proxy.")
+            "random, so this is rarely chance: ")
+    if check.source == "conntrack":
+        return text + ("connections of some endpoints that started and ended between two samples (refused ones "
+                       "live 10 s in conntrack), endpoints or rules changed since the watch started (it does not "
+                       "re-read them: restart it), or rules changed by something other than kube-proxy.")
+    return text + ("a counter reset that went unseen (kube-proxy rewrote the chain and the new counts passed the old "
+                   "ones within one interval), or rules changed by something other than kube-proxy.")
 
 
 def _service_note(check: SplitCheck) -> str:
@@ -362,6 +395,12 @@ def _row_document(row: Row) -> dict:
         "ratePerSecond": None if row.rate is None else round(row.rate, 3),
         "totalPackets": row.total_packets, "totalBytes": row.total_bytes, "family": r.family,
     }
+    doc["source"] = r.source
+    if r.kind in ("endpoint", "entry"):
+        doc["deltaConnections"] = row.delta_packets  # nat counters and conntrack both count connections
+    if r.source == "conntrack":
+        # conntrack counts no bytes (unless nf_conntrack_acct, which kind does not turn on)
+        doc.update({"bytes": None, "deltaBytes": None, "totalBytes": None, "tracked": r.tracked})
     if r.kind == "endpoint":
         doc.update({"pod": r.pod, "endpointNode": r.endpoint_node,
                     "expected": None if r.expected is None else round(r.expected, 10),
@@ -384,7 +423,7 @@ def _split_document(check) -> dict:
         "degreesOfFreedom": None if fit is None else fit.degrees_of_freedom,
         "pValue": None if fit is None else fit.p_value,
         "departs": check.departs, "affinityConnections": check.affinity_connections, "note": split_note(check),
-        "family": check.family,
+        "family": check.family, "untested": check.untested,
     }
 
 
@@ -396,6 +435,7 @@ def sample_document(frame: Frame, top: int | None = None) -> dict:
         "apiVersion": API_VERSION, "kind": "WatchSample", "time": _time(frame), "interval": frame.interval,
         "rows": [_row_document(r) for r in rows],
         "sample": frame.number, "service": frame.service, "counts": "connections",
+        "source": frame.source, "sources": dict(sorted(frame.sources.items())),
         "elapsedSeconds": {n: round(s, 3) for n, s in sorted(frame.elapsed.items())},
         "chainChanges": [{"node": c.node, "table": c.table, "chain": c.chain, "change": c.change,
                           "family": c.family} for c in frame.chain_changes],

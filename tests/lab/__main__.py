@@ -1,8 +1,9 @@
 """Drive the lab by hand (from the repository root, as root):
 
     python -m tests.lab up          # dockerd if needed, node image, the seed scenario's cluster `myk8s`
+    python -m tests.lab up --scenario nft   # the same cluster with kube-proxy in nftables mode (or: mixed)
     python -m tests.lab status
-    python -m tests.lab apiserver   # the stand-in API server in the foreground; prints its kubeconfig
+    python -m tests.lab apiserver   # the stand-in API server in the foreground (--scenario too); prints its kubeconfig
     python -m tests.lab down        # removes what the lab made; stops dockerd if `up` started it
 
 Then e.g. `svcdoctor explain svc-clusterip --cluster myk8s --kubeconfig /tmp/svcdoctor-lab/kubeconfig`.
@@ -19,6 +20,9 @@ from pathlib import Path
 from . import harness
 from . import scenario as sc
 from .standin_apiserver import StandinApiServer
+
+
+SCENARIOS = {"seed": sc.seed_scenario, "nft": sc.nft_scenario, "mixed": sc.mixed_scenario}
 
 
 def _dockerd_we_started() -> int | None:
@@ -38,20 +42,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status", "apiserver"])
     parser.add_argument("--fault", action="append", default=[], metavar="NODE=FAULT",
                         help=f"plant a fault at `up` ({', '.join(sc.FAULTS)}); repeatable")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="seed",
+                        help="kube-proxy's modes: seed (iptables), nft (nftables), mixed (nftables, worker2 iptables)")
     args = parser.parse_args(argv)
     reason = harness.unavailable_reason()
     if reason and args.command != "apiserver":
         print(f"lab unavailable: {reason}", file=sys.stderr)
         return 2
     if args.command == "apiserver":
-        return _serve_apiserver()
+        return _serve_apiserver(SCENARIOS[args.scenario]())
     daemon = harness.DockerDaemon()
     if args.command == "up":
         client = daemon.ensure()
         if daemon.started_here:
             print(f"started dockerd (pid {daemon.process.pid}, log {daemon.log_path}); `down` stops it")
         faults = dict(f.split("=", 1) for f in args.fault)
-        lab = harness.Lab(client, scenario=sc.seed_scenario().with_faults(**faults)).up()
+        lab = harness.Lab(client, scenario=SCENARIOS[args.scenario]().with_faults(**faults)).up()
         print(f"lab up in {lab.timings['total']:.1f}s ({', '.join(f'{k} {v:.1f}s' for k, v in lab.timings.items())})")
         _status(client)
         return 0
@@ -80,10 +86,10 @@ def _status(client) -> None:
         print(f"  {container.name:32s} {container.status:8s} {ip:15s} {role}")
 
 
-def _serve_apiserver() -> int:
+def _serve_apiserver(scenario: sc.Scenario) -> int:
     kubeconfig = harness.LAB_DIR / "kubeconfig"
     kubeconfig.parent.mkdir(parents=True, exist_ok=True)
-    with StandinApiServer(sc.seed_scenario().api_objects()) as server:
+    with StandinApiServer(scenario.api_objects()) as server:
         server.write_kubeconfig(kubeconfig)
         print(f"stand-in API server at {server.url}; kubeconfig {kubeconfig} (context kind-{sc.CLUSTER}). Ctrl-C stops it.")
         stop = threading.Event()

@@ -3,8 +3,10 @@
 Follows docs/reference/lab.md (read it for the why of each step): a light node image imported from the host's
 own binaries (no registry), network `kind` 172.18.0.0/16, node containers with kind's labels, pods as network
 namespaces with busybox httpd servers that count the requests they serve, kindnet-style routes, a client `mypc`
-at 172.18.0.100, and every node programmed with the rules kube-proxy 1.28 writes for the scenario's objects
-(`svcdoctor.model.expected`). It is not kind: no kubelet, no containerd, no kube-proxy process.
+at 172.18.0.100, and every node programmed with the rules kube-proxy writes for the scenario's objects: iptables
+mode as 1.28 writes it (`svcdoctor.model.expected`), nftables mode as 1.34–1.35 does
+(`svcdoctor.model.nft.expected`), loaded with the node's own `iptables-restore` / `nft -f`. It is not kind: no
+kubelet, no containerd, no kube-proxy process.
 
 Everything the lab starts carries the label `svcdoctor.lab`, and teardown removes only that (and stops dockerd
 only if the lab started it).
@@ -37,7 +39,7 @@ RECIPE_LABEL = "svcdoctor.lab.recipe"
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 ROLE_LABEL = "io.x-k8s.kind.role"
 LOAD_BALANCER = f"{sc.CLUSTER}-external-load-balancer"
-IMAGE_RECIPE_VERSION = "3"  # bump when the image contents below change
+IMAGE_RECIPE_VERSION = "4"  # bump when the image contents below change
 
 # Host binaries for the light image (docs/reference/lab.md §1 b); their libraries come along through ldd.
 IMAGE_BINARIES = [
@@ -47,6 +49,7 @@ IMAGE_BINARIES = [
     "/usr/bin/ip",
     "/usr/sbin/conntrack",
     "/usr/bin/busybox",
+    "/usr/sbin/nft",  # kube-proxy's nftables mode (docs/reference/lab.md §9)
 ]
 XTABLES_DIR = "/usr/lib/x86_64-linux-gnu/xtables"  # iptables extensions, dlopen()ed (ldd does not see them)
 
@@ -77,7 +80,8 @@ def unavailable_reason() -> str | None:
     missing = [b for b in ("dockerd", "iptables-nft-save", "busybox", "ldd") if shutil.which(b) is None]
     missing += [p for p in IMAGE_BINARIES if not os.path.exists(p)]
     if missing:
-        return f"the docker lab needs {', '.join(missing)} (apt-get install docker.io iptables iproute2 conntrack busybox-static)"
+        return (f"the docker lab needs {', '.join(missing)} "
+                "(apt-get install docker.io iptables iproute2 conntrack busybox-static nftables)")
     return None
 
 
@@ -423,7 +427,7 @@ class Lab:
 
     # --- node programming ---
     def _node_files(self, node: sc.NodeSpec, fault: str | None) -> bytes:
-        """A tar for /: the node scripts, the setup script for this node, and kube-proxy's restore input."""
+        """A tar for /: the node scripts, the setup script for this node, and kube-proxy's rules for its mode."""
         files: dict[str, bytes] = {f"lab/{p.name}": p.read_bytes() for p in NODE_SCRIPTS.glob("*.sh")}
         setup = ["set -eu",
                  "echo 1 > /proc/sys/net/ipv4/ip_forward",
@@ -436,16 +440,21 @@ class Lab:
             if other.name != node.name:  # kindnet: every other node's pod range via that node
                 setup.append(f"ip route replace {other.pod_cidr} via {other.ip}")
         files["lab/setup.sh"] = ("\n".join(setup) + "\n").encode()
-        if fault != sc.NO_RULES:
+        return _tar({**files, **self._rule_files(node, fault)})
+
+    def _rule_files(self, node: sc.NodeSpec, fault: str | None) -> dict[str, bytes]:
+        """kube-proxy's input for the node's mode: the iptables restore input (also on an nftables node with
+        iptables leftovers: what it wrote before the switch) and/or the `nft -f` input."""
+        if fault == sc.NO_RULES:
+            return {}
+        files = {}
+        nft = self.scenario.mode_of(node.name) == sc.NFTABLES
+        if not nft or fault == sc.LEFTOVERS:
             texts = node_restore_text(self.scenario, node, stale=fault == sc.STALE)
-            files["lab/rules/kube-proxy.rules"] = (texts["filter"] + texts["nat"]).encode()
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for path, data in sorted(files.items()):
-                info = tarfile.TarInfo(path)
-                info.size, info.mode = len(data), 0o755
-                tar.addfile(info, io.BytesIO(data))
-        return buf.getvalue()
+            files[IPTABLES_RULES] = (texts["filter"] + texts["nat"]).encode()
+        if nft:
+            files[NFT_RULES] = node_nft_text(self.scenario, node, stale=fault == sc.STALE).encode()
+        return files
 
     def _exec(self, name: str, argv: list[str], check: bool = True) -> str:
         for attempt in range(3):
@@ -466,10 +475,60 @@ class Lab:
         if not container.put_archive("/", self._node_files(node, fault)):
             raise LabError(f"{node.name}: could not copy the lab files")
         self._exec(node.name, ["sh", "/lab/setup.sh"])
-        backend = "iptables-legacy" if fault == sc.LEGACY else "iptables"
-        rules = "none" if fault == sc.NO_RULES else "/lab/rules/kube-proxy.rules"
-        self._exec(node.name, ["sh", "/lab/program-rules.sh", backend, rules])
+        self._program(node, fault)
         self._wait_pods(node)
+
+    def _program(self, node: sc.NodeSpec, fault: str | None) -> None:
+        """Load kube-proxy's rules for the node's mode (files from _rule_files, already in the node)."""
+        nft = self.scenario.mode_of(node.name) == sc.NFTABLES
+        if fault == sc.LEGACY and nft:
+            raise LabError(f"{node.name}: the legacy fault is an iptables-mode fault")
+        if fault == sc.NO_RULES:
+            self._exec(node.name, ["sh", "/lab/program-rules.sh", "iptables", "none"])
+            return
+        if not nft or fault == sc.LEFTOVERS:
+            backend = "iptables-legacy" if fault == sc.LEGACY else "iptables"
+            self._exec(node.name, ["sh", "/lab/program-rules.sh", backend, "/" + IPTABLES_RULES])
+        if nft:
+            self._exec(node.name, ["sh", "/lab/program-rules.sh", "nft", "/" + NFT_RULES])
+
+    def reprogram(self, node_name: str, fault: str | None = None) -> None:
+        """Program a running node again for the current scenario's mode, in place (same container, pods and
+        conntrack table, which is flushed): kube-proxy restarted in another mode. Going to nftables mode, kube-proxy's
+        iptables chains are removed first, as its startup cleanup of the other mode does, unless `fault` is
+        LEFTOVERS; going to iptables mode, program-rules.sh deletes the nftables table. Only healthy nodes and
+        LEFTOVERS: other faults rebuild the node (`plant`)."""
+        if fault not in (None, sc.LEFTOVERS):
+            raise ValueError(f"reprogram plants no {fault!r}; use plant()")
+        node = sc.NODE_BY_NAME[node_name]
+        if self.scenario.mode_of(node_name) == sc.NFTABLES and fault != sc.LEFTOVERS:
+            self._remove_kube_proxy_iptables(node)
+        if not self.container(node.name).put_archive("/", _tar(self._rule_files(node, fault))):
+            raise LabError(f"{node.name}: could not copy kube-proxy's rules")
+        self._program(node, fault)
+        self.conntrack_flush(node.name)
+        if fault:
+            self.faults[node_name] = fault
+        else:
+            self.faults.pop(node_name, None)
+
+    def switch(self, scenario: sc.Scenario) -> None:
+        """Make the running lab the given scenario (the same pods and services, other proxy modes or LEFTOVERS
+        faults): every node reprogrammed in place, in parallel. Cheaper than a new cluster by far."""
+        unsupported = {n: f for n, f in {**self.faults, **scenario.faults}.items() if f != sc.LEFTOVERS}
+        if unsupported or [p.name for p in scenario.pods] != [p.name for p in self.scenario.pods]:
+            raise LabError(f"switch() changes modes only; heal first ({unsupported})")
+        self.scenario = scenario
+        with ThreadPoolExecutor(max_workers=len(sc.NODES)) as pool:
+            list(pool.map(lambda n: self.reprogram(n.name, scenario.faults.get(n.name)), sc.NODES))
+
+    def _remove_kube_proxy_iptables(self, node: sc.NodeSpec) -> None:
+        """kube-proxy's iptables chains and jumps out of the node's nft backend; kubelet's chains and Docker's DNS
+        rules stay (a restore of what iptables-save printed, less kube-proxy's lines)."""
+        kept = without_kube_proxy_chains(self._exec(node.name, ["iptables-nft-save"]))
+        if not self.container(node.name).put_archive("/", _tar({CLEANUP_RULES: kept.encode()})):
+            raise LabError(f"{node.name}: could not copy the cleanup input")
+        self._exec(node.name, ["iptables-nft-restore", "/" + CLEANUP_RULES])
 
     def _wait_pods(self, node: sc.NodeSpec, seconds: float = 15.0) -> None:
         for pod in self.scenario.pods_on(node.name):
@@ -492,12 +551,20 @@ class Lab:
         service_route = str(ipaddress.ip_network(sc.SERVICE_CIDR).supernet(new_prefix=16))
         self._exec(sc.CLIENT_NAME, ["ip", "route", "replace", service_route, "via", sc.NODE_BY_NAME[sc.WORKER].ip])
 
+    def nft_list(self, node_name: str, family: str = "ip") -> str:
+        """What `nft list table <family> kube-proxy` prints in the node (the harness's own view, for test oracles)."""
+        return self._exec(node_name, ["nft", "list", "table", family, "kube-proxy"])
+
     # --- faults ---
     def plant(self, node_name: str, fault: str) -> None:
         """Plant a fault on one node of the running lab (the node is rebuilt where the fault needs it)."""
         node = sc.NODE_BY_NAME[node_name]
         if fault in (sc.LEGACY, sc.STALE, sc.NO_RULES):
             self.rebuild(node_name, fault)
+        elif fault == sc.LEFTOVERS:
+            if self.scenario.mode_of(node_name) != sc.NFTABLES:
+                raise LabError(f"{node_name} runs in iptables mode: iptables leftovers are an nftables-mode fault")
+            self.reprogram(node_name, fault)
         elif fault == sc.STOPPED:
             self.container(node.name).stop(timeout=1)
         elif fault == sc.HUNG:
@@ -507,8 +574,12 @@ class Lab:
         self.faults[node_name] = fault
 
     def heal(self, node_name: str) -> None:
-        """Bring a node back to the scenario's healthy state (a fresh container: no legacy tables left behind)."""
-        self.rebuild(node_name, None)
+        """Bring a node back to the scenario's healthy state: a fresh container (no legacy tables left behind), or,
+        for iptables leftovers, the node reprogrammed in place."""
+        if self.faults.get(node_name) == sc.LEFTOVERS:
+            self.reprogram(node_name, None)
+        else:
+            self.rebuild(node_name, None)
         self.faults.pop(node_name, None)
 
     def rebuild(self, node_name: str, fault: str | None) -> None:
@@ -561,13 +632,50 @@ class Lab:
         self._exec(node_name, ["conntrack", "-F"], check=False)
 
 
+# where the node's kube-proxy input goes (paths in the node, on its root filesystem: docs/reference/lab.md §1)
+IPTABLES_RULES = "lab/rules/kube-proxy.rules"
+NFT_RULES = "lab/rules/kube-proxy.nft"
+CLEANUP_RULES = "lab/rules/cleanup.rules"
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data in sorted(files.items()):
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def node_restore_text(scenario: sc.Scenario, node: sc.NodeSpec, stale: bool = False) -> dict[str, str]:
     """kube-proxy 1.28's restore input for one node (svcdoctor.model.expected), from the scenario's objects.
 
     stale=True: from the objects as they were before the pods in `scenario.stale_endpoints` moved.
     """
-    from svcdoctor.model.cluster import build_cluster_model
     from svcdoctor.model.expected import ProxySettings, expected_restore_text
+
+    settings = ProxySettings(node_name=node.name, node_ips=(node.ip,), cluster_cidr=sc.CLUSTER_CIDR)
+    return expected_restore_text(_cluster_model(scenario, stale), settings)
+
+
+def node_nft_text(scenario: sc.Scenario, node: sc.NodeSpec, stale: bool = False) -> str:
+    """kube-proxy's `nft -f` input for one node in nftables mode (1.34–1.35, svcdoctor.model.nft.expected), from
+    the scenario's objects; it replaces the node's `ip kube-proxy` table in one transaction (add, delete, then
+    the table anew), as kube-proxy's first sync after a restart does.
+
+    Settings as kind's kube-proxy has them: the cluster CIDR for its local-traffic detector, the service range for
+    `cluster-ips-check`, nodePortAddresses unset (every local address: `fib daddr type local`)."""
+    from svcdoctor.model.nft.expected import NftProxySettings, expected_ruleset
+
+    settings = NftProxySettings(node_name=node.name, node_ips=(node.ip,), pod_cidrs=(sc.CLUSTER_CIDR,),
+                                service_cidrs=(sc.SERVICE_CIDR,))
+    ruleset = expected_ruleset(_cluster_model(scenario, stale).service_ports, settings)
+    return "add table ip kube-proxy\ndelete table ip kube-proxy\n" + ruleset
+
+
+def _cluster_model(scenario: sc.Scenario, stale: bool):
+    from svcdoctor.model.cluster import build_cluster_model
 
     objects = scenario.api_objects()
     if stale:
@@ -577,9 +685,30 @@ def node_restore_text(scenario: sc.Scenario, node: sc.NodeSpec, stale: bool = Fa
                 for ep in obj["endpoints"]:
                     ep["addresses"] = [old_ip.get(a, a) for a in ep["addresses"]]
     by_kind = {kind: [o for o in objects if o["kind"] == kind] for kind in ("Service", "EndpointSlice", "Pod", "Node")}
-    model = build_cluster_model(by_kind["Service"], by_kind["EndpointSlice"], by_kind["Pod"], by_kind["Node"])
-    settings = ProxySettings(node_name=node.name, node_ips=(node.ip,), cluster_cidr=sc.CLUSTER_CIDR)
-    return expected_restore_text(model, settings)
+    return build_cluster_model(by_kind["Service"], by_kind["EndpointSlice"], by_kind["Pod"], by_kind["Node"])
+
+
+# kubelet's chains (docs/reference/kube-proxy-layout.md §2.1): not kube-proxy's, they stay when it changes mode
+KUBELET_CHAINS = ("KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
+_JUMP = re.compile(r"(?:^| )-[jg] (\S+)")
+
+
+def without_kube_proxy_chains(save_text: str) -> str:
+    """`iptables-save` output less kube-proxy's chains and every rule in or into them: a restore input that leaves
+    the node's other iptables users (kubelet, Docker's DNS) as they were."""
+    def kube_proxy_chain(name: str | None) -> bool:
+        return bool(name) and name.startswith("KUBE-") and name not in KUBELET_CHAINS
+
+    kept = []
+    for line in save_text.splitlines():
+        if line.startswith(":") and kube_proxy_chain(line[1:].split(" ", 1)[0]):
+            continue
+        if line.startswith("-A "):
+            jump = _JUMP.search(line)
+            if kube_proxy_chain(line.split(" ", 2)[1]) or kube_proxy_chain(jump.group(1) if jump else None):
+                continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
 
 
 # --- reading rules the way a test oracle needs them ------------------------------------------------------------

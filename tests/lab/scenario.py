@@ -1,9 +1,10 @@
 """Lab scenarios: the API objects of a small kind cluster (the seed's `myk8s`) and the per-node faults to plant.
 
 A scenario is what the Kubernetes API would say (Services, EndpointSlices, Pods, Nodes, kube-proxy's ConfigMap, as
-the API server returns them) plus what is wrong on which node. The harness programs every node with the rules
-kube-proxy 1.28 would write for these objects (`svcdoctor.model.expected`), starts one HTTP server per pod, and
-plants the faults; the stand-in API server serves the same objects.
+the API server returns them), which mode each node's kube-proxy runs in, and what is wrong on which node. The
+harness programs every node with the rules kube-proxy would write for these objects (iptables mode: 1.28,
+`svcdoctor.model.expected`; nftables mode: 1.34–1.35, `svcdoctor.model.nft.expected`), starts one HTTP server per
+pod, and plants the faults; the stand-in API server serves the same objects.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ STALE = "stale"  # rules from before a pod moved: one endpoint still has its old
 NO_RULES = "no-rules"  # kube-proxy never wrote anything
 STOPPED = "stopped"  # the node container is stopped after the lab is up
 HUNG = "hung"  # iptables-nft-save never returns (a wedged binary or lock)
-FAULTS = (LEGACY, STALE, NO_RULES, STOPPED, HUNG)
+# an nftables-mode node whose kube-proxy chains from iptables mode were never cleaned up (they still hook nat)
+LEFTOVERS = "iptables-leftovers"
+FAULTS = (LEGACY, STALE, NO_RULES, STOPPED, HUNG, LEFTOVERS)
+
+# kube-proxy's modes (the ConfigMap's `mode:`) the lab programs
+IPTABLES = "iptables"
+NFTABLES = "nftables"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +96,8 @@ class ServiceSpec:
 
 @dataclass(slots=True)
 class Scenario:
-    """API objects + faults. `faults` maps node name -> one of FAULTS."""
+    """API objects + proxy modes + faults. `faults` maps node name -> one of FAULTS; `proxy_modes` node name ->
+    IPTABLES or NFTABLES (a node not named runs `configured_mode`, which the kube-proxy ConfigMap says)."""
 
     name: str
     pods: list[PodSpec]
@@ -97,6 +105,12 @@ class Scenario:
     faults: dict[str, str] = field(default_factory=dict)
     stale_endpoints: dict[str, str] = field(default_factory=lambda: dict(STALE_ENDPOINTS))
     extra_objects: list[dict] = field(default_factory=list)
+    configured_mode: str = IPTABLES
+    proxy_modes: dict[str, str] = field(default_factory=dict)
+
+    def mode_of(self, node: str) -> str:
+        """The mode kube-proxy on `node` really runs in (what the lab programs there)."""
+        return self.proxy_modes.get(node, self.configured_mode)
 
     def pods_on(self, node: str) -> list[PodSpec]:
         return [p for p in self.pods if p.node == node]
@@ -115,6 +129,14 @@ class Scenario:
         clone.faults.update(faults_by_node)
         return clone
 
+    def with_modes(self, name: str, configured: str | None = None, **modes_by_node: str) -> Scenario:
+        """The same objects with the ConfigMap's mode and/or some nodes' real modes changed."""
+        clone = copy.deepcopy(self)
+        clone.name = name
+        clone.configured_mode = configured or clone.configured_mode
+        clone.proxy_modes.update(modes_by_node)
+        return clone
+
     # --- API objects -------------------------------------------------------------------------------------------
     def api_objects(self) -> list[dict]:
         """Every object as a GET of it returns it (kind and apiVersion included)."""
@@ -124,7 +146,7 @@ class Scenario:
         for svc in self.services:
             objects.append(_service(svc))
             objects.append(_endpointslice(svc, self.endpoints(svc)))
-        objects.append(_kube_proxy_configmap())
+        objects.append(_kube_proxy_configmap(self.configured_mode))
         objects += copy.deepcopy(self.extra_objects)
         return objects
 
@@ -162,6 +184,18 @@ def seed_scenario() -> Scenario:
         ServiceSpec("svc-no-endpoints", "10.200.1.50", 9000, 80, "nobody", labels={FAULT_LABEL: "no-endpoints"}),
     ]
     return Scenario("seed", pods, services)
+
+
+def nft_scenario() -> Scenario:
+    """The seed's cluster with kube-proxy in nftables mode on every node, as the ConfigMap says: the same Services
+    (the ETP-Local one with no pod on worker3, the ClientIP-affinity one), Pods and faults to plant."""
+    return seed_scenario().with_modes("nft", configured=NFTABLES)
+
+
+def mixed_scenario() -> Scenario:
+    """The nftables cluster with one node whose kube-proxy still runs in iptables mode (the ConfigMap says
+    nftables): `proxy-mode-mismatch` on that node and no other."""
+    return nft_scenario().with_modes("mixed", **{WORKER2: IPTABLES})
 
 
 # --- object builders (shapes as the API server returns them) ----------------------------------------------------
@@ -271,8 +305,9 @@ def _kubernetes_endpointslice() -> dict:
             "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}
 
 
-def kube_proxy_config_text() -> str:
-    """config.conf of kube-system/kube-proxy, shaped like kind's (kubeadm) KubeProxyConfiguration."""
+def kube_proxy_config_text(mode: str = IPTABLES) -> str:
+    """config.conf of kube-system/kube-proxy, shaped like kind's (kubeadm) KubeProxyConfiguration (kind's
+    `networking.kubeProxyMode` sets `mode:`)."""
     return (
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\n"
         "bindAddress: 0.0.0.0\n"
@@ -280,15 +315,15 @@ def kube_proxy_config_text() -> str:
         "conntrack:\n  maxPerCore: 0\n"
         "iptables:\n  masqueradeAll: false\n  masqueradeBit: null\n  minSyncPeriod: 1s\n  syncPeriod: 0s\n"
         "kind: KubeProxyConfiguration\n"
-        "mode: iptables\n"
+        f"mode: {mode}\n"
         "nodePortAddresses: null\n"
     )
 
 
-def _kube_proxy_configmap() -> dict:
+def _kube_proxy_configmap(mode: str = IPTABLES) -> dict:
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _meta("ConfigMap", "kube-proxy", "kube-system", {"app": "kube-proxy"}),
-            "data": {"config.conf": kube_proxy_config_text(),
+            "data": {"config.conf": kube_proxy_config_text(mode),
                      "kubeconfig.conf": "apiVersion: v1\nkind: Config\n# (lab: not used)\n"}}
 
 

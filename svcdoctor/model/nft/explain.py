@@ -398,28 +398,49 @@ def explain_nft_entries(rs: NftRuleset, port_base: str, node: str, cluster: Clus
     by_destination: dict[tuple[str, str], Entry] = {}
     lb_ips = set(api_port.load_balancer_ips) if api_port else set()
     head = ["services"]
-    for map_name, is_nodeport in (("service-ips", False), ("service-nodeports", True)):
-        vmap = rs.set(map_name)
-        for element in vmap.elements if vmap is not None else ():
-            target = port_of_target(element.value.target if isinstance(element.value, Verdict) else None)
-            if target is None or target.port_base != port_base:
-                continue
-            key = element.key if isinstance(element.key, tuple) else (element.key,)
-            if is_nodeport:
-                kind, destination = "nodePort", f":{key[-1]}"
-            else:
-                kind = _ip_kind(rs, str(key[0]), target, lb_ips)
-                destination = _host_port(str(key[0]), key[-1])
-            entry = _walk_entry(rs, kind, destination, element.value.target, _evidence(rs, map_name, element),
-                                head + [f"@{map_name}"])
-            _firewall_note(rs, entry, key)
-            entries.append(entry)
-            by_destination[(kind, destination)] = entry
+    dispatch, _ = dispatch_index(rs)
+    for map_name, element, target in dispatch.get(port_base, ()):
+        is_nodeport = map_name == "service-nodeports"
+        key = element.key if isinstance(element.key, tuple) else (element.key,)
+        if is_nodeport:
+            kind, destination = "nodePort", f":{key[-1]}"
+        else:
+            kind = _ip_kind(rs, str(key[0]), target, lb_ips)
+            destination = _host_port(str(key[0]), key[-1])
+        entry = _walk_entry(rs, kind, destination, element.value.target, _evidence(rs, map_name, element),
+                            head + [f"@{map_name}"])
+        _firewall_note(rs, entry, key)
+        entries.append(entry)
+        by_destination[(kind, destination)] = entry
     _no_endpoint_entries(rs, port_base, entries, by_destination, lb_ips)
     _attach_pods(entries, node, cluster, api_port)
     order = {"clusterIP": 0, "nodePort": 1, "externalIP": 2, "loadBalancer": 3}
     entries.sort(key=lambda e: (order.get(e.kind, 9), e.destination))
     return entries
+
+
+def dispatch_index(rs: NftRuleset) -> tuple[dict[str, list], dict[str, list]]:
+    """The dispatch maps' elements by service port, worked out once per table: (port base -> [(map, element, its
+    target's name)] of `service-ips` then `service-nodeports`; "ns/name:port" -> [(map, element)] of the
+    no-endpoint maps), so that explaining every service (`services`, `report`) reads each map once, not once per
+    service."""
+    index = rs.cache.get("dispatch")
+    if index is None:
+        by_base: dict[str, list] = {}
+        by_comment: dict[str, list] = {}
+        for map_name in ("service-ips", "service-nodeports"):
+            vmap = rs.set(map_name)
+            for element in vmap.elements if vmap is not None else ():
+                target = port_of_target(element.value.target if isinstance(element.value, Verdict) else None)
+                if target is not None:
+                    by_base.setdefault(target.port_base, []).append((map_name, element, target))
+        for map_name in ("no-endpoint-services", "no-endpoint-nodeports"):
+            vmap = rs.set(map_name)
+            for element in vmap.elements if vmap is not None else ():
+                if element.comment:
+                    by_comment.setdefault(element.comment, []).append((map_name, element))
+        index = rs.cache["dispatch"] = (by_base, by_comment)
+    return index
 
 
 def _firewall_note(rs: NftRuleset, entry: Entry, key: tuple) -> None:
@@ -442,34 +463,34 @@ def _no_endpoint_entries(rs: NftRuleset, port_base: str, entries: list[Entry],
     hashed = parse_name("service-AAAAAAAA-" + port_base)
     if hashed is None:
         return
-    for map_name, is_nodeport in (("no-endpoint-services", False), ("no-endpoint-nodeports", True)):
-        vmap = rs.set(map_name)
-        for element in vmap.elements if vmap is not None else ():
-            if element.comment != hashed.svc_port_name or not _protocol_is(element.key, hashed.protocol):
-                continue
-            key = element.key if isinstance(element.key, tuple) else (element.key,)
-            verdict = "reject" if isinstance(element.value, Verdict) and (
-                element.value.kind == "reject" or element.value.target == "reject-chain") else "drop"
-            if is_nodeport:
-                kind, destination = "nodePort", f":{key[-1]}"
-            else:
-                kind = _ip_kind(rs, str(key[0]), hashed, lb_ips)
-                destination = _host_port(str(key[0]), key[-1])
-            evidence = _evidence(rs, map_name, element)
-            entry = by_destination.get((kind, destination)) or next(
-                (e for (_, d), e in by_destination.items() if d == destination), None)
-            if entry is None:
-                entry = Entry(kind=kind, destination=destination, verdict=verdict, path=[f"@{map_name}"],
-                              masquerade="never", packets=None, bytes=None, entry_rule=evidence,
-                              blackhole_rule=evidence, unmatched_share=1.0, family=rs.address_family)
-                entry.notes.append(f"{map_name}: {element.comment} -> {verdict}")
-                entries.append(entry)
-                by_destination[(kind, destination)] = entry
-            else:
-                entry.blackhole_rule = evidence
-                if entry.unmatched_share > EPSILON:
-                    entry.verdict = verdict if not entry.endpoints else entry.verdict
-                    entry.notes.append(f"traffic not DNATed here is {verdict}ped by {map_name}: {element.comment}")
+    _, no_endpoints = dispatch_index(rs)
+    for map_name, element in no_endpoints.get(hashed.svc_port_name, ()):
+        is_nodeport = map_name == "no-endpoint-nodeports"
+        if not _protocol_is(element.key, hashed.protocol):
+            continue
+        key = element.key if isinstance(element.key, tuple) else (element.key,)
+        verdict = "reject" if isinstance(element.value, Verdict) and (
+            element.value.kind == "reject" or element.value.target == "reject-chain") else "drop"
+        if is_nodeport:
+            kind, destination = "nodePort", f":{key[-1]}"
+        else:
+            kind = _ip_kind(rs, str(key[0]), hashed, lb_ips)
+            destination = _host_port(str(key[0]), key[-1])
+        evidence = _evidence(rs, map_name, element)
+        entry = by_destination.get((kind, destination)) or next(
+            (e for (_, d), e in by_destination.items() if d == destination), None)
+        if entry is None:
+            entry = Entry(kind=kind, destination=destination, verdict=verdict, path=[f"@{map_name}"],
+                          masquerade="never", packets=None, bytes=None, entry_rule=evidence,
+                          blackhole_rule=evidence, unmatched_share=1.0, family=rs.address_family)
+            entry.notes.append(f"{map_name}: {element.comment} -> {verdict}")
+            entries.append(entry)
+            by_destination[(kind, destination)] = entry
+        else:
+            entry.blackhole_rule = evidence
+            if entry.unmatched_share > EPSILON:
+                entry.verdict = verdict if not entry.endpoints else entry.verdict
+                entry.notes.append(f"traffic not DNATed here is {verdict}ped by {map_name}: {element.comment}")
 
 
 def _protocol_is(key, protocol: str) -> bool:

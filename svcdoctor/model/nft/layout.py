@@ -2,8 +2,9 @@
 (docs/explanation/kube-proxy-nftables.md, "Generations"; kubernetes pkg/proxy/nftables/proxier.go history):
 
 * v1.29-alpha — a plain `firewall` set checked after DNAT; no `cluster-ips` set.
-* v1.30-early — `firewall-ips` verdict map, `cluster-ips`; node ports by `fib daddr type local`.
-* v1.30-1.33 — the `nodeport-ips` set; filtering before DNAT in `filter-prerouting` (priority -110).
+* v1.30-early — `firewall-ips` verdict map, `cluster-ips`; one `endpoints-check` chain.
+* v1.30-1.33 — `endpoints-check` split into `service-endpoints-check` and `nodeport-endpoints-check`; filtering
+  before DNAT in `filter-prerouting` (priority -110).
 * v1.34-1.35 — `filter-prerouting-pre-dnat` / `filter-output-pre-dnat` (PR #132456).
 * v1.36 — no `mark-for-masquerade` chain, DNAT from the service chain through a numgen map, the
   `hairpin-connections` set (PRs #135800, #136499).
@@ -35,9 +36,11 @@ def generation(rs: NftRuleset) -> str:
         return "after-v1.36" if _direct_service_dnat(rs) else "v1.36"
     if "filter-prerouting-pre-dnat" in chains or "filter-output-pre-dnat" in chains:
         return "v1.34-1.35"
-    if "nodeport-ips" in sets:
+    # the no-endpoint check split in two (service-/nodeport-endpoints-check) after early 1.30; the `nodeport-ips`
+    # set is no sign of either: it is there or not by nodePortAddresses
+    if "service-endpoints-check" in chains or "nodeport-endpoints-check" in chains:
         return "v1.30-1.33"
-    if "cluster-ips" in sets:
+    if "endpoints-check" in chains or "cluster-ips" in sets:
         return "v1.30-early"
     return "unknown"
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import socket
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -86,9 +87,17 @@ class HashedName:
         if not self.endpoint or "/" not in self.endpoint:
             return None
         ip, _, port = self.endpoint.rpartition("/")
-        if ip.count(".") != 3:  # IPv6 written with dots for colons
+        if not _is_ipv4(ip):  # IPv6 written with dots for colons ("fd00.244..5" has three dots too)
             ip = ip.replace(".", ":")
         return ip, int(port) if port.isdigit() else None
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        return False
+    return True
 
 
 @lru_cache(maxsize=65536)

@@ -57,7 +57,7 @@ def read_json_listing(text: str | bytes, source: str = "") -> list[NftRuleset]:
     for item in items:
         if not isinstance(item, dict) or len(item) != 1:
             continue
-        kind, obj = next(iter(item.items()))
+        ((kind, obj),) = item.items()
         if kind == "metainfo":
             version = obj.get("version")
         elif kind == "table":
@@ -137,7 +137,7 @@ def _map_value(raw):
 
 def _verdict(raw) -> Verdict | None:
     if isinstance(raw, dict) and len(raw) == 1:
-        kind, arg = next(iter(raw.items()))
+        ((kind, arg),) = raw.items()
         if kind in VERDICT_KINDS:
             return Verdict(kind, arg.get("target") if isinstance(arg, dict) else None)
     return None
@@ -169,7 +169,7 @@ def _selector(raw) -> tuple[tuple[str, ...], int | None] | None:
     """An expression's key as selector texts (one per part of a concatenation) and a mask, or None."""
     if not isinstance(raw, dict) or len(raw) != 1:
         return None
-    kind, arg = next(iter(raw.items()))
+    ((kind, arg),) = raw.items()
     if kind == "concat":
         parts = [_selector(p) for p in arg]
         if any(p is None or p[1] is not None for p in parts):
@@ -210,10 +210,9 @@ def _rule(obj: dict, table: str, position: int) -> Rule:
 def _statement(expr: dict, rule: Rule):
     if not isinstance(expr, dict) or len(expr) != 1:
         return Other(json.dumps(expr))
-    kind, arg = next(iter(expr.items()))
-    verdict = _verdict(expr)
-    if verdict is not None:
-        return verdict
+    ((kind, arg),) = expr.items()
+    if kind in VERDICT_KINDS:
+        return Verdict(kind, arg.get("target") if isinstance(arg, dict) else None)
     if kind == "match":
         key = _selector(arg.get("left"))
         if key is None:

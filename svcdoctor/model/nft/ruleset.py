@@ -249,6 +249,8 @@ class NftRuleset:
     source: str = ""  # where it was read from
     listing: str = ""  # "json" | "text"
     nft_version: str | None = None  # from the JSON metainfo
+    # indexes worked out once per table by the code that reads it many times (model/nft/explain.py)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def table(self) -> str:

@@ -6,7 +6,9 @@ What is counted is what kube-proxy's nat rules count: a nat rule sees only the f
 A row is an endpoint of a split chain (KUBE-SVC/KUBE-SVL -> KUBE-SEP, keyed by the SEP chain, whose name is a hash
 of the service port and the endpoint, so it survives rewrites), a blackhole rule (filter DROP or REJECT of the
 service, keyed by its text), or, without a service, any counted kube-proxy rule (svcdoctor/model/watch/busiest.py).
-Every key holds the address family: a dual-stack node has an IPv4 and an IPv6 chain of the same name.
+Every key holds the address family: a dual-stack node has an IPv4 and an IPv6 chain of the same name. Where a
+node's rules keep no counters, its endpoint rows are counted from conntrack instead (flows.py: keyed by the split
+chain and the endpoint's address, with a running count of connections where a rule would have its counter).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class RowReading:
     comment: str | None = None  # the rule's comment: a blackhole's reason in kube-proxy's words
     split_signature: tuple = ()  # the chain's split as written: a change starts the split test again
     family: str = IPV4  # iptables or ip6tables
+    source: str = "counters"  # counters (a rule's) | conntrack (connections listed, model/watch/flows.py)
+    tracked: int | None = None  # conntrack rows: the connections conntrack holds for the row now
 
     @property
     def packets(self) -> int:
@@ -197,6 +201,8 @@ class SplitCheck:
     affinity_connections: int = 0
     family: str = IPV4
     evidence: ServiceSplitEvidence | None = None  # scope service, when it departs
+    source: str = "counters"  # what the chain's rows were counted from (counters | conntrack)
+    untested: str | None = None  # why the test is not run at all (rather than "not enough connections yet")
 
     @property
     def connections(self) -> int:
@@ -204,7 +210,7 @@ class SplitCheck:
 
     @property
     def departs(self) -> bool:
-        return self.fit is not None and self.fit.p_value < SIGNIFICANCE
+        return self.fit is not None and self.fit.p_value < SIGNIFICANCE and self.untested is None
 
 
 @dataclass(slots=True)
@@ -220,6 +226,14 @@ class Frame:
     failed: dict[str, str] = field(default_factory=dict)  # node -> why this sample could not read it
     elapsed: dict[str, float] = field(default_factory=dict)  # node -> seconds since its previous read
     top: int | None = None  # without a service: how many of the busiest rules the frame is about
+    sources: dict[str, str] = field(default_factory=dict)  # node -> counters | conntrack: what its rows count
+    nftables_nodes: list[str] = field(default_factory=list)  # nodes in nftables mode (counted from conntrack)
+
+    @property
+    def source(self) -> str:
+        """counters or conntrack when every node read is counted the same way, else mixed."""
+        kinds = set(self.sources.values())
+        return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "counters")
 
     @property
     def baseline(self) -> bool:

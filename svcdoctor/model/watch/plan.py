@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from svcdoctor.model import rule_text
 from svcdoctor.model.hashes import ENDPOINT_CHAIN_PREFIX, SERVICE_CHAIN_PREFIXES, chain_kind, service_chain
+from svcdoctor.model.nft.names import expected_name, service_base
 from svcdoctor.model.rules import NodeRules, Rule
 from svcdoctor.model.service_rules import FILTER_ENTRY_CHAINS, service_port_of_comment
 from svcdoctor.model.watch.listing import IPV4, IPV6, Listings, listings_from_rules
@@ -19,6 +20,8 @@ from svcdoctor.model.watch.listing import IPV4, IPV6, Listings, listings_from_ru
 SPLIT_CHAIN_KINDS = ("svc", "svl", "xlb")
 # svc/svl/ext/fw -> kube-proxy's prefix, by the kind hashes.chain_kind gives a chain of that prefix
 PORT_CHAIN_PREFIXES = {chain_kind(prefix + "A" * 16): prefix for prefix in SERVICE_CHAIN_PREFIXES}
+# the same chains in nftables mode (svcdoctor/model/nft/names.py): svc/svl/ext/fw -> the prefix of their names
+NFT_CHAIN_PREFIXES = {"svc": "service", "svl": "local", "ext": "external", "fw": "firewall"}
 
 
 @dataclass(slots=True)
@@ -33,13 +36,24 @@ class PortWatch:
     svc_port_name: str  # "ns/name:port"
     protocol: str
     chains: dict[str, str]  # svc/svl/ext/fw -> kube-proxy's name for this port (read whether it exists or not)
+    nft_chains: dict[str, str] = field(default_factory=dict)  # svc/svl/ext/fw -> the name in nftables mode
     # (node, family) -> split chain -> the entries that lead into it ("clusterIP 10.96.0.1:80")
     entries: dict[tuple[str, str], dict[str, list[str]]] = field(default_factory=dict)
     affinity_seconds: int | None = None
 
     @property
     def split_chains(self) -> tuple[str, ...]:
-        return (self.chains["svc"], self.chains["svl"])
+        """The chains that draw an endpoint: iptables' KUBE-SVC and KUBE-SVL, and their nftables namesakes."""
+        return tuple(c for c in (self.chains["svc"], self.chains["svl"], self.nft_chains.get("svc"),
+                                 self.nft_chains.get("svl")) if c)
+
+    def kind_of(self, chain: str) -> str | None:
+        """svc, svl, ext or fw for one of this port's chains in either mode, else None."""
+        for names in (self.chains, self.nft_chains):
+            for kind, name in names.items():
+                if name == chain:
+                    return kind
+        return None
 
     def entries_into(self, node: str, chain: str, family: str = IPV4) -> list[str]:
         return self.entries.get((node, family), {}).get(chain, [])
@@ -82,7 +96,7 @@ class ServiceWatchPlan:
 
     def port_of_chain(self, chain: str) -> PortWatch | None:
         for p in self.ports:
-            if chain in p.chains.values():
+            if p.kind_of(chain) is not None:
                 return p
         return None
 
@@ -131,7 +145,8 @@ def plan_service_watch(view, node_rules: dict[str, NodeRules], cluster=None,
     for pv in view.ports:
         port = PortWatch(pv.svc_port_name, pv.protocol.lower(),
                          {kind: service_chain(prefix, pv.svc_port_name, pv.protocol)
-                          for kind, prefix in PORT_CHAIN_PREFIXES.items()})
+                          for kind, prefix in PORT_CHAIN_PREFIXES.items()},
+                         _nft_chains(view.namespace, view.name, pv.svc_port_name, pv.protocol))
         if pv.api is not None and pv.api.session_affinity == "ClientIP":
             port.affinity_seconds = pv.api.session_affinity_timeout
         for nv in pv.nodes:
@@ -145,6 +160,14 @@ def plan_service_watch(view, node_rules: dict[str, NodeRules], cluster=None,
                 plan.ipv6_tables[node] = frozenset(t for t in ("nat", "filter") if rules.table(t) is not None)
             _learn_endpoints(plan, rules, family)
     return plan
+
+
+def _nft_chains(namespace: str, name: str, svc_port_name: str, protocol: str) -> dict[str, str]:
+    """The port's chains as kube-proxy's nftables proxier names them (pkg/proxy/nftables/proxier.go
+    servicePortChainNameBase): `service-HASH-ns/name/tcp/port`, and local-, external-, firewall-."""
+    _svc, _, port_name = svc_port_name.partition(":")
+    base = service_base(namespace, name, protocol, port_name)
+    return {kind: expected_name(prefix, base) for kind, prefix in NFT_CHAIN_PREFIXES.items()}
 
 
 def _add_entry(port: PortWatch, node: str, entry) -> None:

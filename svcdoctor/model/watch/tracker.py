@@ -20,6 +20,7 @@ from svcdoctor.model.watch.frame import (
     SplitCheck,
 )
 from svcdoctor.model.watch.listing import IPV4
+from svcdoctor.model.watch.flows import CONNTRACK
 from svcdoctor.model.watch.plan import PortWatch, ServiceWatchPlan
 from svcdoctor.model.watch.stats import chi_square_test, connections_needed
 
@@ -146,7 +147,9 @@ class WatchTracker:
             if row.reading.kind == "endpoint" and row.change != "gone":
                 groups.setdefault((row.reading.node, row.reading.family, row.reading.chain), []).append(row)
         for (node, family, chain), rows in sorted(groups.items()):
-            frame.splits.append(self._chain_split(frame, node, family, chain, rows))
+            port = plan.port_of_chain(chain)
+            frame.splits.append(self._chain_split(frame, node, family, chain, rows,
+                                                  port.affinity_seconds if port is not None else None))
         families = sorted({family for _node, family, _chain in groups})
         for port in plan.ports:
             for family in families:
@@ -155,7 +158,8 @@ class WatchTracker:
                 if check is not None:
                     frame.splits.append(check)
 
-    def _chain_split(self, frame: Frame, node: str, family: str, chain: str, rows: list[Row]) -> SplitCheck:
+    def _chain_split(self, frame: Frame, node: str, family: str, chain: str, rows: list[Row],
+                     affinity_seconds: int | None = None) -> SplitCheck:
         """One node's split chain against the probabilities its rules give (returning clients left out)."""
         state = self._split_state(("chain", node, family, chain), rows[0].reading.split_signature, frame, rows)
         for row in rows:
@@ -171,7 +175,11 @@ class WatchTracker:
                            [state.counts.get(r.reading.endpoint, 0) for r in ordered],
                            [r.reading.expected for r in ordered], state.since,
                            connections_needed([r.reading.expected for r in ordered]),
-                           affinity_connections=state.affinity, family=family)
+                           affinity_connections=state.affinity, family=family, source=rows[0].reading.source)
+        if check.source == CONNTRACK and affinity_seconds:
+            # a rule counter tells an affinity hit from a random draw (its own rule); a connection does not
+            check.untested = ("not tested: with session affinity, conntrack cannot tell returning clients from "
+                              "random draws")
         self._test(check)
         return check
 
@@ -192,7 +200,7 @@ class WatchTracker:
         rows = [r for (node, chain), rs in groups.items() if chain in port.split_chains for r in rs]
         if not rows:
             return None
-        endpoints = sorted({r.reading.endpoint for r in rows if r.reading.chain == port.chains["svc"]}
+        endpoints = sorted({r.reading.endpoint for r in rows if port.kind_of(r.reading.chain) == "svc"}
                            or {r.reading.endpoint for r in rows})
         key = ("service", port.svc_port_name) if family == IPV4 else ("service", port.svc_port_name, family)
         state = self._split_state(key, tuple(endpoints), frame, rows)
@@ -211,7 +219,7 @@ class WatchTracker:
 
     @staticmethod
     def _test(check: SplitCheck) -> None:
-        if len(check.shares) >= 2 and check.connections >= check.needed:
+        if check.untested is None and len(check.shares) >= 2 and check.connections >= check.needed:
             check.fit = chi_square_test(check.observed, check.shares)
 
 
@@ -219,14 +227,18 @@ def _service_evidence(port: PortWatch, rows: list[Row], groups: dict[tuple[str, 
                       pods: dict[str, str]) -> ServiceSplitEvidence:
     """The counters' evidence for the usual causes of an uneven service split."""
     local: dict[str, int] = {}
+    names = {"svc": port.chains["svc"], "svl": port.chains["svl"]}  # named as the rows name them (nft or iptables)
     for row in rows:
-        if row.reading.chain == port.chains["svl"]:
+        kind = port.kind_of(row.reading.chain)
+        if kind in names:
+            names[kind] = row.reading.chain
+        if kind == "svl":
             local[row.reading.node] = local.get(row.reading.node, 0) + row.total_packets
     sets = {node: frozenset(r.reading.endpoint for r in rs) for (node, chain), rs in groups.items()
-            if chain == port.chains["svc"]}
+            if port.kind_of(chain) == "svc"}
     disagree = len(set(sets.values())) > 1
     return ServiceSplitEvidence(
-        port.chains["svc"], port.chains["svl"],
+        names["svc"], names["svl"],
         sorted(((node, n) for node, n in local.items() if n > 0), key=lambda t: -t[1]),
         {node: len(eps) for node, eps in sorted(sets.items())} if disagree else {},
         port.affinity_seconds, pods)

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Runs INSIDE a lab node: program it the way kubelet and kube-proxy do.
-# usage: program-rules.sh <kube-proxy's iptables: iptables|iptables-legacy> <restore file or "none">
-# kubelet's chains always go to the node's own backend (nft here); kube-proxy's restore input goes to $IPT with
-# --noflush (Docker's embedded-DNS rules in the node stay, as on real kind nodes), then its jumps from the built-in
-# chains are ensured one by one (EnsureRule, pkg/proxy/iptables/proxier.go iptablesJumpChains).
+# usage: program-rules.sh <kube-proxy's mode: iptables|iptables-legacy|nft> <rules file or "none">
+# kubelet's chains always go to the node's own backend (nft here). iptables mode: kube-proxy's restore input goes
+# to $IPT with --noflush (Docker's embedded-DNS rules in the node stay, as on real kind nodes), then its jumps from
+# the built-in chains are ensured one by one (EnsureRule, pkg/proxy/iptables/proxier.go iptablesJumpChains).
+# nftables mode: kube-proxy's `nft -f` input (its own table, base chains hooked by themselves).
 set -eu
 IPT=$1 RULES=$2
 iptables-nft-restore --noflush <<'KUBELET'
@@ -19,6 +20,11 @@ COMMIT
 COMMIT
 KUBELET
 [ "$RULES" = none ] && exit 0
+if [ "$IPT" = nft ]; then
+  exec nft -f "$RULES"
+fi
+# iptables mode: kube-proxy's startup cleanup of the nftables mode's table (a node that ran in nftables mode)
+if nft list table ip kube-proxy >/dev/null 2>&1; then nft delete table ip kube-proxy; fi
 "$IPT-restore" --noflush <<'CANARY'
 *mangle
 :KUBE-PROXY-CANARY - [0:0]
