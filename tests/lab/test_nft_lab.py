@@ -297,3 +297,36 @@ def test_watch_counts_each_endpoints_connections_from_conntrack(nft_lab, nft_kub
     assert deltas(sc.CONTROL_PLANE) == by_pod
     assert deltas(sc.WORKER) == from_mypc
     assert deltas(sc.WORKER2) == deltas(sc.WORKER3) == {}
+
+
+# A stand-in for an nft built without JSON support (no such build is to be had here): the node's real nft moved
+# aside, and in its place a script that answers `-j` as such a build does ("JSON support not compiled-in", exit 1)
+# and runs the real nft for everything else. Fixed text, no input in it.
+NFT_WITHOUT_JSON = """#!/bin/sh
+for arg in "$@"; do
+  if [ "$arg" = "-j" ] || [ "$arg" = "--json" ]; then
+    echo "Error: JSON support not compiled-in" >&2
+    exit 1
+  fi
+done
+exec /usr/sbin/nft.real "$@"
+"""
+
+
+def test_a_node_whose_nft_has_no_json_is_read_from_the_text_and_said(nft_lab, nft_kubeconfig):
+    node = sc.WORKER2
+    nft_lab._exec(node, ["mv", "/usr/sbin/nft", "/usr/sbin/nft.real"])
+    try:
+        nft_lab._exec(node, ["sh", "-c", f"cat > /usr/sbin/nft <<'EOF'\n{NFT_WITHOUT_JSON}EOF\nchmod 755 /usr/sbin/nft"])
+        assert "JSON support not compiled-in" in nft_lab._exec(node, ["sh", "-c", "nft -j list tables 2>&1"],
+                                                                  check=False)
+        doc = run_json("check", *LIVE, "--kubeconfig", nft_kubeconfig)
+        found = {(f["id"], f["node"], f["service"]) for f in doc["findings"]}
+        assert found == BY_DESIGN | {("nft-without-json", node, None)}
+        # and the node's routing is the same, read from the text listing
+        text_doc = explain("svc-nodeport", nft_kubeconfig)
+        cluster_ip = entry(text_doc, node, "clusterIP")
+        assert cluster_ip["verdict"] == "dnat" and len(cluster_ip["endpoints"]) == 3
+    finally:
+        nft_lab._exec(node, ["mv", "/usr/sbin/nft.real", "/usr/sbin/nft"])
+    assert "service-ips" in nft_lab.nft_list(node)
