@@ -139,3 +139,53 @@ def test_check_and_the_terminal_say_it(bundle):
     view = run_cli("trace", "--dst", "10.96.0.22:80", "--src", "10.244.1.99", "--bundle", bundle)
     assert "the iptables rules left from iptables mode still do" in " ".join(view.stdout.split())
     assert json.loads(run_cli("trace", "--dst", "10.96.0.20:80", "--bundle", bundle, "-o", "json").stdout)
+
+
+# --- other owners' iptables rules on an nftables node (a firewall, another DNAT) --------------------------------
+FIREWALL = ("-t", "filter", "-A", "OUTPUT", "-d", "10.244.2.21/32", "-p", "tcp", "--dport", "8080", "-m", "comment",
+            "--comment", "firewall: not to 10.244.2.21", "-j", "REJECT")
+OTHER_DNAT = ("-t", "nat", "-A", "OUTPUT", "-d", "10.96.0.99/32", "-p", "tcp", "--dport", "80", "-j", "DNAT",
+              "--to-destination", "10.244.9.9:8080")
+
+
+@pytest.fixture(scope="module")
+def owners(tmp_path_factory):
+    """kube-proxy in nftables mode (the Services as they are now), and two iptables rules of other owners: a
+    firewall rule that rejects one endpoint, and a DNAT of an address kube-proxy does not have."""
+    require_netns()
+    now = build_cluster_model(*NOW)
+    nft_text = expected_ruleset(now.service_ports, NftProxySettings(
+        node_name="node-a", node_ips=(NODE_IP,), pod_cidrs=("10.244.0.0/16",), service_cidrs=("10.96.0.0/16",)))
+    with Namespace() as ns:
+        ns.run("nft", "-f", "-", input=nft_text)
+        ns.iptables(*FIREWALL)
+        ns.iptables(*OTHER_DNAT)
+        reached = _connect_from_the_node(ns, ["10.96.0.20", "10.96.0.99"], tries=8)
+        rejected = int(re.search(r"\[(\d+):\d+\] -A OUTPUT -d 10.244.2.21", ns.save()).group(1))
+        saved, listing = ns.save(), ns.run("nft", "-j", "list", "table", "ip", "kube-proxy").stdout
+    node = NodeCapture(name="node-a", iptables_save=saved, nftables_json=listing, internal_ip=NODE_IP,
+                       proxy_mode="nftables")
+    api = ApiObjects(services=NOW[0], endpointslices=NOW[1], status="ok")
+    root = tmp_path_factory.mktemp("owners")
+    bundle = str(write_bundle(ClusterSnapshot(cluster="owners", nodes=[node], api=api), root / "bundle"))
+    return bundle, reached, rejected
+
+
+def test_a_firewall_rule_after_kube_proxys_dnat_stops_that_endpoint(owners):
+    bundle, reached, rejected = owners
+    doc = _trace(bundle, "10.96.0.20:80", src=NODE_IP)
+    verdicts = {f"{e['ip']}:{e['port']}": e["verdict"] for e in doc["endpoints"]}
+    assert verdicts == {"10.244.2.20:8080": "dnat", "10.244.2.21:8080": "reject"}
+    assert doc["verdict"] == "dnat"  # some connections still get through
+    assert any("firewall: not to 10.244.2.21" in (s["comment"] or "") for s in doc["stoppedBy"])
+    assert any("after kube-proxy's DNAT" in n for n in doc["notes"])
+    # the kernel: connections DNATed to .21 were rejected by that rule (its counter), those to .20 went out
+    assert rejected > 0 and "10.244.2.20:8080" in reached["10.96.0.20"]
+
+
+def test_another_owners_dnat_takes_what_kube_proxy_does_not_have(owners):
+    bundle, reached, _ = owners
+    doc = _trace(bundle, "10.96.0.99:80", src=NODE_IP)
+    assert [f"{e['ip']}:{e['port']}" for e in doc["endpoints"]] == ["10.244.9.9:8080"]
+    assert any("other owners'" in n for n in doc["notes"])
+    assert reached["10.96.0.99"] == {"10.244.9.9:8080"}

@@ -8,7 +8,7 @@ from svcdoctor.errors import UsageError
 from svcdoctor.inputs import LoadedInput
 from svcdoctor.model import rule_text
 from svcdoctor.model.cluster import ClusterModel
-from svcdoctor.model.mixed_trace import trace_with_leftovers
+from svcdoctor.model.mixed_trace import trace_with_iptables
 from svcdoctor.model.nft_trace import trace_nft_packet
 from svcdoctor.model.service_rules import service_port_of_comment
 from svcdoctor.model.trace import TraceResult, trace_packet
@@ -48,11 +48,12 @@ def run_trace(loaded: LoadedInput, src: str | None, dst: str, dport: int, protoc
     nodes = list(loaded.rules_for(dst)) + [n for n in nft_tables if n not in loaded.rules_for(dst)]
     for node in nodes:
         ips = list(node_ips or known_ips.get(node) or [])
-        leftovers = loaded.rules_for(dst).get(node)
-        if node in nft_tables and leftovers is not None and leftovers.has_kube_proxy_rules():
-            # kube-proxy's iptables chains left on an nftables node: both run, in the kernel's order
-            result = trace_with_leftovers(leftovers, nft_tables[node], src or OUTSIDE_CLIENT, dst, dport, protocol,
-                                          ips, node=node)
+        iptables = loaded.rules_for(dst).get(node)
+        if node in nft_tables and iptables is not None and iptables.rule_count:
+            # iptables rules on an nftables node (kube-proxy's leftovers, other owners'): both run, in the
+            # kernel's order (model/mixed_trace.py)
+            result = trace_with_iptables(iptables, nft_tables[node], src or OUTSIDE_CLIENT, dst, dport, protocol,
+                                         ips, node=node)
         elif node in nft_tables:  # nftables mode: kube-proxy's table, hook by hook
             result = trace_nft_packet(nft_tables[node], src or OUTSIDE_CLIENT, dst, dport, protocol, ips, node=node)
         elif node in loaded.nft:
