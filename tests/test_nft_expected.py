@@ -55,6 +55,9 @@ def run_flows(services: list[dict], slices: list[dict], settings: NftProxySettin
             if got != (want, flow["masq"]):
                 failures.append(f"{form}: {flow['name']}: got {got}, kube-proxy {(want, flow['masq'])}")
     failures += _cli_flows(as_json, as_text, flows)
+    from test_nft_generations import assert_names_verified
+
+    assert_names_verified(text, as_json, as_text)  # every hashed name, in the text and as nft lists it
     assert not failures, "\n".join(failures) + "\n" + text
     return len(flows)
 
