@@ -32,7 +32,7 @@ INTERFACE_IPS = ("192.168.0.2", "192.168.1.2", "192.168.99.11", "2001:db8::1", "
 TRACER_NODE_IPS = list(INTERFACE_IPS)
 
 # hashed object names as kube-proxy writes them (names.py PREFIXES), wherever they stand in a rule or element
-HASHED_NAME = re.compile(r"(?<![\w-])(?:service|local|external|firewall|endpoint|affinity)-[A-Z2-7]{8}-[^\s,}]+")
+HASHED_NAME = re.compile(r'(?<![\w-])(?:service|local|external|firewall|endpoint|affinity)-[A-Z2-7]{8}-[^\s,}"]+')
 
 
 def fake_settings(family: str = "IPv4", node_port_addresses=("192.168.0.2/32", "2001:db8::1/128"),
