@@ -331,3 +331,29 @@ def test_services_and_addresses_on_nft_nodes(listed, tmp_path):
         found = run_cli("explain", address, "--bundle", str(dump), "-o", "json")
         assert found.exit_code == 0, (address, found.stderr)
         assert "{namespace}/{name}".format(**found.json()["service"]) == service
+
+
+def test_a_node_with_pinned_clients_is_not_folded_with_the_others(tmp_path):
+    """explain folds nodes with the same rules into one block; a node whose affinity sets pin clients (live state
+    of that node) is shown apart, with its pinned clients."""
+    from cli_run import run_cli
+
+    require_netns()
+    with Namespace() as ns:
+        run = ["ip", "netns", "exec", ns.name, "nft"]
+        subprocess.run(run + ["-f", "-"], input=ruleset(SERVICES), text=True, check=True, capture_output=True)
+        listed = lambda: subprocess.run(run + ["-j", "list", "table", "ip", "kube-proxy"], text=True, check=True,  # noqa: E731
+                                        capture_output=True).stdout
+        plain = listed()
+        (affinity,) = [name for name in read_listing(plain)[0].sets if name.startswith("affinity-")]
+        subprocess.run(run + ["add", "element", "ip", "kube-proxy", affinity, "{ 10.0.0.5 }"], check=True,
+                       capture_output=True)
+        pinned = listed()
+    for node, dump in (("w1", plain), ("w2", pinned), ("w3", plain)):
+        (tmp_path / "nodes" / node).mkdir(parents=True)
+        (tmp_path / "nodes" / node / "nftables.json").write_text(dump)
+    view = run_cli("explain", "ns2/sticky", "--bundle", str(tmp_path)).stdout
+    assert "w1, w3: same rules" in view
+    block = view[view.index("\n  w2"):]
+    assert "client 10.0.0.5 pinned to 10.180.1.5:8080" in " ".join(block.split())
+    assert view.count("pinned to") == 1

@@ -34,7 +34,9 @@ def _counter(packets, label="pkts") -> str:
 def _node_signature(nv) -> tuple:
     return tuple(
         (e.kind, e.destination, e.verdict, e.masquerade, tuple(e.path), tuple(e.counters_shared_with),
-         tuple((ep.ip, ep.port, ep.chain, round(ep.probability, 6)) for ep in e.endpoints))
+         tuple((ep.ip, ep.port, ep.chain, round(ep.probability, 6)) for ep in e.endpoints),
+         # nftables' affinity sets are each node's own live state: a node with pinned clients is shown apart
+         tuple((client, endpoint) for client, endpoint, _ in e.pinned))
         for e in nv.entries
     )
 
