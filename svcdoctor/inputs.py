@@ -77,19 +77,34 @@ class LoadedInput:
 
     def capture(self, node: str) -> NodeCapture | None:
         """What was read from one node (its backend, proxy mode, role, IP); None for a node not in the input."""
-        for n in self.snapshot.nodes:
-            if n.name == node:
-                return n
-        return None
+        by_name = self.index_cache.get("captures")
+        if by_name is None or len(by_name) != len(self.snapshot.nodes):
+            # an index, not a scan per call: commands ask for every node's capture (5,000 nodes through the API)
+            by_name = self.index_cache["captures"] = {n.name: n for n in self.snapshot.nodes}
+        return by_name.get(node)
 
     @property
     def node_ips(self) -> dict[str, list[str]]:
-        out = {}
-        for n in self.snapshot.nodes:
-            ips = [n.internal_ip] if n.internal_ip else []
-            if not ips and self.cluster is not None:
-                ips = self.cluster.node_ips.get(n.name, [])
-            out[n.name] = ips
+        """node -> its addresses (node.json's, else the Node object's); worked out once (it is asked per node)."""
+        out = self.index_cache.get("node_ips")
+        if out is None:
+            out = {}
+            for n in self.snapshot.nodes:
+                ips = [n.internal_ip] if n.internal_ip else []
+                if not ips and self.cluster is not None:
+                    ips = self.cluster.node_ips.get(n.name, [])
+                out[n.name] = ips
+            self.index_cache["node_ips"] = out
+        return out
+
+    @property
+    def pod_cidrs(self) -> dict[str, list[str]]:
+        """node -> the podCIDRs of its Node object (the API's), worked out once."""
+        out = self.index_cache.get("pod_cidrs")
+        if out is None:
+            out = self.index_cache["pod_cidrs"] = {
+                (item.get("metadata") or {}).get("name") or "": list((item.get("spec") or {}).get("podCIDRs") or [])
+                for item in self.snapshot.api.nodes or []}
         return out
 
 

@@ -22,7 +22,8 @@ from svcdoctor.model.rules import NodeRules
 def check_service(loaded: LoadedInput, service: str) -> list[Finding]:
     """`check`'s per-service findings for one service ("ns/name"), on the same engine and with the same answers,
     reading only that service's rules: what `explain` shows. Node-wide findings are not included."""
-    checked = [n for n in sorted(loaded.rules) if n not in skipped_nodes(loaded) and n not in loaded.nft]
+    skipped = skipped_nodes(loaded)
+    checked = [n for n in sorted(loaded.rules) if n not in skipped and n not in loaded.nft]
     cluster = loaded.cluster
     found: list[Finding] = []
     for family in FAMILIES:
@@ -39,9 +40,8 @@ def check_service(loaded: LoadedInput, service: str) -> list[Finding]:
 def skipped_nodes(loaded: LoadedInput) -> dict[str, str]:
     """Nodes whose services are not checked: ipvs and nftables modes keep (some of) their rules elsewhere, so
     their iptables rules say nothing per service."""
-    captures = {n.name: n for n in loaded.snapshot.nodes}
-    return {n: f"kube-proxy runs in {captures[n].proxy_mode} mode there" for n in sorted(loaded.rules)
-            if (captures[n].proxy_mode or "iptables") != "iptables" and n not in loaded.nft}
+    return {n: f"kube-proxy runs in {loaded.capture(n).proxy_mode} mode there" for n in sorted(loaded.rules)
+            if (loaded.capture(n).proxy_mode or "iptables") != "iptables" and n not in loaded.nft}
 
 
 FAMILIES = ("IPv4", "IPv6")
@@ -72,11 +72,10 @@ def node_with_api(loaded: LoadedInput, node: str, rules: NodeRules, overrides: d
     if node in overrides and family == "IPv4":
         return NodeInput(node, rules, overrides[node], "given")
     api = loaded.snapshot.api
-    pod_cidrs = {_name(item): list((item.get("spec") or {}).get("podCIDRs") or []) for item in api.nodes or []}
     ips = _addresses(loaded.node_ips.get(node, []) + (loaded.cluster.node_ips.get(node, []) if loaded.cluster
                                                       else []))
     ips = sorted(dict.fromkeys(ips), key=lambda ip: (":" in ip) != (family == "IPv6"))
-    s, source = node_settings(node, rules, ips, api.kube_proxy_config, pod_cidrs.get(node))
+    s, source = node_settings(node, rules, ips, api.kube_proxy_config, loaded.pod_cidrs.get(node))
     return NodeInput(node, rules, s, source)
 
 
@@ -90,10 +89,6 @@ def _addresses(ips: list[str]) -> list[str]:
             continue
         out.append(ip)
     return out
-
-
-def _name(item: dict) -> str:
-    return (item.get("metadata") or {}).get("name") or ""
 
 
 def diff_nodes_in_parallel(nodes: list[NodeInput], cluster: ClusterModel, ports: list[ServicePort] | None,
