@@ -357,3 +357,14 @@ def test_a_node_with_pinned_clients_is_not_folded_with_the_others(tmp_path):
     block = view[view.index("\n  w2"):]
     assert "client 10.0.0.5 pinned to 10.180.1.5:8080" in " ".join(block.split())
     assert view.count("pinned to") == 1
+
+
+def test_the_terminal_view_says_numgen_shares_as_nftables_writes_them(listed, tmp_path):
+    """`numgen random mod 3`: each branch is exactly 1/3, said as such (not as an iptables probability)."""
+    from cli_run import run_cli
+
+    _, as_json, _ = listed
+    dump = tmp_path / "node1.json"
+    dump.write_text(as_json)
+    view = run_cli("explain", "ns1/web", "--bundle", str(dump)).stdout
+    assert view.count("(numgen 1/3)") == 6 and "p=0." not in view  # cluster IP and node port, 3 endpoints each

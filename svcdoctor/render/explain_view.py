@@ -76,6 +76,14 @@ def _humane_condition(text: str) -> str:
     return f"{' and '.join(out)} ({chain})"
 
 
+def _written_share(ep) -> str:
+    """What the rules say of an endpoint's share: iptables' `--probability` as written, nftables' numgen branch
+    (`numgen random mod N`: exactly 1/N; kube-proxy's nftables chains are not KUBE-…)."""
+    if not ep.chain.startswith("KUBE-"):
+        return f"numgen 1/{round(1 / ep.rule_probability)}"
+    return f"p={ep.rule_probability:.11f}"
+
+
 def _counted(nodes) -> bool:
     """Whether the nodes' rules have counters (iptables mode); kube-proxy's nftables rules have none."""
     return any(e.entry_rule is not None and e.entry_rule.packets is not None for nv in nodes for e in nv.entries)
@@ -152,7 +160,7 @@ def _entry_tree(entries_by_node: list, wide: bool, names: list[str], namespace: 
             ep_packets = _sum(per_node)
             line = Text()
             line.append(_pct(ep.probability), style="bold")
-            written = (f"p={ep.rule_probability:.11f}" if ep.rule_probability is not None
+            written = (_written_share(ep) if ep.rule_probability is not None
                        else ("rest" if n > 1 else "only"))
             line.append(f"  ({written})  ", style="dim")
             line.append(f"{ep.ip}:{ep.port}", style="green")
