@@ -11,7 +11,7 @@ Pure data: no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # chain names (proxier.go constants)
 FILTER_PREROUTING = "filter-prerouting"
@@ -110,107 +110,80 @@ _V134_JUMPS = (
     Jump(FILTER_OUTPUT, CLUSTER_IPS_CHECK),
 )
 
-LAYOUTS: dict[str, Layout] = {
+# Each layout as what changed from the one before it (dataclasses.replace), so the history reads in order.
+_V129_ALPHA = Layout(
     # The first alpha (Kubernetes 1.29): filter chains at DNAT-1 on input/forward/output only, so the firewall
     # check sees post-DNAT addresses; fixed by PR #122614 (Jan 2024).
-    "v1.29-alpha": Layout(
-        name="v1.29-alpha",
-        base_chains=(
-            BaseChain(FILTER_INPUT, "filter", "input", -101),
-            BaseChain(FILTER_FORWARD, "filter", "forward", -101),
-            BaseChain(FILTER_OUTPUT, "filter", "output", -101),
-        ) + _NAT_CHAINS,
-        jumps=(
-            Jump(FILTER_INPUT, ENDPOINTS_CHECK),
-            Jump(FILTER_FORWARD, ENDPOINTS_CHECK),
-            Jump(FILTER_OUTPUT, ENDPOINTS_CHECK),
-            Jump(FILTER_FORWARD, FORWARD, ""),
-            Jump(FILTER_INPUT, FIREWALL_CHECK),
-            Jump(FILTER_OUTPUT, FIREWALL_CHECK),
-            Jump(FILTER_FORWARD, FIREWALL_CHECK),
-        ) + _NAT_JUMPS,
-        split_endpoints_check=False,
-        cluster_ips_check=False,
-        firewall_map=False,
-        firewall_element_comment=True,
-        forward_invalid_drop=True,
-        cluster_ip_masq_port=True,
-        service_chain_dnat=False,
+    name="v1.29-alpha",
+    base_chains=(
+        BaseChain(FILTER_INPUT, "filter", "input", -101),
+        BaseChain(FILTER_FORWARD, "filter", "forward", -101),
+        BaseChain(FILTER_OUTPUT, "filter", "output", -101),
+    ) + _NAT_CHAINS,
+    jumps=(
+        Jump(FILTER_INPUT, ENDPOINTS_CHECK),
+        Jump(FILTER_FORWARD, ENDPOINTS_CHECK),
+        Jump(FILTER_OUTPUT, ENDPOINTS_CHECK),
+        Jump(FILTER_FORWARD, FORWARD, ""),
+        Jump(FILTER_INPUT, FIREWALL_CHECK),
+        Jump(FILTER_OUTPUT, FIREWALL_CHECK),
+        Jump(FILTER_FORWARD, FIREWALL_CHECK),
+    ) + _NAT_JUMPS,
+    split_endpoints_check=False,
+    cluster_ips_check=False,
+    firewall_map=False,
+    firewall_element_comment=True,
+    forward_invalid_drop=True,
+    cluster_ip_masq_port=True,
+    service_chain_dnat=False,
+)
+# After PR #122614: pre-DNAT filtering at -110 (filter-prerouting), `firewall-ips`, `cluster-ips`; seen only in a
+# fork's development file (openshift/kubernetes), not tied to a release tag.
+_V130_EARLY = replace(
+    _V129_ALPHA,
+    name="v1.30-early",
+    base_chains=_V130_BASE,
+    jumps=(
+        Jump(FILTER_INPUT, ENDPOINTS_CHECK),
+        Jump(FILTER_FORWARD, ENDPOINTS_CHECK),
+        Jump(FILTER_OUTPUT, ENDPOINTS_CHECK),
+        Jump(FILTER_PREROUTING, FIREWALL_CHECK),
+        Jump(FILTER_OUTPUT, FIREWALL_CHECK),
+    ) + _NAT_JUMPS + (
+        Jump(FILTER_FORWARD, CLUSTER_IPS_CHECK),
+        Jump(FILTER_OUTPUT_POST_DNAT, CLUSTER_IPS_CHECK),
     ),
-    # After PR #122614: pre-DNAT filtering at -110 (filter-prerouting), `firewall-ips`, `cluster-ips`; seen only
-    # in a fork's development file (openshift/kubernetes), not tied to a release tag.
-    "v1.30-early": Layout(
-        name="v1.30-early",
-        base_chains=_V130_BASE,
-        jumps=(
-            Jump(FILTER_INPUT, ENDPOINTS_CHECK),
-            Jump(FILTER_FORWARD, ENDPOINTS_CHECK),
-            Jump(FILTER_OUTPUT, ENDPOINTS_CHECK),
-            Jump(FILTER_PREROUTING, FIREWALL_CHECK),
-            Jump(FILTER_OUTPUT, FIREWALL_CHECK),
-        ) + _NAT_JUMPS + (
-            Jump(FILTER_FORWARD, CLUSTER_IPS_CHECK),
-            Jump(FILTER_OUTPUT_POST_DNAT, CLUSTER_IPS_CHECK),
-        ),
-        split_endpoints_check=False,
-        cluster_ips_check=True,
-        firewall_map=True,
-        firewall_element_comment=True,
-        forward_invalid_drop=False,
-        cluster_ip_masq_port=True,
-        service_chain_dnat=False,
+    cluster_ips_check=True,
+    firewall_map=True,
+    forward_invalid_drop=False,
+)
+# Kubernetes 1.30 to 1.33: `endpoints-check` split in two. The firewall-ips element comment: kube-proxy's
+# TestOverallNFTablesRules of this layout has none (upstream v1.30.3's proxier.go wrote one); modelled as the test.
+_V130_133 = replace(
+    _V130_EARLY,
+    name="v1.30-1.33",
+    jumps=(
+        Jump(FILTER_INPUT, NODEPORT_ENDPOINTS_CHECK),
+        Jump(FILTER_INPUT, SERVICE_ENDPOINTS_CHECK),
+        Jump(FILTER_FORWARD, SERVICE_ENDPOINTS_CHECK),
+        Jump(FILTER_OUTPUT, SERVICE_ENDPOINTS_CHECK),
+        Jump(FILTER_PREROUTING, FIREWALL_CHECK),
+        Jump(FILTER_OUTPUT, FIREWALL_CHECK),
+    ) + _NAT_JUMPS + (
+        Jump(FILTER_FORWARD, CLUSTER_IPS_CHECK),
+        Jump(FILTER_OUTPUT_POST_DNAT, CLUSTER_IPS_CHECK),
     ),
-    # Kubernetes 1.30 to 1.33: `endpoints-check` split in two. The firewall-ips element comment: kube-proxy's
-    # TestOverallNFTablesRules of this layout has none (upstream v1.30.3's proxier.go wrote one); modelled as the test.
-    "v1.30-1.33": Layout(
-        name="v1.30-1.33",
-        base_chains=_V130_BASE,
-        jumps=(
-            Jump(FILTER_INPUT, NODEPORT_ENDPOINTS_CHECK),
-            Jump(FILTER_INPUT, SERVICE_ENDPOINTS_CHECK),
-            Jump(FILTER_FORWARD, SERVICE_ENDPOINTS_CHECK),
-            Jump(FILTER_OUTPUT, SERVICE_ENDPOINTS_CHECK),
-            Jump(FILTER_PREROUTING, FIREWALL_CHECK),
-            Jump(FILTER_OUTPUT, FIREWALL_CHECK),
-        ) + _NAT_JUMPS + (
-            Jump(FILTER_FORWARD, CLUSTER_IPS_CHECK),
-            Jump(FILTER_OUTPUT_POST_DNAT, CLUSTER_IPS_CHECK),
-        ),
-        split_endpoints_check=True,
-        cluster_ips_check=True,
-        firewall_map=True,
-        firewall_element_comment=False,
-        forward_invalid_drop=False,
-        cluster_ip_masq_port=True,
-        service_chain_dnat=False,
-    ),
-    # Kubernetes 1.34 to 1.35, PR #132456: only the firewall check before DNAT (-110), the rest at filter
-    # priority 0; `filter-output-post-dnat` folded into `filter-output`; the cluster-IP masquerade rule loses the port.
-    "v1.34-1.35": Layout(
-        name="v1.34-1.35",
-        base_chains=_V134_BASE,
-        jumps=_V134_JUMPS,
-        split_endpoints_check=True,
-        cluster_ips_check=True,
-        firewall_map=True,
-        firewall_element_comment=False,
-        forward_invalid_drop=False,
-        cluster_ip_masq_port=False,
-        service_chain_dnat=False,
-    ),
-    # Kubernetes 1.36, PRs #135800 and #136499: base chains as 1.34; DNAT from the service chain, hairpin by set.
-    "v1.36": Layout(
-        name="v1.36",
-        base_chains=_V134_BASE,
-        jumps=_V134_JUMPS,
-        split_endpoints_check=True,
-        cluster_ips_check=True,
-        firewall_map=True,
-        firewall_element_comment=False,
-        forward_invalid_drop=False,
-        cluster_ip_masq_port=False,
-        service_chain_dnat=True,
-    ),
-}
+    split_endpoints_check=True,
+    firewall_element_comment=False,
+)
+# Kubernetes 1.34 to 1.35, PR #132456: only the firewall check before DNAT (-110), the rest at filter priority 0;
+# `filter-output-post-dnat` folded into `filter-output`; the cluster-IP masquerade rule loses the port.
+_V134_135 = replace(_V130_133, name="v1.34-1.35", base_chains=_V134_BASE, jumps=_V134_JUMPS,
+                    cluster_ip_masq_port=False)
+# Kubernetes 1.36, PRs #135800 and #136499: base chains as 1.34; DNAT from the service chain, hairpin by set.
+_V136 = replace(_V134_135, name="v1.36", service_chain_dnat=True)
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (_V129_ALPHA, _V130_EARLY, _V130_133, _V134_135,
+                                                                  _V136)}
 
 DEFAULT_GENERATION = "v1.34-1.35"
