@@ -121,6 +121,26 @@ def plan_flows(view, nodes: list[str], plan: ServiceWatchPlan | None = None) -> 
     return out
 
 
+def plan_table_flows(nft: dict[str, list], cluster=None) -> FlowPlan:
+    """The flow plan of every service port of the nftables nodes' kube-proxy tables (node -> its ip and ip6
+    tables), for `watch` without a service: each port's entries and endpoints as explain walks them, the dispatch
+    maps read once per table (model/nft/explain.py dispatch_index), as `svcdoctor services` walks them
+    (model/service_list.py)."""
+    from svcdoctor.model.nft.explain import explain_nft_entries
+    from svcdoctor.model.nft.view import service_ports
+
+    # the API's port, when read, names the endpoints' pods and tells load-balancer IPs from external ones
+    api_ports = {(sp.svc_port_name, sp.protocol.lower()): sp for sp in (cluster.service_ports if cluster else [])}
+    out = FlowPlan()
+    for node, tables in nft.items():
+        for rs in tables:
+            for base, hashed in service_ports(rs).items():
+                api_port = api_ports.get((hashed.svc_port_name, hashed.protocol.lower()))
+                for entry in explain_nft_entries(rs, base, node, cluster, api_port):
+                    _add_entry(out, node, hashed.svc_port_name, hashed.protocol.lower(), entry, None)
+    return out
+
+
 def _add_entry(out: FlowPlan, node: str, svc_port_name: str, protocol: str, entry, plan) -> None:
     own = split_chain_of(entry.path) if entry.endpoints else None
     others = [c.target for c in entry.clients if is_split_chain(c.target)]
