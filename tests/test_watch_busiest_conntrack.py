@@ -19,7 +19,7 @@ from rich.console import Console
 from conntrack_node import (FIXTURE, NFT_NODE, NFT_SERVICES, WEB, NamespaceConntrackSampler, TrafficNode,
                             api_objects, endpoint_counts, nft_capture)
 from netns import require_netns
-from nft_rules import NODE_IP, ruleset
+from nft_rules import NODE_IP, Svc, ruleset
 from svcdoctor.collect.bundle import write_bundle
 from svcdoctor.collect.sampler import NodeReading
 from svcdoctor.collect.snapshot import ClusterSnapshot
@@ -157,3 +157,42 @@ def test_live_an_nftables_node_ranks_every_services_endpoints_by_new_connections
     assert doc["sources"] == {NFT_NODE: "conntrack"} and not doc["failedNodes"]
     assert sample_document(quiet, top=20)["rows"] == []  # TIME_WAIT connections are not new again
     assert "no kube-proxy rule counted anything in the last interval" in view_text(quiet)
+
+
+class AskedSampler(NamespaceConntrackSampler):
+    """The namespace's sampler, keeping the script's arguments of each read."""
+
+    def __init__(self, node: TrafficNode):
+        super().__init__(node)
+        self.asked: list[dict] = []
+
+    def read_conntrack(self, wanted):
+        self.asked.append({n: [q.arg for q in queries] for n, queries in wanted.items()})
+        return super().read_conntrack(wanted)
+
+
+@pytest.mark.netns
+def test_live_a_node_of_many_ports_is_listed_once_unfiltered(tmp_path):
+    require_netns()
+    # eight more services with a node port each: 19 listings by port, more than one unfiltered listing costs
+    more = [Svc("default", f"more-{i}", f"172.30.1.{i + 1}", 8000 + i, endpoints=[f"10.181.0.{i + 1}"],
+                node_port=31000 + i, port_name="http") for i in range(8)]
+    with TrafficNode() as node:
+        node.load_nft(ruleset([*NFT_SERVICES, *more]))
+        table = node.run("nft", "-j", "list", "table", "ip", "kube-proxy").stdout
+        loaded = load_cluster(tmp_path, [nft_capture(table)])
+        sampler = AskedSampler(node)
+        sample = BusiestSample(sampler, loaded, BusiestTracker(1.0, 20))
+        assert len(sample.conntrack.flows.queries(NFT_NODE)) == 19
+        first = sample.take()
+        serve = [f"{ip}:80/tcp" for ip in WEB.endpoints] + [f"{DNS_ENDPOINT}/udp"]
+        served = node.traffic(serve, connect={f"{WEB.cluster_ip}:80/tcp": 6, f"{NODE_IP}:30080/tcp": 3,
+                                              "172.30.0.10:53/udp": 2})
+        second = sample.take()
+    assert sampler.asked == [{NFT_NODE: ["ipv4"]}] * 2
+    # conntrack answered (no fallback to the proc file, which a note would say once)
+    assert not first.notes and not second.notes and not second.failed
+    want = {(WEB_PORT, e): n for e, n in endpoint_counts(served).items()}
+    want[(DNS_PORT, DNS_ENDPOINT)] = endpoint_counts(served, "udp")[DNS_ENDPOINT]
+    assert sum(want.values()) == 11
+    assert {k: r["deltaConnections"] for k, r in conntrack_rows(sample_document(second, top=20)).items()} == want

@@ -35,6 +35,9 @@ from svcdoctor.render.watch_view import TOP_RULES, render_frame, sample_document
 NODE_TIMEOUT = 10.0  # seconds per node and read; a node that takes longer is reported and not waited for
 
 
+# a node's conntrack is listed by port up to this many listings, unfiltered beyond: each listing walks the whole
+# table, and an unfiltered one costs about ten (collect/conntrack_reads.py, benchmarks/bench_conntrack.py)
+MAX_PORT_LISTINGS = 8
 SOURCES = (COUNTERS, CONNTRACK) = ("counters", "conntrack")  # --source: what a node's new connections are counted from
 
 
@@ -169,12 +172,20 @@ class ConntrackNodes:
         self.counter = FlowCounter(flows, plan)
         self._noted: set[str] = set()  # nodes whose conntrack read was noted once (read from the proc file)
 
+    def queries(self, node: str) -> list[ConntrackQuery]:
+        """A listing per destination port, or, where that would be more walks of the table than one unfiltered
+        listing costs, one listing of each family (collect/conntrack_reads.py)."""
+        by_port = [ConntrackQuery(*q) for q in self.flows.queries(node)]
+        if len(by_port) <= MAX_PORT_LISTINGS:
+            return by_port
+        return [ConntrackQuery(family) for family in dict.fromkeys(q.family for q in by_port)]
+
     def read(self, nodes: list[str], baseline: bool, readings: dict, read_at: dict, failed: dict) -> list[str]:
         """Each node's conntrack rows into `readings` (or why not into `failed`); returns notes for the frame.
         ``baseline``: the watch's first sample."""
         if not nodes:
             return []
-        wanted = {node: [ConntrackQuery(*q) for q in self.flows.queries(node)] for node in nodes}
+        wanted = {node: self.queries(node) for node in nodes}
         notes = []
         got = self.sampler.read_conntrack({n: q for n, q in wanted.items() if q})
         for node in nodes:
@@ -182,7 +193,7 @@ class ConntrackNodes:
             if reading is None:  # no entry of the plan's services on this node: nothing to look for
                 readings[node], read_at[node] = self.counter.observe(node, [], baseline), time.monotonic()
                 continue
-            ports = {q.port for q in wanted[node]}
+            ports = None if any(q.unfiltered for q in wanted[node]) else {q.port for q in wanted[node]}
             parsed = parse_conntrack_output(reading.text, ports) if not reading.error else None
             problem = reading.error or parsed.error
             if problem:
