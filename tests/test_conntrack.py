@@ -114,12 +114,16 @@ def test_the_script_is_a_constant_and_its_arguments_are_checked():
     assert argv[:5] == ["sh", "-c", CONNTRACK_SCRIPT, "sh", "conntrack"]
     assert argv[5:] == ["ipv4:tcp:80", "ipv4:tcp:30080"] == CAPTURE["queries"]
     # conntrack runs once, to list: never -D, -F, -U, -I (changes) or -z (zeroes counters while listing)
-    assert CONNTRACK_SCRIPT.count('"$ct"') == 2  # `command -v "$ct"`, and the listing
+    assert CONNTRACK_SCRIPT.count('"$ct"') == 3  # `command -v "$ct"`, and the listing: by port, or unfiltered
     assert '"$ct" -L -f "$f" -p "$p" --orig-port-dst "$d" -o extended,id 2>&1 1>&3 3>&-' in CONNTRACK_SCRIPT
+    assert 'if [ "$a" = "$f" ]; then err=$("$ct" -L -f "$f" -o extended,id 2>&1 1>&3 3>&-)' in CONNTRACK_SCRIPT
     assert ConntrackQuery("IPv6", "udp", 53).argv() == ["conntrack", "-L", "-f", "ipv6", "-p", "udp",
                                                         "--orig-port-dst", "53", "-o", "extended,id"]
+    assert (ConntrackQuery("IPv6").arg, ConntrackQuery("IPv6").argv()) == (
+        "ipv6", ["conntrack", "-L", "-f", "ipv6", "-o", "extended,id"])
     for bad in (ConntrackQuery("IPv4", "tcp; conntrack -F", 80), ConntrackQuery("ipx", "tcp", 80),
-                ConntrackQuery("IPv4", "tcp", 0), ConntrackQuery("IPv4", "tcp", 70000)):
+                ConntrackQuery("IPv4", "tcp", 0), ConntrackQuery("IPv4", "tcp", 70000), ConntrackQuery("ipx"),
+                ConntrackQuery("IPv4", "tcp"), ConntrackQuery("IPv4", None, 80), ConntrackQuery("IPv4", "tcp", "80")):
         with pytest.raises(UsageError):
             conntrack_argv([bad])
 

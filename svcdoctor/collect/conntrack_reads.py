@@ -11,8 +11,10 @@ and prints its answer between `#conntrack ARG` and `#status N` (its listing, the
 destination port and not per entry address: the call costs a walk of the whole table whatever the filter (with
 conntrack 1.4.7 on a table of 60,000 connections: ~0.13 s filtered by address and port, the same by port alone),
 and a service port's entries share at most two ports (its port for the cluster, external and load-balancer IPs;
-its node port). Unfiltered, the same table is 10.7 MB that take 1.1 s to read (benchmarks/bench_conntrack.py).
-Which of the listed connections are the service's is decided by the model, which knows the addresses.
+its node port). Unfiltered, the same table is 10.7 MB that take 1.1 s to read (benchmarks/bench_conntrack.py):
+the walks of about ten ports, so a node that needs more than eight listings (`watch` without a service lists the
+ports of every service) is listed once per family, unfiltered (`conntrack -L -f ipv4 -o extended,id`, argument
+`ipv4`). Which of the listed connections are the service's is decided by the model, which knows the addresses.
 
 Where the node has no `conntrack` binary, or it failed (`#missing conntrack`, or a non-zero status: without
 CAP_NET_ADMIN it says "Operation failed: sorry, you must be root …"), the script reads `/proc/net/nf_conntrack`
@@ -42,7 +44,8 @@ CONNTRACK_SCRIPT = (
     'ct=$1; shift; ok=0; exec 3>&1; '
     'if command -v "$ct" >/dev/null 2>&1; then ok=1; '
     'for a in "$@"; do f=${a%%:*}; r=${a#*:}; p=${r%%:*}; d=${r#*:}; echo "#conntrack $a"; '
-    'err=$("$ct" -L -f "$f" -p "$p" --orig-port-dst "$d" -o extended,id 2>&1 1>&3 3>&-); s=$?; '
+    'if [ "$a" = "$f" ]; then err=$("$ct" -L -f "$f" -o extended,id 2>&1 1>&3 3>&-); '
+    'else err=$("$ct" -L -f "$f" -p "$p" --orig-port-dst "$d" -o extended,id 2>&1 1>&3 3>&-); fi; s=$?; '
     '[ -z "$err" ] || printf "%s\n" "$err"; echo "#status $s"; [ "$s" = 0 ] || ok=0; done; '
     'else echo "#missing $ct"; fi; '
     f'if [ "$ok" = 0 ]; then if [ -e {PROC_FILE} ]; then echo "#proc"; cat {PROC_FILE} 2>&1; echo "#status $?"; '
@@ -52,21 +55,32 @@ CONNTRACK_SCRIPT = (
 
 @dataclass(frozen=True, slots=True)
 class ConntrackQuery:
-    """One `conntrack -L` call: the connections of one family and protocol to one destination port."""
+    """One `conntrack -L` call: the connections of one family and protocol to one destination port, or without
+    protocol and port every connection of the family (one walk of the table where many ports would be many)."""
 
     family: str  # IPv4 | IPv6
-    protocol: str  # tcp | udp | sctp
-    port: int
+    protocol: str | None = None  # tcp | udp | sctp
+    port: int | None = None
+
+    @property
+    def unfiltered(self) -> bool:
+        return self.protocol is None and self.port is None
 
     @property
     def arg(self) -> str:
-        """The script's argument `ipv4:tcp:80`, checked to be nothing else."""
-        if self.family not in FAMILIES or self.protocol not in PROTOCOLS or not 0 < int(self.port) < 65536:
+        """The script's argument `ipv4:tcp:80` (or `ipv4` unfiltered), checked to be nothing else."""
+        if self.family in FAMILIES and self.unfiltered:
+            return FAMILIES[self.family]
+        if (self.family not in FAMILIES or self.protocol not in PROTOCOLS or not isinstance(self.port, int)
+                or not 0 < self.port < 65536):
             raise UsageError(f"not a conntrack query svcdoctor would run: {self.family} {self.protocol} {self.port}")
-        return f"{FAMILIES[self.family]}:{self.protocol}:{int(self.port)}"
+        return f"{FAMILIES[self.family]}:{self.protocol}:{self.port}"
 
     def argv(self) -> list[str]:
-        family, protocol, port = self.arg.split(":")
+        family, _, rest = self.arg.partition(":")
+        if not rest:
+            return ["conntrack", "-L", "-f", family, "-o", "extended,id"]
+        protocol, port = rest.split(":")
         return ["conntrack", "-L", "-f", family, "-p", protocol, "--orig-port-dst", port, "-o", "extended,id"]
 
 

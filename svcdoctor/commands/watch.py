@@ -8,14 +8,14 @@ its endpoints. From then on a sample reads only that service's chains and kube-p
 address families on a dual-stack node, one exec per node (svcdoctor.collect.sampler). Nodes in nftables mode have
 no counters to read: there, and everywhere with `--source conntrack`, a sample lists the node's conntrack table
 for the service's ports instead (collect/conntrack_reads.py, model/watch/flows.py). Without a service, every
-sample is a full dump of each node, and the view shows the busiest rules.
+sample is a full dump of each iptables node, and the view shows the busiest rules; on nftables nodes it lists
+conntrack for the ports of every service of the node's table and ranks their endpoints with the rules.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 
 from svcdoctor.collect.conntrack_reads import ConntrackQuery, parse_conntrack_output
@@ -23,7 +23,7 @@ from svcdoctor.collect.sampler import parse_chain_listings
 from svcdoctor.inputs import InputOptions, LoadedInput, load
 from svcdoctor.errors import ExitStatus, SvcdoctorError, UsageError
 from svcdoctor.model.watch.busiest import BusiestTracker, scan_dump
-from svcdoctor.model.watch.flows import FlowCounter, FlowPlan, plan_flows
+from svcdoctor.model.watch.flows import FlowCounter, FlowPlan, plan_flows, plan_table_flows
 from svcdoctor.model.watch.frame import Frame, observe_service
 from svcdoctor.model.watch.listing import IPV4, IPV6, Listings
 from svcdoctor.model.watch.plan import ServiceWatchPlan, plan_service_watch
@@ -35,6 +35,9 @@ from svcdoctor.render.watch_view import TOP_RULES, render_frame, sample_document
 NODE_TIMEOUT = 10.0  # seconds per node and read; a node that takes longer is reported and not waited for
 
 
+# a node's conntrack is listed by port up to this many listings, unfiltered beyond: each listing walks the whole
+# table, and an unfiltered one costs about ten (collect/conntrack_reads.py, benchmarks/bench_conntrack.py)
+MAX_PORT_LISTINGS = 8
 SOURCES = (COUNTERS, CONNTRACK) = ("counters", "conntrack")  # --source: what a node's new connections are counted from
 
 
@@ -47,7 +50,8 @@ def run_watch(opts: InputOptions, service, namespace, interval, count, output, o
         raise UsageError(f"--source must be counters or conntrack, not {source!r}")
     if source == CONNTRACK and not service:
         raise UsageError("--source conntrack counts one service's connections: name the service "
-                         "(without one, watch shows the busiest rules, which only rule counters can rank)")
+                         "(without one, watch ranks iptables nodes' rules by their counters, and nftables nodes' "
+                         "endpoints from conntrack)")
     if service:
         ns, name = service.split("/", 1) if "/" in service and namespace is None else (namespace or "default", service)
         opts.service = f"{ns}/{name}"
@@ -82,7 +86,7 @@ def _watch(opts, service, namespace, interval, count, output, out, err, top: int
             take = sample.take
         else:
             pods = loaded.cluster.pods_by_ip if loaded.cluster is not None else {}
-            take = _busiest_sampler(sampler, loaded, BusiestTracker(interval, top, pods))
+            take = BusiestSample(sampler, loaded, BusiestTracker(interval, top, pods)).take
         partial = bool(loaded.failed)
         wide = output == "wide"
         if output == "json":
@@ -144,36 +148,52 @@ class ServiceSample:
                  flows: FlowPlan | None = None, nftables_nodes: list[str] = ()):
         self.sampler, self.plan, self.tracker = sampler, plan, tracker
         self.sources = dict(sources)
-        self.flows = flows or FlowPlan()
-        self.counter = FlowCounter(self.flows, plan)
+        self.conntrack = ConntrackNodes(sampler, flows or FlowPlan(), plan)
         self.nftables_nodes = [n for n in nftables_nodes if self.sources.get(n) == CONNTRACK]
-        self._noted: set[str] = set()  # nodes whose conntrack read was noted once (read from the proc file)
 
     def take(self) -> Frame:
         counted = [n for n in self.plan.nodes if self.sources.get(n, COUNTERS) == COUNTERS]
         tracked = [n for n in self.plan.nodes if self.sources.get(n) == CONNTRACK]
         readings, read_at, chains, failed = _counter_readings(self.sampler, self.plan, counted)
-        notes = self._conntrack_readings(tracked, readings, read_at, failed)
+        notes = self.conntrack.read(tracked, self.tracker.samples == 0, readings, read_at, failed)
         frame = self.tracker.update(readings, read_at, datetime.now(timezone.utc), chains, failed, self.plan)
         frame.sources = {node: self.sources[node] for node in counted + tracked}
         frame.nftables_nodes = list(self.nftables_nodes)
         frame.notes[:0] = notes
         return frame
 
-    def _conntrack_readings(self, nodes: list[str], readings: dict, read_at: dict, failed: dict) -> list[str]:
-        """Each node's conntrack rows into `readings` (or why not into `failed`); returns notes for the frame."""
+
+class ConntrackNodes:
+    """The nodes counted from conntrack: each sample lists a node's conntrack table for the ports of its flow plan,
+    and the FlowCounter turns the connections into rows (model/watch/flows.py)."""
+
+    def __init__(self, sampler, flows: FlowPlan, plan: ServiceWatchPlan | None = None):
+        self.sampler, self.flows = sampler, flows
+        self.counter = FlowCounter(flows, plan)
+        self._noted: set[str] = set()  # nodes whose conntrack read was noted once (read from the proc file)
+
+    def queries(self, node: str) -> list[ConntrackQuery]:
+        """A listing per destination port, or, where that would be more walks of the table than one unfiltered
+        listing costs, one listing of each family (collect/conntrack_reads.py)."""
+        by_port = [ConntrackQuery(*q) for q in self.flows.queries(node)]
+        if len(by_port) <= MAX_PORT_LISTINGS:
+            return by_port
+        return [ConntrackQuery(family) for family in dict.fromkeys(q.family for q in by_port)]
+
+    def read(self, nodes: list[str], baseline: bool, readings: dict, read_at: dict, failed: dict) -> list[str]:
+        """Each node's conntrack rows into `readings` (or why not into `failed`); returns notes for the frame.
+        ``baseline``: the watch's first sample."""
         if not nodes:
             return []
-        wanted = {node: [ConntrackQuery(*q) for q in self.flows.queries(node)] for node in nodes}
-        baseline = self.tracker.samples == 0
+        wanted = {node: self.queries(node) for node in nodes}
         notes = []
         got = self.sampler.read_conntrack({n: q for n, q in wanted.items() if q})
         for node in nodes:
             reading = got.get(node)
-            if reading is None:  # nothing of the service reaches this node's conntrack: no entry to look for
+            if reading is None:  # no entry of the plan's services on this node: nothing to look for
                 readings[node], read_at[node] = self.counter.observe(node, [], baseline), time.monotonic()
                 continue
-            ports = {q.port for q in wanted[node]}
+            ports = None if any(q.unfiltered for q in wanted[node]) else {q.port for q in wanted[node]}
             parsed = parse_conntrack_output(reading.text, ports) if not reading.error else None
             problem = reading.error or parsed.error
             if problem:
@@ -247,30 +267,49 @@ def _learn_new_endpoints(sampler, plan: ServiceWatchPlan, listings: dict[str, di
                 plan.learn(listed)
 
 
-def _busiest_sampler(sampler, loaded: LoadedInput, tracker: BusiestTracker) -> Callable[[], Frame]:
-    nodes = [n for n in loaded.snapshot.nodes if n.name in loaded.rules]
-    ipv6_nodes = [n.name for n in nodes if n.name in loaded.rules6]
-    first: dict[str, dict[str, str]] | None = {
-        n.name: {IPV4: n.iptables_save, **({IPV6: n.ip6tables_save} if n.name in ipv6_nodes else {})} for n in nodes}
-    first_at = time.monotonic()
+class BusiestSample:
+    """Without a service: the busiest kube-proxy rules of the iptables nodes, by their counters (a full dump of
+    each node), and on nodes in nftables mode, whose rules keep no counters, the busiest endpoints of every service
+    port of their tables, by the new connections conntrack lists (model/watch/flows.py plan_table_flows). The
+    conntrack rows go through a tracker of their own, as `watch SERVICE` tracks them, and join the frame."""
 
-    def take() -> Frame:
-        nonlocal first
-        if first is not None:
-            # the first read was a full dump already: it is the first sample
-            texts, read_at, failed, first = first, {n: first_at for n in first}, {}, None
+    def __init__(self, sampler, loaded: LoadedInput, tracker: BusiestTracker):
+        self.sampler, self.tracker = sampler, tracker
+        self.nftables_nodes = sorted(n for n in loaded.nft if n in loaded.rules)
+        nodes = [n for n in loaded.snapshot.nodes if n.name in loaded.rules and n.name not in loaded.nft]
+        self.counted = [n.name for n in nodes]
+        self.ipv6_nodes = [n.name for n in nodes if n.name in loaded.rules6]
+        # the first read was a full dump already: it is the first sample
+        self.first: dict[str, dict[str, str]] | None = {
+            n.name: {IPV4: n.iptables_save, **({IPV6: n.ip6tables_save} if n.name in self.ipv6_nodes else {})}
+            for n in nodes}
+        self.first_at = time.monotonic()
+        tables = {n: loaded.nft[n] for n in self.nftables_nodes}
+        self.conntrack = ConntrackNodes(sampler, plan_table_flows(tables, loaded.cluster))
+        self.flow_tracker = WatchTracker(tracker.interval)
+
+    def take(self) -> Frame:
+        if self.first is not None:
+            texts, read_at, failed, self.first = self.first, {n: self.first_at for n in self.first}, {}, None
+        elif self.counted:
+            texts, read_at, failed = _dumps(self.sampler.read_dumps(self.counted, self.ipv6_nodes))
         else:
-            texts, read_at, failed = _dumps(sampler.read_dumps(list(loaded.rules), ipv6_nodes))
+            texts, read_at, failed = {}, {}, {}
         scans = {node: [scan_dump(text, family) for family, text in by_family.items()]
                  for node, by_family in texts.items()}
-        frame = tracker.update(scans, read_at, datetime.now(timezone.utc), failed)
-        if frame.baseline and loaded.nft:
-            frame.notes.append(f"{', '.join(sorted(loaded.nft))}: kube-proxy runs in nftables mode there, and its "
-                               "nftables rules keep no counters: `watch SERVICE` counts a service's connections "
-                               "there from conntrack")
+        frame = self.tracker.update(scans, read_at, datetime.now(timezone.utc), failed)
+        readings: dict = {}
+        flow_read_at: dict = {}
+        flow_failed: dict = {}
+        notes = self.conntrack.read(self.nftables_nodes, frame.baseline, readings, flow_read_at, flow_failed)
+        flows = self.flow_tracker.update(readings, flow_read_at, frame.time, failed=flow_failed)
+        frame.rows += flows.rows
+        frame.elapsed.update(flows.elapsed)
+        frame.failed.update(flows.failed)
+        frame.notes[:0] = notes
+        frame.sources = {**{n: COUNTERS for n in self.counted}, **{n: CONNTRACK for n in self.nftables_nodes}}
+        frame.nftables_nodes = list(self.nftables_nodes)
         return frame
-
-    return take
 
 
 def _dumps(got) -> tuple[dict[str, dict[str, str]], dict[str, float], dict[str, str]]:

@@ -270,9 +270,13 @@ def _reason(row: Row) -> str:
 def _busiest_table(frame: Frame, wide: bool):
     top = frame.top or TOP_RULES
     rows = busiest(frame.rows, top)
+    # nodes in nftables mode have endpoints counted from conntrack in place of rules (commands/watch.py)
+    conntrack = "conntrack" in frame.sources.values()
+    what = " and endpoints counted from conntrack" if conntrack else ""
+    so_far = " (so far)" if conntrack else " (by counters so far)"
     table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False,
-                  title=f"the {top} busiest kube-proxy rules of the cluster"
-                        f"{' (by counters so far)' if frame.baseline else ' (by new connections)'}",
+                  title=f"the {top} busiest kube-proxy rules{what} of the cluster"
+                        f"{so_far if frame.baseline else ' (by new connections)'}",
                   title_justify="left")
     def width(values, header):
         return max([len(header), *(len(v) for v in values)])

@@ -68,6 +68,9 @@ class FlowPlan:
 
     entries: dict[str, list[FlowEntry]] = field(default_factory=dict)  # node -> its entries
     splits: dict[tuple[str, str, str], SplitEndpoints] = field(default_factory=dict)  # (node, family, chain)
+    # node -> (family, protocol, port) -> its entries, made at the first look-up: without a service the plan holds
+    # every service port of the node, and each listed connection is looked up
+    _by_port: dict[str, dict[tuple[str, str, int], list[FlowEntry]]] = field(default_factory=dict, repr=False)
 
     def queries(self, node: str) -> list[tuple[str, str, int]]:
         """(family, protocol, destination port) for each conntrack listing the node needs: an entry's port, or
@@ -82,9 +85,7 @@ class FlowPlan:
             return None
         o = flow.original
         node_port = None
-        for entry in self.entries.get(node, ()):
-            if entry.family != flow.family or entry.protocol != flow.protocol or entry.port != o.dport:
-                continue
+        for entry in self._entries_at(node).get((flow.family, flow.protocol, o.dport), ()):
             if entry.address == o.dst:
                 return entry
             if entry.address is None:
@@ -92,6 +93,14 @@ class FlowPlan:
         if node_port is not None and self._drawn_by(node, node_port, host_port(flow.reply.src, flow.reply.sport)):
             return node_port
         return None
+
+    def _entries_at(self, node: str) -> dict[tuple[str, str, int], list[FlowEntry]]:
+        by_port = self._by_port.get(node)
+        if by_port is None:
+            by_port = self._by_port[node] = {}
+            for entry in self.entries.get(node, ()):
+                by_port.setdefault((entry.family, entry.protocol, entry.port), []).append(entry)
+        return by_port
 
     def _drawn_by(self, node: str, entry: FlowEntry, endpoint: str) -> bool:
         return any(endpoint in split.shares for chain in entry.chains
@@ -118,6 +127,26 @@ def plan_flows(view, nodes: list[str], plan: ServiceWatchPlan | None = None) -> 
                 continue
             for entry in nv.entries:
                 _add_entry(out, nv.node, pv.svc_port_name, protocol, entry, plan)
+    return out
+
+
+def plan_table_flows(nft: dict[str, list], cluster=None) -> FlowPlan:
+    """The flow plan of every service port of the nftables nodes' kube-proxy tables (node -> its ip and ip6
+    tables), for `watch` without a service: each port's entries and endpoints as explain walks them, the dispatch
+    maps read once per table (model/nft/explain.py dispatch_index), as `svcdoctor services` walks them
+    (model/service_list.py)."""
+    from svcdoctor.model.nft.explain import explain_nft_entries
+    from svcdoctor.model.nft.view import service_ports
+
+    # the API's port, when read, names the endpoints' pods and tells load-balancer IPs from external ones
+    api_ports = {(sp.svc_port_name, sp.protocol.lower()): sp for sp in (cluster.service_ports if cluster else [])}
+    out = FlowPlan()
+    for node, tables in nft.items():
+        for rs in tables:
+            for base, hashed in service_ports(rs).items():
+                api_port = api_ports.get((hashed.svc_port_name, hashed.protocol.lower()))
+                for entry in explain_nft_entries(rs, base, node, cluster, api_port):
+                    _add_entry(out, node, hashed.svc_port_name, hashed.protocol.lower(), entry, None)
     return out
 
 
