@@ -355,7 +355,7 @@ def test_a_cluster_of_both_modes_says_which_node_is_counted_how():
     assert frame.source == "mixed" and sample_document(frame)["sources"] == frame.sources
     lines = what_is_counted(frame)
     assert lines[0].startswith("nat counters count new connections") and lines[0].endswith("(on iptables-node).")
-    assert lines[1].startswith("conntrack: NEW is the connections to the service that conntrack holds")
+    assert lines[1].startswith("conntrack: NEW is the connections to a service that conntrack holds")
     assert lines[2:] == ["counted from conntrack on nft-node: kube-proxy runs in nftables mode there, and its "
                          "nftables rules keep no counters.",
                          "counted from conntrack on other-node (--source conntrack)."]

@@ -20,7 +20,7 @@ from svcdoctor.model.watch.listing import IPV4
 from svcdoctor.model.watch.stats import SIGNIFICANCE, GoodnessOfFit, format_p
 
 COUNTS_CONNECTIONS = "nat counters count new connections (the first packet of each), not packets or requests"
-COUNTS_CONNTRACK = ("conntrack: NEW is the connections to the service that conntrack holds and did not hold at the "
+COUNTS_CONNTRACK = ("conntrack: NEW is the connections to a service that conntrack holds and did not hold at the "
                     "previous sample, counted on the node that DNATed them; blackholes (DROP/REJECT) are not seen "
                     "(a dropped connection gets no conntrack entry)")
 CHANGED = "reverse"
