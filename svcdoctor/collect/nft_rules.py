@@ -1,6 +1,7 @@
 """Reading kube-proxy's nftables tables on a node (nftables mode). Read-only by construction: the only commands are
-`nft -j list table ip kube-proxy` and `nft -j list table ip6 kube-proxy`, falling back to `nft list table …` (text)
-on nft builds without JSON support; never `nft list ruleset` (other components' tables are not ours to read).
+`nft list tables` (names only), `nft -j list table ip kube-proxy` and `nft -j list table ip6 kube-proxy`, falling
+back to `nft list table …` (text) on nft builds without JSON support; never `nft list ruleset` (other components'
+tables are not ours to read, and older nft binaries crash printing newer ones).
 
 `read_nft_tables` takes a `run(argv) -> (exit status, stdout, stderr)` so that docker exec (collect/node_rules.py)
 and, later, pods/exec can share it.
@@ -14,6 +15,9 @@ from dataclasses import dataclass, field
 FAMILIES = ("ip", "ip6")
 NOT_INSTALLED = "nft is not installed on the node"
 Run = Callable[[list[str]], tuple[int, str, str]]
+
+
+LIST_TABLES = ["nft", "list", "tables"]  # the tables' names only: never `nft list ruleset`
 
 
 def list_command(family: str, as_json: bool) -> list[str]:
@@ -45,28 +49,61 @@ def _not_found(output: str) -> bool:
 
 
 def read_nft_tables(run: Run) -> NftTables:
+    """kube-proxy's tables of both families. `nft list tables` (names only, one exec) says which families have one,
+    so a node without them (iptables mode) costs one exec; where it cannot tell, both are asked for."""
+    try:
+        code, stdout, stderr = run(LIST_TABLES)
+    except Exception as exc:  # docker errors, timeouts: the node's iptables reading decides what failed
+        return NftTables(error=f"nft: {exc}")
+    if code == 127 or code != 0 and _not_found(stdout + stderr):
+        return NftTables(error=NOT_INSTALLED)
+    families = FAMILIES
+    if code == 0 and stdout.rstrip():
+        names = {tuple(line.split()[:3]) for line in stdout.splitlines()}
+        families = tuple(f for f in FAMILIES if ("table", f, "kube-proxy") in names)
+    elif code == 0:
+        families = ()  # no table at all
+    parts = []
+    for family in families:
+        parts.append(read_nft_family(run, family))
+        if parts[-1].error:
+            break
+    return merge_families(parts)
+
+
+def read_nft_family(run: Run, family: str) -> NftTables:
+    """`nft -j list table FAMILY kube-proxy`, or its text where this nft has no JSON."""
     out = NftTables()
-    as_json = True
-    docs: list[str] = []
-    texts: list[str] = []
-    for family in FAMILIES:
-        try:
-            code, stdout, stderr = run(list_command(family, as_json))
-        except Exception as exc:  # docker errors, timeouts: the node's iptables reading decides what failed
-            out.error = f"nft: {exc}"
-            return out
-        if code != 0 and as_json and _no_json(stderr):
-            as_json = False  # this nft has no JSON: read the text listing instead
+    try:
+        code, stdout, stderr = run(list_command(family, True))
+        as_json = not (code != 0 and _no_json(stderr))
+        if not as_json:  # this nft has no JSON: read the text listing instead
             code, stdout, stderr = run(list_command(family, False))
-        if code == 127 or code != 0 and _not_found(stdout + stderr):
-            out.error = NOT_INSTALLED
-            return out
-        if code != 0:
-            if not _no_table(stderr):
-                out.warnings.append(f"{' '.join(list_command(family, as_json))} exited {code}: "
-                                    f"{(stderr.strip() or 'no output').splitlines()[0][:300]}")
-            continue
-        (docs if as_json else texts).append(stdout.strip())
+    except Exception as exc:  # docker errors, timeouts: the node's iptables reading decides what failed
+        out.error = f"nft: {exc}"
+        return out
+    if code == 127 or code != 0 and _not_found(stdout + stderr):
+        out.error = NOT_INSTALLED
+    elif code != 0:
+        if not _no_table(stderr):
+            out.warnings.append(f"{' '.join(list_command(family, as_json))} exited {code}: "
+                                f"{(stderr.strip() or 'no output').splitlines()[0][:300]}")
+    elif as_json:
+        out.json = stdout.strip() + "\n"
+    else:
+        out.text = stdout.strip() + "\n"
+    return out
+
+
+def merge_families(parts: list[NftTables]) -> NftTables:
+    """The families' reads as one: the first error (nft not there, exec failed) stands for the node."""
+    out = NftTables()
+    for part in parts:
+        if part.error:
+            return NftTables(error=part.error, warnings=part.warnings)
+        out.warnings.extend(part.warnings)
+    docs = [p.json.strip() for p in parts if p.json]
+    texts = [p.text.strip() for p in parts if p.text]
     out.json = "\n".join(docs) + "\n" if docs else None
     out.text = "\n".join(texts) + "\n" if texts else None
     return out
@@ -87,7 +124,8 @@ def docker_runner(container, attempts: int = 3) -> Run:
                 continue
             stdout, stderr = result.output if isinstance(result.output, tuple) else (result.output, None)
             out, err = (stdout or b"").decode("utf-8", "replace"), (stderr or b"").decode("utf-8", "replace")
-            cut = not out.rstrip().endswith("}") if result.exit_code == 0 else not (out + err).strip()
+            listing = argv[-3:-2] == ["table"]  # a table's listing ends with "}"; `nft list tables` does not
+            cut = (listing and not out.rstrip().endswith("}")) if result.exit_code == 0 else not (out + err).strip()
             if cut and attempt < attempts - 1:
                 continue
             return result.exit_code, out, err
