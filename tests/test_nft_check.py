@@ -121,6 +121,7 @@ def test_an_nftables_node_read_through_its_kube_proxy_pod(tmp_path):
                     ":KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n# Completed\n")
     answers = {"iptables-nft-save": (0, kubelet_only, ""), "iptables-legacy-save": (0, "", ""),
                "ip6tables-nft-save": (0, "", ""),
+               "nft list tables": (0, "table ip filter\ntable ip kube-proxy\n", ""),  # names only
                "nft -j list table ip kube-proxy": (0, as_json, ""),
                "nft -j list table ip6 kube-proxy": (1, "", "Error: No such file or directory")}
     seen = []
@@ -138,6 +139,7 @@ def test_an_nftables_node_read_through_its_kube_proxy_pod(tmp_path):
     assert capture.error is None and capture.proxy_mode == "nftables"
     assert capture.nftables_json and '"kube-proxy"' in capture.nftables_json
     assert ["nft", "-j", "list", "table", "ip", "kube-proxy"] in seen
+    assert ["nft", "-j", "list", "table", "ip6", "kube-proxy"] not in seen  # nft said there is none
 
 
 # --- dual stack: one kube-proxy table per family -------------------------------------------------------------
