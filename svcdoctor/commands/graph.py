@@ -64,11 +64,11 @@ def service_graphs(loaded: LoadedInput, ns: str, name: str) -> dict[str, nx.Mult
         annotate_endpoints(g, view, node)
         graphs[node] = g
     if loaded.nft:
-        nft_view = add_nft_nodes(view, loaded.nft, loaded.cluster)
+        add_nft_nodes(view, loaded.nft, loaded.cluster)  # the nftables nodes' entries, to name their endpoints' pods
         for node, tables in loaded.nft.items():
             for key, rs in _keyed_tables(node, tables):
                 g = service_key_graph(rs, f"{ns}/{name}")
-                annotate_endpoints(g, nft_view, node)
+                annotate_endpoints(g, view, node)
                 graphs[key] = g
     return dict(sorted(graphs.items()))
 

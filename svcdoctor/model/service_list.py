@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from svcdoctor.model.cluster import ClusterModel
 from svcdoctor.model.hashes import chain_kind
-from svcdoctor.model.rule_text import host_port
+from svcdoctor.model.rule_text import host_port, split_host_port
 from svcdoctor.model.rules import NodeRules, Rule
 from svcdoctor.model.service_rules import index_node_services, service_port_of_comment, split_service_port_name
 
@@ -109,8 +109,8 @@ def _add_nft_node(node: str, rs, summary) -> None:
         protocol = hashed.protocol.upper()
         port = s.ports.setdefault((hashed.port_name, protocol), {"port": None, "nodePort": None})
         for e in explain_nft_entries(rs, base, node):
-            host, _, number = e.destination.rpartition(":")
-            entry = EntryPoint(e.kind, host.strip("[]") or None, int(number) if number.isdigit() else None,
+            host, number = split_host_port(e.destination)  # ":30080" for a node port
+            entry = EntryPoint(e.kind, host or None, int(number) if number.isdigit() else None,
                                hashed.port_name, protocol)
             key = "nodePort" if e.kind == "nodePort" else "port" if e.kind == "clusterIP" else None
             if key:
